@@ -1,0 +1,160 @@
+//! socket-activate-echo: echoes on every socket it inherits through socket activation.
+//!
+//! A Rust peer of the upstream C++ server used by the Podman socket-activation articles.
+
+mod rawio;
+mod serve;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use activation::{InheritedSocket, UnsetEnv};
+use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
+
+use serve::{Activity, Options, Plan};
+
+/// The upstream server's wording, kept so docs and tests that grep for it still match.
+const NOT_ACTIVATED: &str = "Error: This program needs to be started by a systemd service or by systemd-socket-activate. (LISTEN_FDS is not correctly set)";
+
+/// Echo server for socket activation: serves every inherited socket (TCP and UDP over
+/// IPv4 and IPv6, Unix stream, datagram and seqpacket, vsock).
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// Log each connection and datagram (fd name, peer address, bytes) to stderr.
+    #[arg(long)]
+    debug: bool,
+    /// Send READY=1 and STATUS= to $NOTIFY_SOCKET once every socket is being served.
+    #[arg(long)]
+    sdnotify: bool,
+    /// Exit 0 after SECS seconds with no open connection and no datagram.
+    #[arg(long, value_name = "SECS")]
+    idle_exit: Option<f64>,
+    /// Answer each connection or datagram with the peer address the server sees, one line,
+    /// instead of an echo.
+    #[arg(long)]
+    reply_peer: bool,
+    /// Sleep SECS seconds before serving (to study slow container starts).
+    #[arg(long, value_name = "SECS")]
+    start_sleep: Option<f64>,
+}
+
+fn seconds(value: Option<f64>, option: &str) -> Result<Option<Duration>, String> {
+    value
+        .map(|v| {
+            Duration::try_from_secs_f64(v)
+                .map_err(|_| format!("Error: --{option} {v}: expected a number of seconds >= 0"))
+        })
+        .transpose()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match start(cli) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn start(cli: Cli) -> Result<ExitCode, String> {
+    let idle_exit = seconds(cli.idle_exit, "idle-exit")?;
+    let start_sleep = seconds(cli.start_sleep, "start-sleep")?;
+    // Before any thread exists: this unsets LISTEN_* in our environment.
+    let sockets = activation::listen_fds(UnsetEnv::Yes).map_err(|e| format!("Error: {e}"))?;
+    if sockets.is_empty() {
+        return Err(NOT_ACTIVATED.to_string());
+    }
+    let mut planned = Vec::with_capacity(sockets.len());
+    let mut refused = Vec::new();
+    for socket in sockets {
+        match serve::plan(&socket) {
+            Ok(plan) => planned.push((socket, plan)),
+            Err(e) => refused.push(format!("Error: {e}")),
+        }
+    }
+    if !refused.is_empty() {
+        return Err(refused.join("\n"));
+    }
+    let opts = Options {
+        debug: cli.debug,
+        reply_peer: cli.reply_peer,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("Error: starting the async runtime: {e}"))?;
+    let code = runtime.block_on(run(planned, opts, cli.sdnotify, idle_exit, start_sleep));
+    // Connections still open must not delay the exit (SIGTERM must end us within 1 s).
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    code
+}
+
+async fn run(
+    planned: Vec<(InheritedSocket, Plan)>,
+    opts: Options,
+    sdnotify: bool,
+    idle_exit: Option<Duration>,
+    start_sleep: Option<Duration>,
+) -> Result<ExitCode, String> {
+    // Handlers first: as a container's PID 1 we get no default SIGTERM action, and a
+    // server that ignores it costs podman its 10 s stop timeout.
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| format!("Error: SIGTERM handler: {e}"))?;
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(|e| format!("Error: SIGINT handler: {e}"))?;
+
+    if let Some(sleep) = start_sleep {
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {}
+            _ = term.recv() => return Ok(ExitCode::SUCCESS),
+            _ = int.recv() => return Ok(ExitCode::SUCCESS),
+        }
+    }
+
+    let activity = Activity::new();
+    let count = planned.len();
+    for (socket, plan) in planned {
+        let label = socket.describe();
+        if opts.debug {
+            eprintln!("socket-activate-echo: serving {label}");
+        }
+        let raw = rawio::Socket::new(socket.fd).map_err(|e| format!("Error: {label}: {e}"))?;
+        tokio::spawn(serve::serve(raw, label, plan, opts, activity.clone()));
+    }
+
+    if sdnotify {
+        let state = format!("READY=1\nSTATUS=serving {count} socket(s)");
+        match activation::notify(&state) {
+            Ok(true) => {}
+            Ok(false) => {
+                eprintln!("socket-activate-echo: --sdnotify given but NOTIFY_SOCKET is not set")
+            }
+            Err(e) => eprintln!("socket-activate-echo: sd_notify: {e}"),
+        }
+    }
+
+    let idle = async {
+        match idle_exit {
+            None => std::future::pending::<()>().await,
+            Some(limit) => loop {
+                let tick = (limit / 4).clamp(Duration::from_millis(10), Duration::from_millis(500));
+                tokio::time::sleep(tick).await;
+                if activity.idle_for().is_some_and(|idle| idle >= limit) {
+                    return;
+                }
+            },
+        }
+    };
+
+    tokio::select! {
+        _ = term.recv() => if opts.debug { eprintln!("socket-activate-echo: SIGTERM, exiting") },
+        _ = int.recv() => if opts.debug { eprintln!("socket-activate-echo: SIGINT, exiting") },
+        _ = idle => if opts.debug { eprintln!("socket-activate-echo: idle, exiting") },
+    }
+    // Open connections are dropped with the runtime; nothing is left to flush.
+    Ok(ExitCode::SUCCESS)
+}
