@@ -4,8 +4,10 @@
 
 mod rawio;
 mod serve;
+mod workers;
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use activation::{InheritedSocket, UnsetEnv};
@@ -13,6 +15,7 @@ use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 
 use serve::{Activity, Options, Plan};
+use workers::Workers;
 
 /// The upstream server's wording, kept so docs and tests that grep for it still match.
 const NOT_ACTIVATED: &str = "Error: This program needs to be started by a systemd service or by systemd-socket-activate. (LISTEN_FDS is not correctly set)";
@@ -83,7 +86,9 @@ fn start(cli: Cli) -> Result<ExitCode, String> {
         debug: cli.debug,
         reply_peer: cli.reply_peer,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // The main runtime accepts, serves datagrams and waits for signals; connections go
+    // to the workers.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("Error: starting the async runtime: {e}"))?;
@@ -116,6 +121,9 @@ async fn run(
     }
 
     let activity = Activity::new();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers =
+        Arc::new(Workers::start(cores).map_err(|e| format!("Error: starting workers: {e}"))?);
     let count = planned.len();
     for (socket, plan) in planned {
         let label = socket.describe();
@@ -123,7 +131,14 @@ async fn run(
             eprintln!("socket-activate-echo: serving {label}");
         }
         let raw = rawio::Socket::new(socket.fd).map_err(|e| format!("Error: {label}: {e}"))?;
-        tokio::spawn(serve::serve(raw, label, plan, opts, activity.clone()));
+        tokio::spawn(serve::serve(
+            raw,
+            label,
+            plan,
+            opts,
+            activity.clone(),
+            workers.clone(),
+        ));
     }
 
     if sdnotify {

@@ -36,7 +36,9 @@ impl Socket {
         self.0.get_ref().as_raw_fd()
     }
 
-    pub async fn accept(&self) -> io::Result<(Socket, Option<SockaddrStorage>)> {
+    /// Accepts one connection. The fd comes back unregistered so the caller can register it
+    /// with whichever worker runtime will serve it.
+    pub async fn accept(&self) -> io::Result<(OwnedFd, Option<SockaddrStorage>)> {
         loop {
             let mut guard = self.0.readable().await?;
             match guard.try_io(|fd| {
@@ -51,7 +53,7 @@ impl Socket {
                 Ok(Ok(fd)) => {
                     let peer =
                         nix::sys::socket::getpeername::<SockaddrStorage>(fd.as_raw_fd()).ok();
-                    return Ok((Socket(register(fd)?), peer));
+                    return Ok((fd, peer));
                 }
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => continue,
@@ -67,6 +69,27 @@ impl Socket {
             }) {
                 Ok(result) => return result,
                 Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Receives from a stream socket. A read shorter than `buf` drained the socket, so
+    /// readiness is cleared without a second, EAGAIN-only recv (as tokio's own TcpStream
+    /// does; sound with edge-triggered epoll, where new data raises a new edge). Not for
+    /// datagrams: a short datagram says nothing about the queue behind it.
+    pub async fn recv_stream(&self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let mut guard = self.0.readable().await?;
+            match nix::sys::socket::recv(self.raw(), buf, MsgFlags::empty()) {
+                Ok(n) => {
+                    if n > 0 && n < buf.len() {
+                        guard.clear_ready();
+                    }
+                    return Ok(n);
+                }
+                Err(Errno::EAGAIN) => guard.clear_ready(),
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
             }
         }
     }

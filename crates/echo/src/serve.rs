@@ -9,6 +9,7 @@ use activation::{Family, InheritedSocket, SocketType, format_address};
 use nix::sys::socket::{SockaddrLike, SockaddrStorage};
 
 use crate::rawio::Socket;
+use crate::workers::Workers;
 
 /// Large enough for any UDP datagram and the default Unix datagram limit.
 const DATAGRAM_BUFFER: usize = 256 * 1024;
@@ -118,17 +119,12 @@ pub async fn serve(
     plan: Plan,
     opts: Options,
     activity: Arc<Activity>,
+    workers: Arc<Workers>,
 ) {
     let result = match plan {
         Plan::AcceptStream | Plan::AcceptSeqPacket => {
-            accept_loop(
-                socket,
-                &label,
-                plan == Plan::AcceptSeqPacket,
-                opts,
-                activity,
-            )
-            .await
+            let records = plan == Plan::AcceptSeqPacket;
+            accept_loop(socket, &label, records, opts, activity, workers).await
         }
         Plan::ConnectedStream | Plan::ConnectedSeqPacket => {
             let _active = activity.enter();
@@ -149,15 +145,21 @@ async fn accept_loop(
     records: bool,
     opts: Options,
     activity: Arc<Activity>,
+    workers: Arc<Workers>,
 ) -> std::io::Result<()> {
     loop {
         match listener.accept().await {
-            Ok((conn, peer)) => {
+            Ok((fd, peer)) => {
                 let label = label.to_string();
                 let active = activity.enter();
-                tokio::spawn(async move {
+                workers.spawn(async move {
                     let _active = active;
-                    connection(conn, &label, peer, records, opts).await;
+                    match Socket::new(fd) {
+                        Ok(conn) => connection(conn, &label, peer, records, opts).await,
+                        Err(e) => eprintln!(
+                            "socket-activate-echo: {label}: registering a connection: {e}"
+                        ),
+                    }
                 });
             }
             // Out of fds or a connection reset before accept: keep serving the others.
@@ -210,7 +212,11 @@ async fn echo_until_eof(conn: &Socket, records: bool) -> std::io::Result<u64> {
     ];
     let mut total = 0u64;
     loop {
-        let n = conn.recv(&mut buf).await?;
+        let n = if records {
+            conn.recv(&mut buf).await?
+        } else {
+            conn.recv_stream(&mut buf).await?
+        };
         if n == 0 {
             // Tell the client we are done too; it may still be reading.
             let _ = conn.shutdown_write();

@@ -204,9 +204,10 @@ mod tests {
     }
 
     #[rstest]
-    #[case("127.0.0.1:3000", "no scheme")]
+    #[case("127.0.0.1:3000", "unknown scheme \"127.0.0.1\"")]
+    #[case("localhost", "no scheme")]
     #[case("sctp:1.2.3.4:5", "unknown scheme \"sctp\"")]
-    #[case("tcp4:127.0.0.1", "port \"127.0.0.1\"")]
+    #[case("tcp4:127.0.0.1", "expected HOST:PORT")]
     #[case("tcp4:127.0.0.1:http", "port \"http\" is not a number")]
     #[case("tcp4:127.0.0.1:70000", "port \"70000\"")]
     #[case("tcp6:127.0.0.1:3000", "has no IPv6 address")]

@@ -6,7 +6,7 @@
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -179,7 +179,7 @@ pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
 
-pub fn path_str(p: &PathBuf) -> String {
+pub fn path_str(p: &std::path::Path) -> String {
     p.to_str().unwrap().to_string()
 }
 

@@ -1,0 +1,174 @@
+//! The echo-probe binary against small std servers made by the test.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, UdpSocket};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_echo-probe");
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A blocking TCP echo for `n` connections.
+fn tcp_echo(n: usize) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("tcp4:{}", l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for s in l.incoming().take(n) {
+            let mut s = s.unwrap();
+            let mut buf = [0u8; 65536];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => s.write_all(&buf[..k]).unwrap(),
+                }
+            }
+        }
+    });
+    addr
+}
+
+#[test]
+fn tcp_probe_passes_on_the_expected_reply() {
+    let addr = tcp_echo(1);
+    let o = run(&[&addr, "--send", "hello", "--expect", "hello"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(o.stdout, b"hello\n");
+}
+
+#[test]
+fn tcp_probe_fails_on_another_reply() {
+    let addr = tcp_echo(1);
+    let o = run(&[&addr, "--send", "hello", "--expect", "bye"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("expected \"bye\\n\", got \"hello\\n\""),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn json_result() {
+    let addr = tcp_echo(1);
+    let o = run(&[&addr, "--send", "x", "--expect", "x", "--json"]);
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["reply"], "x\n");
+    assert_eq!(v["address"], addr);
+    assert!(
+        v["local_address"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+}
+
+#[test]
+fn refused_connection_fails_with_reason() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let o = run(&[&format!("tcp4:127.0.0.1:{port}"), "--expect", "x"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("Connection refused"), "{}", stderr(&o));
+}
+
+#[test]
+fn udp_probe_returns_with_the_reply() {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = format!("udp4:{}", s.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        let (n, peer) = s.recv_from(&mut buf).unwrap();
+        s.send_to(&buf[..n], peer).unwrap();
+    });
+    // A 60 s timeout: the test finishing at all shows the probe did not wait it out.
+    let o = run(&[&addr, "--expect", "hello", "--timeout", "60", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["elapsed_ms"].as_f64().unwrap() < 60_000.0);
+}
+
+#[test]
+fn udp_probe_without_reply_times_out() {
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = format!("udp4:{}", silent.local_addr().unwrap());
+    let o = run(&[&addr, "--timeout", "0.3"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("timed out waiting for the reply"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn bad_address_is_a_usage_error() {
+    let o = run(&["tcp4:localhost"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("address \"tcp4:localhost\""),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn bench_reports_round_trips() {
+    let addr = tcp_echo(2);
+    let o = run(&[
+        "bench",
+        &addr,
+        "--connections",
+        "2",
+        "--seconds",
+        "0.3",
+        "--size",
+        "512",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["round_trips"].as_u64().unwrap() > 0);
+    assert_eq!(v["connections"], 2);
+    assert!(v["p99_us"].as_f64().unwrap() >= v["p50_us"].as_f64().unwrap());
+    assert_eq!(v["errors"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn netinfo_lists_loopback_and_tries_outbound() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let open = format!("tcp4:{}", l.local_addr().unwrap());
+    let o = run(&["netinfo", "--outbound", &open, "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let lo = v["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "lo")
+        .expect("lo listed");
+    assert!(
+        lo["addresses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "127.0.0.1/8"),
+        "{lo}"
+    );
+    assert_eq!(v["outbound"]["connected"], true);
+
+    drop(l);
+    let o = run(&["netinfo", "--outbound", &open]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains(&format!("outbound {open}: failed")), "{text}");
+}

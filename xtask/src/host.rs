@@ -1,0 +1,74 @@
+//! Host tools the tasks need, installed with apt-get when we are root, otherwise named
+//! with the exact command to run.
+
+use anyhow::{Result, bail};
+use xshell::{Shell, cmd};
+
+/// A command on PATH and the Debian package that provides it.
+#[derive(Debug, Clone, Copy)]
+pub struct Tool {
+    pub command: &'static str,
+    pub package: &'static str,
+}
+
+pub const SOCKET_ACTIVATE: Tool = Tool {
+    command: "systemd-socket-activate",
+    package: "systemd",
+};
+pub const SOCAT: Tool = Tool {
+    command: "socat",
+    package: "socat",
+};
+
+pub fn on_path(command: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|dir| dir.join(command).is_file()))
+        .unwrap_or(false)
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    (unsafe { libc::geteuid() }) == 0
+}
+
+/// Makes sure every tool is on PATH: installs the missing ones when root, else stops with
+/// the command a user should run.
+pub fn ensure(sh: &Shell, tools: &[Tool]) -> Result<()> {
+    let mut packages: Vec<&str> = tools
+        .iter()
+        .filter(|t| !on_path(t.command))
+        .map(|t| t.package)
+        .collect();
+    packages.sort_unstable();
+    packages.dedup();
+    if packages.is_empty() {
+        return Ok(());
+    }
+    let line = format!(
+        "apt-get install -y --no-install-recommends {}",
+        packages.join(" ")
+    );
+    if !is_root() {
+        bail!("missing host packages; run:\n  sudo apt-get update && sudo {line}");
+    }
+    eprintln!("xtask: installing host packages: {}", packages.join(" "));
+    cmd!(sh, "apt-get update -q")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .run()?;
+    cmd!(
+        sh,
+        "apt-get install -y -q --no-install-recommends {packages...}"
+    )
+    .env("DEBIAN_FRONTEND", "noninteractive")
+    .run()?;
+    for t in tools {
+        if !on_path(t.command) {
+            bail!(
+                "{} is still not on PATH after installing {}",
+                t.command,
+                t.package
+            );
+        }
+    }
+    Ok(())
+}

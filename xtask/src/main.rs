@@ -1,0 +1,140 @@
+//! cargo xtask: the project's automation, as ordinary Rust. Every shell-out goes through
+//! xshell.
+
+mod bench;
+mod host;
+mod process;
+mod statics;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use xshell::{Shell, cmd};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "socket-activation-lab automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the tests (host tests of the echo server, its library and the probe).
+    Test {
+        /// Only tests whose name contains one of these.
+        filters: Vec<String>,
+        /// List the tests instead of running them.
+        #[arg(long)]
+        list: bool,
+    },
+    /// What CI runs: fmt check, clippy -D warnings, the tests, the static build.
+    Ci,
+    /// Benchmarks, side by side with references, reported as ratios.
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
+    /// Build socket-activate-echo and echo-probe statically linked and print their paths.
+    BuildStatic,
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// socket-activate-echo against a blocking std echo and socat, over TCP loopback.
+    Echo {
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 16384)]
+        size: usize,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, value_delimiter = ',', default_value = "1,16")]
+        connections: Vec<usize>,
+    },
+}
+
+fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let sh = Shell::new()?;
+    let root = project_root();
+    sh.change_dir(&root);
+    match cli.command {
+        Command::Test { filters, list } => test(&sh, &filters, list),
+        Command::Ci => ci(&sh, &root),
+        Command::Bench {
+            what:
+                BenchWhat::Echo {
+                    seconds,
+                    size,
+                    rounds,
+                    connections,
+                },
+        } => bench::echo(
+            &sh,
+            &root,
+            &bench::EchoBenchOptions {
+                seconds,
+                size,
+                rounds: rounds.max(1),
+                connections,
+            },
+        ),
+        Command::BuildStatic => {
+            let bins = statics::build(&sh, &root)?;
+            println!("{}\n{}", bins.echo.display(), bins.probe.display());
+            Ok(())
+        }
+    }
+}
+
+fn test(sh: &Shell, filters: &[String], list: bool) -> Result<()> {
+    host::ensure(sh, &[host::SOCKET_ACTIVATE])?;
+    let list = list.then_some("--list");
+    cmd!(
+        sh,
+        "cargo test --workspace --locked -- {list...} {filters...}"
+    )
+    .run()?;
+    Ok(())
+}
+
+fn step(name: &str) {
+    eprintln!("\n==> {name}");
+}
+
+fn ci(sh: &Shell, root: &Path) -> Result<()> {
+    let started = std::time::Instant::now();
+    host::ensure(sh, &[host::SOCKET_ACTIVATE])?;
+    step("cargo fmt --check");
+    cmd!(sh, "cargo fmt --all --check").run()?;
+    step("cargo clippy -D warnings");
+    cmd!(
+        sh,
+        "cargo clippy --workspace --all-targets --locked -- -D warnings"
+    )
+    .run()?;
+    step("cargo test");
+    cmd!(sh, "cargo test --workspace --locked").run()?;
+    step("static build");
+    let bins = statics::build(sh, root)?;
+    eprintln!(
+        "static ({}): {} {}",
+        bins.target,
+        bins.echo.display(),
+        bins.probe.display()
+    );
+    eprintln!(
+        "\nci: all steps passed in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,76 @@
+//! Static builds of socket-activate-echo and echo-probe: what goes into a `FROM scratch`
+//! image and into a guest, whatever libc the guest has.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use xshell::{Shell, cmd};
+
+const MUSL: &str = "x86_64-unknown-linux-musl";
+const GNU: &str = "x86_64-unknown-linux-gnu";
+
+#[derive(Debug, Clone)]
+pub struct StaticBinaries {
+    pub echo: PathBuf,
+    pub probe: PathBuf,
+    pub target: &'static str,
+}
+
+fn musl_available(sh: &Shell) -> bool {
+    let installed = cmd!(sh, "rustup target list --installed")
+        .quiet()
+        .ignore_stderr()
+        .read();
+    if installed.is_ok_and(|list| list.lines().any(|l| l.trim() == MUSL)) {
+        return true;
+    }
+    eprintln!("xtask: adding the {MUSL} target with rustup");
+    cmd!(sh, "rustup target add {MUSL}").quiet().run().is_ok()
+}
+
+/// Builds both binaries statically linked (musl, or glibc with `+crt-static` when the musl
+/// target cannot be installed), in release mode, and checks they really are static.
+pub fn build(sh: &Shell, root: &Path) -> Result<StaticBinaries> {
+    let target = if musl_available(sh) { MUSL } else { GNU };
+    let mut build = cmd!(
+        sh,
+        "cargo build --release --locked --target {target} -p socket-activate-echo -p echo-probe"
+    );
+    if target == GNU {
+        eprintln!("xtask: {MUSL} unavailable; building with glibc +crt-static");
+        build = build.env("RUSTFLAGS", "-C target-feature=+crt-static");
+    }
+    build.run().context("static build")?;
+    let dir = root.join("target").join(target).join("release");
+    let bins = StaticBinaries {
+        echo: dir.join("socket-activate-echo"),
+        probe: dir.join("echo-probe"),
+        target,
+    };
+    for bin in [&bins.echo, &bins.probe] {
+        ensure_static(bin)?;
+    }
+    Ok(bins)
+}
+
+/// An ELF file with no program interpreter needs no dynamic loader and no shared libc.
+pub fn ensure_static(path: &Path) -> Result<()> {
+    use object::Endianness;
+    use object::elf::{FileHeader64, PT_INTERP};
+    use object::read::elf::{FileHeader, ProgramHeader};
+    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let header = FileHeader64::<Endianness>::parse(&*data)
+        .with_context(|| format!("{} is not a 64-bit ELF file", path.display()))?;
+    let endian = header.endian()?;
+    let dynamic = header
+        .program_headers(endian, &*data)?
+        .iter()
+        .any(|ph| ph.p_type(endian) == PT_INTERP);
+    if dynamic {
+        bail!(
+            "{} is dynamically linked (it has an ELF interpreter)",
+            path.display()
+        );
+    }
+    Ok(())
+}
