@@ -20,6 +20,17 @@ pub const SOCAT: Tool = Tool {
     package: "socat",
 };
 
+/// What building images and running guests needs.
+pub const LAB: &[Tool] = &[
+    Tool { command: "qemu-system-x86_64", package: "qemu-system-x86" },
+    Tool { command: "qemu-img", package: "qemu-utils" },
+    Tool { command: "mmdebstrap", package: "mmdebstrap" },
+    Tool { command: "newuidmap", package: "uidmap" },
+    Tool { command: "mkfs.ext4", package: "e2fsprogs" },
+    Tool { command: "ssh", package: "openssh-client" },
+    Tool { command: "ssh-keygen", package: "openssh-client" },
+];
+
 pub fn on_path(command: &str) -> bool {
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|dir| dir.join(command).is_file()))

@@ -3,6 +3,7 @@
 
 mod bench;
 mod host;
+mod lab;
 mod process;
 mod statics;
 
@@ -21,13 +22,24 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the tests (host tests of the echo server, its library and the probe).
+    /// Run lab trials (scenario x target x runtime) on real guests.
     Test {
-        /// Only tests whose name contains one of these.
+        /// Only trials whose name (scenario::target::runtime) contains one of these.
         filters: Vec<String>,
-        /// List the tests instead of running them.
+        /// Targets (vm/NAME.toml); default debian-13.
+        #[arg(long = "target", value_name = "NAME")]
+        targets: Vec<String>,
+        /// Runtimes; default every runtime of the target.
+        #[arg(long = "runtime", value_name = "NAME")]
+        runtimes: Vec<String>,
+        /// List the trials instead of running them.
         #[arg(long)]
         list: bool,
+    },
+    /// Guest images: build, list, remove, or open a shell in a fresh guest.
+    Vm {
+        #[command(subcommand)]
+        what: VmWhat,
     },
     /// What CI runs: fmt check, clippy -D warnings, the tests, the static build.
     Ci,
@@ -38,6 +50,18 @@ enum Command {
     },
     /// Build socket-activate-echo and echo-probe statically linked and print their paths.
     BuildStatic,
+}
+
+#[derive(Subcommand)]
+enum VmWhat {
+    /// Build (or reuse) the target's image and ready state.
+    Build { target: String },
+    /// Show what is cached, with sizes.
+    Ls,
+    /// Remove every cached image.
+    Clean,
+    /// Open a shell in a fresh guest of the target (for debugging).
+    Ssh { target: String },
 }
 
 #[derive(Subcommand)]
@@ -68,7 +92,15 @@ fn main() -> Result<()> {
     let root = project_root();
     sh.change_dir(&root);
     match cli.command {
-        Command::Test { filters, list } => test(&sh, &filters, list),
+        Command::Test { filters, targets, runtimes, list } => {
+            lab::test(&sh, &root, ::lab::run::Selection { filters, targets, runtimes }, list)
+        }
+        Command::Vm { what } => match what {
+            VmWhat::Build { target } => lab::build(&sh, &root, &target),
+            VmWhat::Ls => lab::ls(),
+            VmWhat::Clean => lab::clean(),
+            VmWhat::Ssh { target } => lab::ssh(&sh, &root, &target),
+        },
         Command::Ci => ci(&sh, &root),
         Command::Bench {
             what:
@@ -94,17 +126,6 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
-}
-
-fn test(sh: &Shell, filters: &[String], list: bool) -> Result<()> {
-    host::ensure(sh, &[host::SOCKET_ACTIVATE])?;
-    let list = list.then_some("--list");
-    cmd!(
-        sh,
-        "cargo test --workspace --locked -- {list...} {filters...}"
-    )
-    .run()?;
-    Ok(())
 }
 
 fn step(name: &str) {

@@ -1,0 +1,229 @@
+//! The image cache under `$XDG_CACHE_HOME/socket-activation-lab`.
+//!
+//! An entry is a directory named by a key (a hash of everything that went into it). It is
+//! built in a temporary sibling and renamed into place only when complete, with a
+//! `manifest.json` listing every file and its size, checked on every use: a half-written
+//! or truncated entry is never used, it is removed and rebuilt. Builds of one entry are
+//! serialised with an flock.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub fn root() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/var/tmp"));
+    base.join("socket-activation-lab")
+}
+
+/// A stable key from named parts: `sha256(name=value\n...)`, first 16 hex digits.
+pub fn key(parts: &[(&str, &[u8])]) -> String {
+    let mut h = Sha256::new();
+    for (name, value) in parts {
+        h.update(name.as_bytes());
+        h.update(b"=");
+        h.update((value.len() as u64).to_le_bytes());
+        h.update(value);
+    }
+    hex(&h.finalize())[..16].to_string()
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).with_context(|| format!("reading {}", path.display()))?;
+    Ok(hex(&h.finalize()))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub key: String,
+    /// File name -> size in bytes.
+    pub files: BTreeMap<String, u64>,
+    /// Anything the builder wants to remember (versions read from the guest, ...).
+    #[serde(default)]
+    pub facts: BTreeMap<String, String>,
+}
+
+const MANIFEST: &str = "manifest.json";
+
+impl Manifest {
+    /// Reads and checks an entry: every listed file exists with its size.
+    pub fn verify(dir: &Path) -> Result<Manifest> {
+        let text = std::fs::read_to_string(dir.join(MANIFEST)).with_context(|| format!("{} has no manifest", dir.display()))?;
+        let m: Manifest = serde_json::from_str(&text).with_context(|| format!("{}: corrupt manifest", dir.display()))?;
+        for (name, size) in &m.files {
+            let actual = std::fs::metadata(dir.join(name)).map(|md| md.len()).ok();
+            if actual != Some(*size) {
+                bail!("{}: {name} is {actual:?} bytes, the manifest says {size}", dir.display());
+            }
+        }
+        Ok(m)
+    }
+}
+
+/// A cache entry being built: a temporary directory beside its final place.
+pub struct Staging {
+    dir: tempfile::TempDir,
+    target: PathBuf,
+    key: String,
+}
+
+impl Staging {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes the manifest (sizes of every file now present) and renames into place.
+    pub fn publish(self, facts: BTreeMap<String, String>) -> Result<Manifest> {
+        let mut files = BTreeMap::new();
+        for entry in std::fs::read_dir(self.dir.path())? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                files.insert(entry.file_name().to_string_lossy().into_owned(), entry.metadata()?.len());
+            }
+        }
+        let manifest = Manifest { key: self.key.clone(), files, facts };
+        std::fs::write(self.dir.path().join(MANIFEST), serde_json::to_string_pretty(&manifest)?)?;
+        let staged = self.dir.keep();
+        if self.target.exists() {
+            std::fs::remove_dir_all(&self.target)?;
+        }
+        std::fs::rename(&staged, &self.target)
+            .with_context(|| format!("publishing {} as {}", staged.display(), self.target.display()))?;
+        Ok(manifest)
+    }
+}
+
+/// Holds an exclusive lock on one cache entry until dropped.
+pub struct EntryLock {
+    _file: nix::fcntl::Flock<File>,
+}
+
+/// Locks `dir`'s entry (blocking while another process builds it).
+pub fn lock(dir: &Path) -> Result<EntryLock> {
+    let parent = dir.parent().context("cache entry without parent")?;
+    std::fs::create_dir_all(parent)?;
+    let lock_path = dir.with_extension("lock");
+    let file = File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
+    let file = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(l) => l,
+        Err((file, _)) => {
+            eprintln!("waiting for another build of {} to finish", dir.display());
+            nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+                .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", lock_path.display()))?
+        }
+    };
+    Ok(EntryLock { _file: file })
+}
+
+/// The verified entry at `dir`, or `None` after removing a broken one. Call with the lock
+/// held.
+pub fn lookup(dir: &Path) -> Option<Manifest> {
+    if !dir.exists() {
+        return None;
+    }
+    match Manifest::verify(dir) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            eprintln!("cache entry unusable, rebuilding: {e:#}");
+            let _ = std::fs::remove_dir_all(dir);
+            None
+        }
+    }
+}
+
+/// A fresh staging directory for the entry at `dir` (same filesystem, so the final rename
+/// is atomic). Removed on drop unless published.
+pub fn stage(dir: &Path, key: &str) -> Result<Staging> {
+    let parent = dir.parent().context("cache entry without parent")?;
+    std::fs::create_dir_all(parent)?;
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("entry");
+    let tmp = tempfile::Builder::new().prefix(&format!(".{name}.building-")).tempdir_in(parent)?;
+    Ok(Staging { dir: tmp, target: dir.to_path_buf(), key: key.to_string() })
+}
+
+/// Sizes of the entries under the cache root, for `vm ls`.
+pub fn entries() -> Result<Vec<(PathBuf, u64, bool)>> {
+    let mut out = Vec::new();
+    let images = root().join("images");
+    let Ok(rd) = std::fs::read_dir(&images) else { return Ok(out) };
+    for e in rd {
+        let path = e?.path();
+        if path.is_dir() {
+            let ok = Manifest::verify(&path).is_ok();
+            out.push((path.clone(), dir_size(&path), ok));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+pub fn dir_size(path: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(path) else {
+        return std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    };
+    rd.flatten()
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() { dir_size(&p) } else { e.metadata().map(|m| m.len()).unwrap_or(0) }
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_depends_on_every_part() {
+        let a = key(&[("a", b"1"), ("b", b"2")]);
+        assert_eq!(a, key(&[("a", b"1"), ("b", b"2")]));
+        assert_ne!(a, key(&[("a", b"1"), ("b", b"3")]));
+        // Length-prefixed: moving a byte between parts changes the key.
+        assert_ne!(key(&[("a", b"12"), ("b", b"")]), key(&[("a", b"1"), ("b", b"2")]));
+        assert_eq!(a.len(), 16);
+    }
+
+    #[test]
+    fn published_entry_verifies_and_truncation_is_detected() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("images/t-abc");
+        let _lock = lock(&dir).unwrap();
+        assert!(lookup(&dir).is_none());
+        let s = stage(&dir, "abc").unwrap();
+        std::fs::write(s.path().join("disk.qcow2"), vec![7u8; 1000]).unwrap();
+        s.publish(BTreeMap::from([("podman".to_string(), "5.4.2".to_string())])).unwrap();
+        let m = lookup(&dir).expect("complete entry");
+        assert_eq!(m.files["disk.qcow2"], 1000);
+        assert_eq!(m.facts["podman"], "5.4.2");
+
+        // A truncated file makes the entry unusable; lookup removes it.
+        std::fs::write(dir.join("disk.qcow2"), vec![7u8; 10]).unwrap();
+        assert!(lookup(&dir).is_none());
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn an_unpublished_build_leaves_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("images/t-def");
+        {
+            let s = stage(&dir, "def").unwrap();
+            std::fs::write(s.path().join("half"), b"x").unwrap();
+        }
+        let left: Vec<_> = std::fs::read_dir(root.path().join("images")).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+}

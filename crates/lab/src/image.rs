@@ -1,0 +1,239 @@
+//! Base images: a Debian guest built offline with mmdebstrap (the Debian archive is the
+//! only network it needs), as an ext4 disk in qcow2 plus the kernel and initrd for direct
+//! kernel boot, with the ssh keys that reach it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::cache;
+use crate::events::{Event, Events};
+use crate::guest::{HOST_ALIAS, SshKeys};
+use crate::proc;
+use crate::target::{Source, Target};
+
+/// Bump when the build recipe changes in a way the target file does not show.
+const RECIPE_VERSION: &str = "debian-base-3";
+
+/// Run inside mmdebstrap's namespace after the packages are installed: `$1` is the root
+/// file system, `$2` the staging directory with the keys. Placeholders are filled from the
+/// target; the text is part of the cache key.
+const CUSTOMIZE: &str = r#"#!/bin/sh
+set -eu
+R="$1"; STAGE="$2"
+echo lab > "$R/etc/hostname"
+echo '127.0.1.1 lab' >> "$R/etc/hosts"
+echo '/dev/vda / ext4 rw,discard,errors=remount-ro 0 1' > "$R/etc/fstab"
+mkdir -p "$R/etc/systemd/network"
+printf '[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n' > "$R/etc/systemd/network/20-wired.network"
+printf '%s\n' @MODULES@ > "$R/etc/modules-load.d/socket-activation-lab.conf"
+chroot "$R" useradd --create-home --uid @UID@ --shell /bin/bash @USER@
+grep -q '^@USER@:' "$R/etc/subuid" 2>/dev/null || echo '@USER@:100000:65536' >> "$R/etc/subuid"
+grep -q '^@USER@:' "$R/etc/subgid" 2>/dev/null || echo '@USER@:100000:65536' >> "$R/etc/subgid"
+mkdir -p "$R/var/lib/systemd/linger"
+touch "$R/var/lib/systemd/linger/@USER@"
+mkdir -p "$R/root/.ssh"
+chmod 700 "$R/root/.ssh"
+cp "$STAGE/id_ed25519.pub" "$R/root/.ssh/authorized_keys"
+rm -f "$R"/etc/ssh/ssh_host_*
+cp "$STAGE/host_ed25519" "$R/etc/ssh/ssh_host_ed25519_key"
+cp "$STAGE/host_ed25519.pub" "$R/etc/ssh/ssh_host_ed25519_key.pub"
+chmod 600 "$R/etc/ssh/ssh_host_ed25519_key"
+printf 'HostKey /etc/ssh/ssh_host_ed25519_key\nPermitRootLogin prohibit-password\nUseDNS no\n' > "$R/etc/ssh/sshd_config.d/socket-activation-lab.conf"
+chroot "$R" systemctl enable systemd-networkd systemd-resolved
+# Timers and waits that only cost boot time in a throwaway guest.
+chroot "$R" systemctl mask systemd-networkd-wait-online.service apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer man-db.timer dpkg-db-backup.timer
+"#;
+
+pub const KERNEL_CMDLINE: &str = "root=/dev/vda rw console=ttyS0 quiet";
+
+/// A built (or fetched) base image in the cache.
+#[derive(Debug, Clone)]
+pub struct BaseImage {
+    pub dir: PathBuf,
+    pub disk: PathBuf,
+    /// Direct kernel boot files (Debian); `None` when the disk boots itself (Fedora).
+    pub kernel: Option<(PathBuf, PathBuf)>,
+    pub keys: SshKeys,
+    pub manifest: cache::Manifest,
+}
+
+fn customize_script(target: &Target) -> String {
+    CUSTOMIZE
+        .replace("@MODULES@", &target.modules.join(" "))
+        .replace("@UID@", &target.user.uid.to_string())
+        .replace("@USER@", &target.user.name)
+}
+
+pub fn base_key(target: &Target) -> String {
+    cache::key(&[
+        ("target", target.file_text.as_bytes()),
+        ("recipe", RECIPE_VERSION.as_bytes()),
+        ("customize", customize_script(target).as_bytes()),
+    ])
+}
+
+pub fn base_dir(target: &Target) -> PathBuf {
+    cache::root().join("images").join(format!("{}-base-{}", target.name, base_key(target)))
+}
+
+fn load(dir: &Path, manifest: cache::Manifest) -> BaseImage {
+    let kernel = manifest
+        .files
+        .contains_key("vmlinuz")
+        .then(|| (dir.join("vmlinuz"), dir.join("initrd.img")));
+    BaseImage {
+        dir: dir.to_path_buf(),
+        disk: dir.join("disk.qcow2"),
+        kernel,
+        keys: SshKeys { identity: dir.join("id_ed25519"), known_hosts: dir.join("known_hosts") },
+        manifest,
+    }
+}
+
+/// The target's base image from the cache, built first if missing or broken.
+pub fn ensure_base(target: &Target, events: &Events) -> Result<BaseImage> {
+    let dir = base_dir(target);
+    let _lock = cache::lock(&dir)?;
+    if let Some(m) = cache::lookup(&dir) {
+        return Ok(load(&dir, m));
+    }
+    match &target.source {
+        Source::Debian { suite, mirror, kernel_package } => {
+            build_debian(target, &dir, suite, mirror, kernel_package, events).map(|m| load(&dir, m))
+        }
+        Source::Fedora { .. } => crate::fedora::fetch(target, &dir, events).map(|m| load(&dir, m)),
+    }
+}
+
+/// Generates the login key and the guest's host key (pinned in `known_hosts`).
+pub fn make_keys(stage: &Path) -> Result<()> {
+    for name in ["id_ed25519", "host_ed25519"] {
+        let mut c = Command::new("ssh-keygen");
+        c.args(["-q", "-t", "ed25519", "-N", "", "-C", "socket-activation-lab", "-f"]).arg(stage.join(name));
+        proc::check(c, None, Duration::from_secs(30))?;
+    }
+    let host_pub = std::fs::read_to_string(stage.join("host_ed25519.pub"))?;
+    let mut parts = host_pub.split_whitespace();
+    let (kind, key) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    std::fs::write(stage.join("known_hosts"), format!("{HOST_ALIAS} {kind} {key}\n"))?;
+    Ok(())
+}
+
+fn build_debian(
+    target: &Target,
+    dir: &Path,
+    suite: &str,
+    mirror: &str,
+    kernel_package: &str,
+    events: &Events,
+) -> Result<cache::Manifest> {
+    if !crate::is_root() {
+        bail!("building a Debian image needs root (mmdebstrap, and mkfs.ext4 -d of a root-owned tree); run as root or fetch a cached image");
+    }
+    let key = base_key(target);
+    let stage = cache::stage(dir, &key)?;
+    let s = stage.path();
+    make_keys(s)?;
+    let script = s.join("customize.sh");
+    std::fs::write(&script, customize_script(target))?;
+
+    let mut packages = vec![kernel_package.to_string()];
+    packages.extend(target.packages.iter().cloned());
+    let tar = s.join("rootfs.tar");
+    let step = events.step(&target.name, &format!("mmdebstrap {suite} ({} packages)", packages.len()));
+    let mut c = Command::new("mmdebstrap");
+    // unshare mode: its mounts live in a private namespace and vanish with it, so an
+    // interrupted build leaves no mount behind.
+    c.args(["--mode=unshare", "--variant=apt", "--format=tar"])
+        .arg(format!("--include={}", packages.join(",")))
+        .arg(format!("--customize-hook=sh {} \"$1\" {}", script.display(), s.display()))
+        .args([suite])
+        .arg(&tar)
+        .arg(mirror);
+    let out = proc::run(c, None, Duration::from_secs(1800))?;
+    std::fs::write(s.join("mmdebstrap.log"), out.combined())?;
+    if !out.success() {
+        bail!("mmdebstrap {suite} failed ({}):\n{}", out.status, proc::tail(&out.combined(), 30));
+    }
+    step.done();
+
+    let step = events.step(&target.name, "ext4 disk and qcow2");
+    let rootfs = s.join("rootfs");
+    std::fs::create_dir(&rootfs)?;
+    let mut c = Command::new("tar");
+    c.args(["--numeric-owner", "-xpf"]).arg(&tar).arg("-C").arg(&rootfs);
+    proc::check(c, None, Duration::from_secs(600))?;
+    std::fs::remove_file(&tar)?;
+    let boot = rootfs.join("boot");
+    let find = |prefix: &str| -> Result<PathBuf> {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(&boot)?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix)))
+            .collect();
+        found.sort();
+        found.pop().with_context(|| format!("no {prefix}* in the image's /boot ({kernel_package} installed?)"))
+    };
+    std::fs::copy(find("vmlinuz-")?, s.join("vmlinuz"))?;
+    std::fs::copy(find("initrd.img-")?, s.join("initrd.img"))?;
+    let raw = s.join("disk.raw");
+    let mut c = Command::new("mkfs.ext4");
+    c.args(["-q", "-F", "-L", "root", "-d"]).arg(&rootfs).arg(&raw).arg(format!("{}G", target.machine.disk_gib));
+    proc::check(c, None, Duration::from_secs(600))?;
+    std::fs::remove_dir_all(&rootfs)?;
+    let mut c = Command::new("qemu-img");
+    c.args(["convert", "-O", "qcow2"]).arg(&raw).arg(s.join("disk.qcow2"));
+    proc::check(c, None, Duration::from_secs(600))?;
+    std::fs::remove_file(&raw)?;
+    step.done();
+
+    let facts = BTreeMap::from([("build_id".to_string(), build_id()), ("suite".to_string(), suite.to_string())]);
+    events.emit(Event::Note { target: target.name.clone(), text: format!("base image cached in {}", dir.display()) });
+    stage.publish(facts)
+}
+
+/// A nonce recorded with each build, so anything derived from an image (its ready
+/// snapshot) is invalidated when the image is rebuilt under the same key.
+pub fn build_id() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    format!("{}-{}", now.as_nanos(), std::process::id())
+}
+
+/// A qcow2 overlay on `base`: all writes go to the overlay, the base is never written.
+pub fn overlay(base: &Path, path: &Path) -> Result<()> {
+    let mut c = Command::new("qemu-img");
+    c.args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"]).arg(base).arg(path);
+    proc::check(c, None, Duration::from_secs(60))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn customize_fills_every_placeholder() {
+        let t = Target::parse(
+            &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../vm/debian-13.toml")).unwrap(),
+            Path::new("vm/debian-13.toml"),
+        )
+        .unwrap();
+        let s = customize_script(&t);
+        assert!(!s.contains('@'), "{s}");
+        assert!(s.contains("useradd --create-home --uid 1000 --shell /bin/bash test"));
+        assert!(s.contains("printf '%s\\n' vsock_loopback"));
+    }
+
+    #[test]
+    fn key_changes_with_the_target_file() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../vm/debian-13.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let a = Target::parse(&text, Path::new("vm/debian-13.toml")).unwrap();
+        let b = Target::parse(&text.replace("\"curl\"", "\"curl\", \"socat\""), Path::new("vm/debian-13.toml")).unwrap();
+        assert_ne!(base_key(&a), base_key(&b));
+    }
+}

@@ -1,0 +1,21 @@
+//! The lab engine: targets, images, QEMU, guest control, scenarios, trials. Emits events;
+//! the CLI (xtask) and reporters render them.
+
+pub mod cache;
+pub mod events;
+pub mod fedora;
+pub mod guest;
+pub mod image;
+pub mod proc;
+pub mod qemu;
+pub mod qmp;
+pub mod run;
+pub mod scenario;
+pub mod target;
+pub mod units;
+pub mod vm;
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    (unsafe { libc::geteuid() }) == 0
+}

@@ -1,0 +1,172 @@
+//! External processes with a deadline. Every one is killed if it outlives its timeout, and
+//! (through `PR_SET_PDEATHSIG`) if this process dies first, so Ctrl-C, a panic or a kill
+//! leaves no qemu, ssh or mmdebstrap behind.
+
+use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// Makes the kernel kill the child when its parent dies.
+pub fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe and touches only the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[derive(Debug)]
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Output {
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    /// stdout and stderr together, for logs and error messages.
+    pub fn combined(&self) -> String {
+        let mut s = self.stdout.clone();
+        if !self.stderr.is_empty() {
+            if !s.is_empty() && !s.ends_with('\n') {
+                s.push('\n');
+            }
+            s.push_str(&self.stderr);
+        }
+        s
+    }
+}
+
+pub fn display(cmd: &Command) -> String {
+    let mut parts = vec![cmd.get_program().to_string_lossy().into_owned()];
+    parts.extend(cmd.get_args().map(|a: &OsStr| a.to_string_lossy().into_owned()));
+    parts.join(" ")
+}
+
+/// Runs `cmd` to completion, feeding `stdin`, with a deadline. A timeout is an error that
+/// names the command and the limit.
+pub fn run(mut cmd: Command, stdin: Option<&[u8]>, timeout: Duration) -> Result<Output> {
+    let shown = display(&cmd);
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    die_with_parent(&mut cmd);
+    let start = Instant::now();
+    let mut child = cmd.spawn().with_context(|| format!("starting `{shown}`"))?;
+    let feeder = stdin.map(|data| {
+        let mut pipe = child.stdin.take().expect("piped stdin");
+        let data = data.to_vec();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&data);
+        })
+    });
+    let out_reader = reader(child.stdout.take().expect("piped stdout"));
+    let err_reader = reader(child.stderr.take().expect("piped stderr"));
+    let status = wait_deadline(&mut child, timeout);
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("`{shown}` did not finish within {:.0} s and was killed", timeout.as_secs_f64());
+    };
+    if let Some(f) = feeder {
+        let _ = f.join();
+    }
+    Ok(Output {
+        status,
+        stdout: out_reader.join().unwrap_or_default(),
+        stderr: err_reader.join().unwrap_or_default(),
+        elapsed: start.elapsed(),
+    })
+}
+
+/// Like [`run`], but a non-zero exit is an error with the output in it.
+pub fn check(cmd: Command, stdin: Option<&[u8]>, timeout: Duration) -> Result<Output> {
+    let shown = display(&cmd);
+    let out = run(cmd, stdin, timeout)?;
+    if !out.success() {
+        bail!("`{shown}` failed ({}):\n{}", out.status, tail(&out.combined(), 40));
+    }
+    Ok(out)
+}
+
+fn reader(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = pipe.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+}
+
+/// Waits for `child` until `timeout`; `None` if it is still running.
+pub fn wait_deadline(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    let mut nap = Duration::from_millis(2);
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() >= deadline => return None,
+            Ok(None) => {
+                std::thread::sleep(nap);
+                nap = (nap * 2).min(Duration::from_millis(50));
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+/// The last `lines` lines of `text`.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn captures_output_and_status() {
+        let mut c = Command::new("sh");
+        c.args(["-c", "echo out; echo err >&2; exit 3"]);
+        let o = run(c, None, Duration::from_secs(5)).unwrap();
+        assert_eq!((o.stdout.as_str(), o.stderr.as_str(), o.code()), ("out\n", "err\n", Some(3)));
+    }
+
+    #[test]
+    fn feeds_stdin() {
+        let o = check(Command::new("cat"), Some(b"abc"), Duration::from_secs(5)).unwrap();
+        assert_eq!(o.stdout, "abc");
+    }
+
+    #[test]
+    fn timeout_kills_and_names_the_command() {
+        let mut c = Command::new("sleep");
+        c.arg("30");
+        let e = run(c, None, Duration::from_millis(200)).unwrap_err().to_string();
+        assert!(e.contains("`sleep 30` did not finish within 0 s"), "{e}");
+    }
+
+    #[test]
+    fn check_reports_failure_output() {
+        let mut c = Command::new("sh");
+        c.args(["-c", "echo boom >&2; exit 1"]);
+        let e = check(c, None, Duration::from_secs(5)).unwrap_err().to_string();
+        assert!(e.contains("boom"), "{e}");
+    }
+}

@@ -1,0 +1,308 @@
+//! One QEMU guest. Its command line is composed from small pure functions (testable
+//! without QEMU); the running process is owned by [`Qemu`], whose `Drop` stops it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::proc;
+use crate::qmp::Qmp;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// Everything that decides the guest's hardware. A saved state only loads into a QEMU
+/// with the same spec, so its fields are part of the snapshot's cache key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MachineSpec {
+    pub accel: Accel,
+    pub memory_mib: u32,
+    pub cpus: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Boot {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub cmdline: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub machine: MachineSpec,
+    /// Direct kernel boot; `None` boots the disk through firmware (Fedora).
+    pub boot: Option<Boot>,
+    pub disk: PathBuf,
+    pub ssh_port: u16,
+    pub console_log: PathBuf,
+    pub qmp_socket: PathBuf,
+    /// Load a saved state instead of booting.
+    pub incoming: Option<PathBuf>,
+    /// Extra drives, e.g. a cloud-init seed.
+    pub extra_drives: Vec<PathBuf>,
+}
+
+pub fn machine_args(m: &MachineSpec) -> Vec<String> {
+    let cpu = match m.accel {
+        Accel::Kvm => "host",
+        // The fastest model under TCG measured here.
+        Accel::Tcg => "qemu64",
+    };
+    vec![
+        "-accel".into(),
+        m.accel.name().into(),
+        "-machine".into(),
+        "q35".into(),
+        "-cpu".into(),
+        cpu.into(),
+        "-m".into(),
+        m.memory_mib.to_string(),
+        "-smp".into(),
+        m.cpus.to_string(),
+        "-nodefaults".into(),
+        "-display".into(),
+        "none".into(),
+        "-device".into(),
+        "virtio-rng-pci".into(),
+    ]
+}
+
+pub fn kernel_args(boot: &Boot) -> Vec<String> {
+    vec![
+        "-kernel".into(),
+        boot.kernel.display().to_string(),
+        "-initrd".into(),
+        boot.initrd.display().to_string(),
+        "-append".into(),
+        boot.cmdline.clone(),
+    ]
+}
+
+pub fn drive_args(disk: &Path, extra: &[PathBuf]) -> Vec<String> {
+    // cache=unsafe: the overlay is thrown away after the trial; speed matters, durability
+    // does not (the state is flushed before a snapshot is saved).
+    let mut args = vec![
+        "-drive".into(),
+        format!("file={},if=virtio,format=qcow2,cache=unsafe,discard=unmap", disk.display()),
+    ];
+    for d in extra {
+        args.push("-drive".into());
+        args.push(format!("file={},if=virtio,format=raw,readonly=on", d.display()));
+    }
+    args
+}
+
+pub fn net_args(ssh_port: u16) -> Vec<String> {
+    vec![
+        "-netdev".into(),
+        format!("user,id=net0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22"),
+        "-device".into(),
+        "virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56".into(),
+    ]
+}
+
+pub fn console_args(log: &Path, qmp: &Path) -> Vec<String> {
+    vec![
+        "-serial".into(),
+        format!("file:{}", log.display()),
+        "-qmp".into(),
+        format!("unix:{},server=on,wait=off", qmp.display()),
+    ]
+}
+
+pub fn incoming_args(state: Option<&Path>) -> Vec<String> {
+    match state {
+        None => Vec::new(),
+        Some(s) => vec![
+            "-incoming".into(),
+            format!("exec:cat {}", shlex::try_quote(&s.to_string_lossy()).expect("no NUL in path")),
+        ],
+    }
+}
+
+pub fn args(c: &VmConfig) -> Vec<String> {
+    let mut a = machine_args(&c.machine);
+    if let Some(b) = &c.boot {
+        a.extend(kernel_args(b));
+    }
+    a.extend(drive_args(&c.disk, &c.extra_drives));
+    a.extend(net_args(c.ssh_port));
+    a.extend(console_args(&c.console_log, &c.qmp_socket));
+    a.extend(incoming_args(c.incoming.as_deref()));
+    a.push("-no-user-config".into());
+    a
+}
+
+/// A running QEMU. Dropping it quits QEMU (QMP `quit`, then SIGKILL).
+pub struct Qemu {
+    child: Option<Child>,
+    pub qmp: Qmp,
+    pub config: VmConfig,
+}
+
+impl Qemu {
+    /// Starts QEMU; it is also killed if this process dies. Its stderr goes to `log`.
+    pub fn start(config: VmConfig, log: &Path) -> Result<Qemu> {
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(args(&config));
+        let log_file = std::fs::File::create(log)?;
+        cmd.stdin(Stdio::null()).stdout(log_file.try_clone()?).stderr(log_file);
+        proc::die_with_parent(&mut cmd);
+        let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
+        let qmp = match Qmp::connect(&config.qmp_socket, Duration::from_secs(20)) {
+            Ok(q) => q,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let stderr = std::fs::read_to_string(log).unwrap_or_default();
+                return Err(e.context(format!("QEMU did not come up:\n{}", proc::tail(&stderr, 20))));
+            }
+        };
+        Ok(Qemu { child: Some(child), qmp, config })
+    }
+
+    /// `Some(status)` once QEMU has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Asks QEMU to quit and waits for it.
+    pub fn quit(mut self) -> Result<()> {
+        self.shutdown();
+        Ok(())
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = self.qmp.execute("quit", None);
+            if proc::wait_deadline(&mut child, Duration::from_secs(5)).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// KVM only if it really runs a guest: the host here has `/dev/kvm` but QEMU aborts on
+/// the first vCPU run (`failed to set MSR`), so a brief real run decides. Cached per process.
+pub fn detect_accel() -> Accel {
+    static ACCEL: OnceLock<Accel> = OnceLock::new();
+    *ACCEL.get_or_init(|| {
+        if let Ok(forced) = std::env::var("SAL_ACCEL") {
+            return if forced == "kvm" { Accel::Kvm } else { Accel::Tcg };
+        }
+        if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+            return Accel::Tcg;
+        }
+        if kvm_runs_a_guest() { Accel::Kvm } else { Accel::Tcg }
+    })
+}
+
+fn kvm_runs_a_guest() -> bool {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    // Run the firmware for a moment, then quit over QMP on stdin.
+    cmd.args([
+        "-accel", "kvm", "-cpu", "host", "-machine", "q35", "-m", "64", "-nodefaults", "-display", "none",
+        "-no-reboot", "-qmp", "stdio",
+    ]);
+    let script = b"{\"execute\":\"qmp_capabilities\"}\n";
+    let mut cmd2 = cmd;
+    cmd2.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null());
+    proc::die_with_parent(&mut cmd2);
+    let Ok(mut child) = cmd2.spawn() else { return false };
+    let mut stdin = child.stdin.take().expect("piped");
+    use std::io::Write;
+    let _ = stdin.write_all(script);
+    std::thread::sleep(Duration::from_millis(700));
+    let alive = child.try_wait().ok().flatten().is_none();
+    let _ = stdin.write_all(b"{\"execute\":\"quit\"}\n");
+    drop(stdin);
+    let status = proc::wait_deadline(&mut child, Duration::from_secs(5));
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    alive && status.is_some_and(|s| s.success())
+}
+
+/// A free TCP port on 127.0.0.1 (released before QEMU binds it; QEMU failing to bind is
+/// reported as a start error).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> VmConfig {
+        VmConfig {
+            machine: MachineSpec { accel: Accel::Tcg, memory_mib: 2048, cpus: 2 },
+            boot: Some(Boot { kernel: "/c/vmlinuz".into(), initrd: "/c/initrd.img".into(), cmdline: "root=/dev/vda rw".into() }),
+            disk: "/r/disk.qcow2".into(),
+            ssh_port: 2222,
+            console_log: "/r/console.log".into(),
+            qmp_socket: "/r/qmp.sock".into(),
+            incoming: None,
+            extra_drives: vec![],
+        }
+    }
+
+    fn pairs(a: &[String]) -> Vec<(String, String)> {
+        a.windows(2).map(|w| (w[0].clone(), w[1].clone())).collect()
+    }
+
+    #[test]
+    fn tcg_uses_qemu64_and_kvm_the_host_cpu() {
+        let mut m = config().machine;
+        assert!(pairs(&machine_args(&m)).contains(&("-cpu".into(), "qemu64".into())));
+        m.accel = Accel::Kvm;
+        let a = machine_args(&m);
+        assert!(pairs(&a).contains(&("-cpu".into(), "host".into())));
+        assert!(pairs(&a).contains(&("-accel".into(), "kvm".into())));
+    }
+
+    #[test]
+    fn ssh_is_forwarded_on_loopback_only() {
+        let a = net_args(40022);
+        assert!(a.iter().any(|x| x == "user,id=net0,hostfwd=tcp:127.0.0.1:40022-:22"), "{a:?}");
+    }
+
+    #[test]
+    fn full_command_line() {
+        let mut c = config();
+        let a = args(&c);
+        let p = pairs(&a);
+        assert!(p.contains(&("-kernel".into(), "/c/vmlinuz".into())));
+        assert!(p.contains(&("-append".into(), "root=/dev/vda rw".into())));
+        assert!(p.contains(&("-serial".into(), "file:/r/console.log".into())));
+        assert!(p.contains(&("-qmp".into(), "unix:/r/qmp.sock,server=on,wait=off".into())));
+        assert!(!a.contains(&"-incoming".to_string()));
+        c.incoming = Some("/cache/state mig".into());
+        c.boot = None;
+        let a = args(&c);
+        assert!(pairs(&a).contains(&("-incoming".into(), "exec:cat '/cache/state mig'".into())));
+        assert!(!a.contains(&"-kernel".to_string()));
+    }
+}
