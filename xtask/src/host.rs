@@ -22,13 +22,34 @@ pub const SOCAT: Tool = Tool {
 
 /// What building images and running guests needs.
 pub const LAB: &[Tool] = &[
-    Tool { command: "qemu-system-x86_64", package: "qemu-system-x86" },
-    Tool { command: "qemu-img", package: "qemu-utils" },
-    Tool { command: "mmdebstrap", package: "mmdebstrap" },
-    Tool { command: "newuidmap", package: "uidmap" },
-    Tool { command: "mkfs.ext4", package: "e2fsprogs" },
-    Tool { command: "ssh", package: "openssh-client" },
-    Tool { command: "ssh-keygen", package: "openssh-client" },
+    Tool {
+        command: "qemu-system-x86_64",
+        package: "qemu-system-x86",
+    },
+    Tool {
+        command: "qemu-img",
+        package: "qemu-utils",
+    },
+    Tool {
+        command: "mmdebstrap",
+        package: "mmdebstrap",
+    },
+    Tool {
+        command: "newuidmap",
+        package: "uidmap",
+    },
+    Tool {
+        command: "mkfs.ext4",
+        package: "e2fsprogs",
+    },
+    Tool {
+        command: "ssh",
+        package: "openssh-client",
+    },
+    Tool {
+        command: "ssh-keygen",
+        package: "openssh-client",
+    },
 ];
 
 pub fn on_path(command: &str) -> bool {

@@ -17,7 +17,10 @@ fn events() -> Events {
 
 fn binaries(sh: &Shell, root: &Path) -> Result<Binaries> {
     let b = statics::build(sh, root)?;
-    Ok(Binaries { echo: b.echo, probe: b.probe })
+    Ok(Binaries {
+        echo: b.echo,
+        probe: b.probe,
+    })
 }
 
 pub fn test(sh: &Shell, root: &Path, selection: Selection, list: bool) -> Result<()> {
@@ -37,12 +40,25 @@ pub fn test(sh: &Shell, root: &Path, selection: Selection, list: bool) -> Result
     let started = std::time::Instant::now();
     let results = run::run_all(&trials, &bins, &run_dir, &events())?;
     let count = |o: Outcome| results.iter().filter(|r| r.outcome == o).count();
-    let (pass, fail, skip) = (count(Outcome::Pass), count(Outcome::Fail), count(Outcome::Skip));
+    let (pass, fail, skip) = (
+        count(Outcome::Pass),
+        count(Outcome::Fail),
+        count(Outcome::Skip),
+    );
     println!();
     for r in &results {
         println!("{}", r.summary_line());
+        if r.outcome == Outcome::Fail {
+            for line in r.detail.lines().skip(1) {
+                println!("    {line}");
+            }
+            println!("    logs: {}", r.log_dir.display());
+        }
     }
-    println!("\n{pass} passed, {fail} failed, {skip} skipped in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "\n{pass} passed, {fail} failed, {skip} skipped in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     println!("reports and logs: {}", run_dir.display());
     if fail > 0 {
         bail!("{fail} trial(s) failed");
@@ -68,8 +84,19 @@ pub fn ls() -> Result<()> {
         println!("nothing cached in {}", lab::cache::root().display());
     }
     for (path, size, ok) in entries {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        println!("{:>9.1} MiB  {name}{}", size as f64 / 1048576.0, if ok { "" } else { "  (incomplete: will be rebuilt)" });
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        println!(
+            "{:>9.1} MiB  {name}{}",
+            size as f64 / 1048576.0,
+            if ok {
+                ""
+            } else {
+                "  (incomplete: will be rebuilt)"
+            }
+        );
     }
     Ok(())
 }
@@ -79,7 +106,11 @@ pub fn clean() -> Result<()> {
     if root.exists() {
         let size = lab::cache::dir_size(&root);
         std::fs::remove_dir_all(&root)?;
-        println!("removed {} ({:.1} MiB)", root.display(), size as f64 / 1048576.0);
+        println!(
+            "removed {} ({:.1} MiB)",
+            root.display(),
+            size as f64 / 1048576.0
+        );
     }
     Ok(())
 }
@@ -90,10 +121,18 @@ pub fn ssh(sh: &Shell, root: &Path, target: &str) -> Result<()> {
     let target = lab::target::find(&root.join("vm"), target)?;
     let bins = binaries(sh, root)?;
     let ready = vm::ensure_ready(&target, &bins, &events())?;
-    let dir = tempfile::Builder::new().prefix("vm-ssh-").tempdir_in(root.join("target"))?;
+    let dir = tempfile::Builder::new()
+        .prefix("vm-ssh-")
+        .tempdir_in(root.join("target"))?;
     let vm = TrialVm::start(&ready, dir.path(), &events())?;
     let args = vm.guest.ssh_args();
-    eprintln!("guest {} on 127.0.0.1:{}; exit the shell to stop it", target.name, vm.guest.port());
-    cmd!(sh, "ssh -t {args...} root@127.0.0.1").ignore_status().run()?;
+    eprintln!(
+        "guest {} on 127.0.0.1:{}; exit the shell to stop it",
+        target.name,
+        vm.guest.port()
+    );
+    cmd!(sh, "ssh -t {args...} root@127.0.0.1")
+        .ignore_status()
+        .run()?;
     Ok(())
 }

@@ -41,7 +41,8 @@ enum Command {
         #[command(subcommand)]
         what: VmWhat,
     },
-    /// What CI runs: fmt check, clippy -D warnings, the tests, the static build.
+    /// What CI runs: fmt check, clippy -D warnings, the tests, the static build, a VM
+    /// smoke run.
     Ci,
     /// Benchmarks, side by side with references, reported as ratios.
     Bench {
@@ -86,15 +87,37 @@ fn project_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The chain of contexts says what failed; a backtrace of xtask would not.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     let sh = Shell::new()?;
     let root = project_root();
     sh.change_dir(&root);
     match cli.command {
-        Command::Test { filters, targets, runtimes, list } => {
-            lab::test(&sh, &root, ::lab::run::Selection { filters, targets, runtimes }, list)
-        }
+        Command::Test {
+            filters,
+            targets,
+            runtimes,
+            list,
+        } => lab::test(
+            &sh,
+            &root,
+            ::lab::run::Selection {
+                filters,
+                targets,
+                runtimes,
+            },
+            list,
+        ),
         Command::Vm { what } => match what {
             VmWhat::Build { target } => lab::build(&sh, &root, &target),
             VmWhat::Ls => lab::ls(),

@@ -61,12 +61,17 @@ const MANIFEST: &str = "manifest.json";
 impl Manifest {
     /// Reads and checks an entry: every listed file exists with its size.
     pub fn verify(dir: &Path) -> Result<Manifest> {
-        let text = std::fs::read_to_string(dir.join(MANIFEST)).with_context(|| format!("{} has no manifest", dir.display()))?;
-        let m: Manifest = serde_json::from_str(&text).with_context(|| format!("{}: corrupt manifest", dir.display()))?;
+        let text = std::fs::read_to_string(dir.join(MANIFEST))
+            .with_context(|| format!("{} has no manifest", dir.display()))?;
+        let m: Manifest = serde_json::from_str(&text)
+            .with_context(|| format!("{}: corrupt manifest", dir.display()))?;
         for (name, size) in &m.files {
             let actual = std::fs::metadata(dir.join(name)).map(|md| md.len()).ok();
             if actual != Some(*size) {
-                bail!("{}: {name} is {actual:?} bytes, the manifest says {size}", dir.display());
+                bail!(
+                    "{}: {name} is {actual:?} bytes, the manifest says {size}",
+                    dir.display()
+                );
             }
         }
         Ok(m)
@@ -91,17 +96,33 @@ impl Staging {
         for entry in std::fs::read_dir(self.dir.path())? {
             let entry = entry?;
             if entry.file_type()?.is_file() {
-                files.insert(entry.file_name().to_string_lossy().into_owned(), entry.metadata()?.len());
+                files.insert(
+                    entry.file_name().to_string_lossy().into_owned(),
+                    entry.metadata()?.len(),
+                );
             }
         }
-        let manifest = Manifest { key: self.key.clone(), files, facts };
-        std::fs::write(self.dir.path().join(MANIFEST), serde_json::to_string_pretty(&manifest)?)?;
+        let manifest = Manifest {
+            key: self.key.clone(),
+            files,
+            facts,
+        };
+        std::fs::write(
+            self.dir.path().join(MANIFEST),
+            serde_json::to_string_pretty(&manifest)?,
+        )?;
+        crate::cleanup::unregister(self.dir.path());
         let staged = self.dir.keep();
         if self.target.exists() {
             std::fs::remove_dir_all(&self.target)?;
         }
-        std::fs::rename(&staged, &self.target)
-            .with_context(|| format!("publishing {} as {}", staged.display(), self.target.display()))?;
+        std::fs::rename(&staged, &self.target).with_context(|| {
+            format!(
+                "publishing {} as {}",
+                staged.display(),
+                self.target.display()
+            )
+        })?;
         Ok(manifest)
     }
 }
@@ -116,7 +137,8 @@ pub fn lock(dir: &Path) -> Result<EntryLock> {
     let parent = dir.parent().context("cache entry without parent")?;
     std::fs::create_dir_all(parent)?;
     let lock_path = dir.with_extension("lock");
-    let file = File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
+    let file =
+        File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
     let file = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
         Ok(l) => l,
         Err((file, _)) => {
@@ -150,15 +172,24 @@ pub fn stage(dir: &Path, key: &str) -> Result<Staging> {
     let parent = dir.parent().context("cache entry without parent")?;
     std::fs::create_dir_all(parent)?;
     let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("entry");
-    let tmp = tempfile::Builder::new().prefix(&format!(".{name}.building-")).tempdir_in(parent)?;
-    Ok(Staging { dir: tmp, target: dir.to_path_buf(), key: key.to_string() })
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}.building-"))
+        .tempdir_in(parent)?;
+    crate::cleanup::register(tmp.path());
+    Ok(Staging {
+        dir: tmp,
+        target: dir.to_path_buf(),
+        key: key.to_string(),
+    })
 }
 
 /// Sizes of the entries under the cache root, for `vm ls`.
 pub fn entries() -> Result<Vec<(PathBuf, u64, bool)>> {
     let mut out = Vec::new();
     let images = root().join("images");
-    let Ok(rd) = std::fs::read_dir(&images) else { return Ok(out) };
+    let Ok(rd) = std::fs::read_dir(&images) else {
+        return Ok(out);
+    };
     for e in rd {
         let path = e?.path();
         if path.is_dir() {
@@ -177,7 +208,11 @@ pub fn dir_size(path: &Path) -> u64 {
     rd.flatten()
         .map(|e| {
             let p = e.path();
-            if p.is_dir() { dir_size(&p) } else { e.metadata().map(|m| m.len()).unwrap_or(0) }
+            if p.is_dir() {
+                dir_size(&p)
+            } else {
+                e.metadata().map(|m| m.len()).unwrap_or(0)
+            }
         })
         .sum()
 }
@@ -192,7 +227,10 @@ mod tests {
         assert_eq!(a, key(&[("a", b"1"), ("b", b"2")]));
         assert_ne!(a, key(&[("a", b"1"), ("b", b"3")]));
         // Length-prefixed: moving a byte between parts changes the key.
-        assert_ne!(key(&[("a", b"12"), ("b", b"")]), key(&[("a", b"1"), ("b", b"2")]));
+        assert_ne!(
+            key(&[("a", b"12"), ("b", b"")]),
+            key(&[("a", b"1"), ("b", b"2")])
+        );
         assert_eq!(a.len(), 16);
     }
 
@@ -204,7 +242,11 @@ mod tests {
         assert!(lookup(&dir).is_none());
         let s = stage(&dir, "abc").unwrap();
         std::fs::write(s.path().join("disk.qcow2"), vec![7u8; 1000]).unwrap();
-        s.publish(BTreeMap::from([("podman".to_string(), "5.4.2".to_string())])).unwrap();
+        s.publish(BTreeMap::from([(
+            "podman".to_string(),
+            "5.4.2".to_string(),
+        )]))
+        .unwrap();
         let m = lookup(&dir).expect("complete entry");
         assert_eq!(m.files["disk.qcow2"], 1000);
         assert_eq!(m.facts["podman"], "5.4.2");
@@ -223,7 +265,11 @@ mod tests {
             let s = stage(&dir, "def").unwrap();
             std::fs::write(s.path().join("half"), b"x").unwrap();
         }
-        let left: Vec<_> = std::fs::read_dir(root.path().join("images")).unwrap().flatten().map(|e| e.file_name()).collect();
+        let left: Vec<_> = std::fs::read_dir(root.path().join("images"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
         assert!(left.is_empty(), "{left:?}");
     }
 }

@@ -7,10 +7,22 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone)]
 pub enum Event {
     /// A long step started (download, mmdebstrap, boot, snapshot, trial).
-    StepStart { target: String, what: String },
-    StepEnd { target: String, what: String, elapsed: Duration },
-    Note { target: String, text: String },
-    TrialStart { name: String },
+    StepStart {
+        target: String,
+        what: String,
+    },
+    StepEnd {
+        target: String,
+        what: String,
+        elapsed: Duration,
+    },
+    Note {
+        target: String,
+        text: String,
+    },
+    TrialStart {
+        name: String,
+    },
     TrialEnd(crate::scenario::TrialResult),
 }
 
@@ -26,7 +38,9 @@ pub struct Events {
 
 impl Events {
     pub fn new(reporters: Vec<Box<dyn Reporter>>) -> Events {
-        Events { reporters: Arc::new(reporters) }
+        Events {
+            reporters: Arc::new(reporters),
+        }
     }
 
     pub fn silent() -> Events {
@@ -41,8 +55,17 @@ impl Events {
 
     /// Announces a step; the guard announces its end with the elapsed time.
     pub fn step(&self, target: &str, what: &str) -> Step {
-        self.emit(Event::StepStart { target: target.into(), what: what.into() });
-        Step { events: self.clone(), target: target.into(), what: what.into(), started: Instant::now(), done: false }
+        self.emit(Event::StepStart {
+            target: target.into(),
+            what: what.into(),
+        });
+        Step {
+            events: self.clone(),
+            target: target.into(),
+            what: what.into(),
+            started: Instant::now(),
+            done: false,
+        }
     }
 }
 
@@ -58,7 +81,11 @@ impl Step {
     pub fn done(mut self) -> Duration {
         self.done = true;
         let elapsed = self.started.elapsed();
-        self.events.emit(Event::StepEnd { target: self.target.clone(), what: self.what.clone(), elapsed });
+        self.events.emit(Event::StepEnd {
+            target: self.target.clone(),
+            what: self.what.clone(),
+            elapsed,
+        });
         elapsed
     }
 }
@@ -68,7 +95,11 @@ impl Drop for Step {
         if !self.done {
             self.events.emit(Event::Note {
                 target: self.target.clone(),
-                text: format!("{} failed after {:.1} s", self.what, self.started.elapsed().as_secs_f64()),
+                text: format!(
+                    "{} failed after {:.1} s",
+                    self.what,
+                    self.started.elapsed().as_secs_f64()
+                ),
             });
         }
     }
@@ -82,7 +113,9 @@ pub struct ConsoleReporter {
 
 impl ConsoleReporter {
     pub fn new() -> Self {
-        ConsoleReporter { started: Instant::now() }
+        ConsoleReporter {
+            started: Instant::now(),
+        }
     }
 }
 
@@ -97,8 +130,15 @@ impl Reporter for ConsoleReporter {
         let t = self.started.elapsed().as_secs_f64();
         match event {
             Event::StepStart { target, what } => eprintln!("[{t:6.1}s] {target}: {what} ..."),
-            Event::StepEnd { target, what, elapsed } => {
-                eprintln!("[{t:6.1}s] {target}: {what} done in {:.1} s", elapsed.as_secs_f64())
+            Event::StepEnd {
+                target,
+                what,
+                elapsed,
+            } => {
+                eprintln!(
+                    "[{t:6.1}s] {target}: {what} done in {:.1} s",
+                    elapsed.as_secs_f64()
+                )
             }
             Event::Note { target, text } => eprintln!("[{t:6.1}s] {target}: {text}"),
             Event::TrialStart { name } => eprintln!("[{t:6.1}s] {name} ..."),

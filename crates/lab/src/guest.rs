@@ -34,20 +34,43 @@ pub struct Guest {
 }
 
 fn quote(s: &str) -> String {
-    shlex::try_quote(s).expect("no NUL in commands").into_owned()
+    shlex::try_quote(s)
+        .expect("no NUL in commands")
+        .into_owned()
 }
 
 impl Guest {
     /// Connects to the guest's sshd on `port`, retrying until `timeout`. `console` is named
     /// in the timeout error, since it is where a boot that went wrong shows why.
-    pub fn connect(port: u16, keys: SshKeys, user: User, timeout: Duration, console: &Path, log: Option<&Path>) -> Result<Guest> {
+    pub fn connect(
+        port: u16,
+        keys: SshKeys,
+        user: User,
+        timeout: Duration,
+        console: &Path,
+        log: Option<&Path>,
+    ) -> Result<Guest> {
         // Unix socket paths are limited to 108 bytes: keep the control socket short.
-        let control_dir = tempfile::Builder::new().prefix("sal-ssh-").tempdir_in("/tmp")?;
+        let control_dir = tempfile::Builder::new()
+            .prefix("sal-ssh-")
+            .tempdir_in("/tmp")?;
+        crate::cleanup::register(control_dir.path());
         let log = match log {
-            Some(p) => Some(std::fs::OpenOptions::new().create(true).append(true).open(p)?),
+            Some(p) => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
+            ),
             None => None,
         };
-        let guest = Guest { port, keys, user, control_dir, log: Mutex::new(log) };
+        let guest = Guest {
+            port,
+            keys,
+            user,
+            control_dir,
+            log: Mutex::new(log),
+        };
         guest.wait_for_ssh(timeout, console)?;
         Ok(guest)
     }
@@ -56,7 +79,11 @@ impl Guest {
         let deadline = Instant::now() + timeout;
         let mut last = String::new();
         while Instant::now() < deadline {
-            match proc::run(self.ssh_command("true", &["-o", "ConnectTimeout=3"]), None, Duration::from_secs(15)) {
+            match proc::run(
+                self.ssh_command("true", &["-o", "ConnectTimeout=3"]),
+                None,
+                Duration::from_secs(15),
+            ) {
                 Ok(o) if o.success() => return Ok(()),
                 Ok(o) => last = o.combined(),
                 Err(e) => last = e.to_string(),
@@ -114,7 +141,11 @@ impl Guest {
 
     fn ssh_command(&self, script: &str, extra: &[&str]) -> Command {
         let mut cmd = Command::new("ssh");
-        cmd.args(self.ssh_args()).args(extra).arg("root@127.0.0.1").arg("--").arg(script);
+        cmd.args(self.ssh_args())
+            .args(extra)
+            .arg("root@127.0.0.1")
+            .arg("--")
+            .arg(script);
         cmd
     }
 
@@ -125,7 +156,12 @@ impl Guest {
             match result {
                 Ok(o) => {
                     let _ = write!(f, "{}", o.combined());
-                    let _ = writeln!(f, "[exit {} after {:.2} s]\n", o.code().map_or("signal".into(), |c| c.to_string()), o.elapsed.as_secs_f64());
+                    let _ = writeln!(
+                        f,
+                        "[exit {} after {:.2} s]\n",
+                        o.code().map_or("signal".into(), |c| c.to_string()),
+                        o.elapsed.as_secs_f64()
+                    );
                 }
                 Err(e) => {
                     let _ = writeln!(f, "[error: {e:#}]\n");
@@ -139,13 +175,21 @@ impl Guest {
         self.root_stdin(script, None, timeout)
     }
 
-    pub fn root_stdin(&self, script: &str, stdin: Option<&[u8]>, timeout: Duration) -> Result<Output> {
+    pub fn root_stdin(
+        &self,
+        script: &str,
+        stdin: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<Output> {
         let result = proc::run(self.ssh_command(script, &[]), stdin, timeout);
         self.record("root", script, &result);
         let out = result?;
         // 255 is ssh's own failure (connection lost), never the command's.
         if out.code() == Some(255) {
-            bail!("ssh to the guest failed running `{script}`: {}", out.stderr.trim());
+            bail!(
+                "ssh to the guest failed running `{script}`: {}",
+                out.stderr.trim()
+            );
         }
         Ok(out)
     }
@@ -154,7 +198,11 @@ impl Guest {
     pub fn root_ok(&self, script: &str, timeout: Duration) -> Result<Output> {
         let out = self.root(script, timeout)?;
         if !out.success() {
-            bail!("`{script}` failed in the guest ({}):\n{}", out.status, proc::tail(&out.combined(), 30));
+            bail!(
+                "`{script}` failed in the guest ({}):\n{}",
+                out.status,
+                proc::tail(&out.combined(), 30)
+            );
         }
         Ok(out)
     }
@@ -175,7 +223,11 @@ impl Guest {
         self.record(&self.user.name, script, &result);
         let out = result?;
         if out.code() == Some(255) {
-            bail!("ssh to the guest failed running `{script}` as {}: {}", self.user.name, out.stderr.trim());
+            bail!(
+                "ssh to the guest failed running `{script}` as {}: {}",
+                self.user.name,
+                out.stderr.trim()
+            );
         }
         Ok(out)
     }
@@ -183,23 +235,42 @@ impl Guest {
     pub fn user_ok(&self, script: &str, timeout: Duration) -> Result<Output> {
         let out = self.user(script, timeout)?;
         if !out.success() {
-            bail!("`{script}` failed in the guest as {} ({}):\n{}", self.user.name, out.status, proc::tail(&out.combined(), 30));
+            bail!(
+                "`{script}` failed in the guest as {} ({}):\n{}",
+                self.user.name,
+                out.status,
+                proc::tail(&out.combined(), 30)
+            );
         }
         Ok(out)
     }
 
     /// Writes `content` to `path` in the guest, owned by `owner` (root when `None`),
     /// creating parent directories owned likewise.
-    pub fn write_file(&self, path: &str, content: &[u8], owner: Option<&str>, mode: u32) -> Result<()> {
-        let dir = Path::new(path).parent().map(|p| p.display().to_string()).unwrap_or_else(|| "/".into());
+    pub fn write_file(
+        &self,
+        path: &str,
+        content: &[u8],
+        owner: Option<&str>,
+        mode: u32,
+    ) -> Result<()> {
+        let dir = Path::new(path)
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "/".into());
         let (p, d) = (quote(path), quote(&dir));
         let script = match owner {
             None => format!("mkdir -p {d} && cat > {p} && chmod {mode:o} {p}"),
-            Some(o) => format!("runuser -u {o} -- mkdir -p {d} && cat > {p} && chown {o}: {p} && chmod {mode:o} {p}"),
+            Some(o) => format!(
+                "runuser -u {o} -- mkdir -p {d} && cat > {p} && chown {o}: {p} && chmod {mode:o} {p}"
+            ),
         };
         let out = self.root_stdin(&script, Some(content), Duration::from_secs(60))?;
         if !out.success() {
-            bail!("writing {path} in the guest failed: {}", out.combined().trim());
+            bail!(
+                "writing {path} in the guest failed: {}",
+                out.combined().trim()
+            );
         }
         Ok(())
     }
@@ -212,13 +283,27 @@ impl Guest {
 
     /// The kernel's boot id: changes with every boot.
     pub fn boot_id(&self) -> Result<String> {
-        Ok(self.root_ok("cat /proc/sys/kernel/random/boot_id", Duration::from_secs(30))?.stdout.trim().to_string())
+        Ok(self
+            .root_ok(
+                "cat /proc/sys/kernel/random/boot_id",
+                Duration::from_secs(30),
+            )?
+            .stdout
+            .trim()
+            .to_string())
     }
 
     /// Sets the guest clock to the host's (after a state restore it sits at save time).
     pub fn sync_clock(&self) -> Result<()> {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
-        self.root_ok(&format!("date -u -s @{}.{:09} >/dev/null", now.as_secs(), now.subsec_nanos()), Duration::from_secs(30))?;
+        self.root_ok(
+            &format!(
+                "date -u -s @{}.{:09} >/dev/null",
+                now.as_secs(),
+                now.subsec_nanos()
+            ),
+            Duration::from_secs(30),
+        )?;
         Ok(())
     }
 
@@ -227,14 +312,22 @@ impl Guest {
     pub fn reboot(&self, timeout: Duration, console: &Path) -> Result<()> {
         let before = self.boot_id()?;
         // The connection drops while the command runs: its result says nothing.
-        let _ = proc::run(self.ssh_command("systemctl reboot", &[]), None, Duration::from_secs(30));
+        let _ = proc::run(
+            self.ssh_command("systemctl reboot", &[]),
+            None,
+            Duration::from_secs(30),
+        );
         self.close_master();
         let deadline = Instant::now() + timeout;
         loop {
             std::thread::sleep(Duration::from_millis(500));
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                bail!("the guest did not come back within {} s of `systemctl reboot`; see {}", timeout.as_secs(), console.display());
+                bail!(
+                    "the guest did not come back within {} s of `systemctl reboot`; see {}",
+                    timeout.as_secs(),
+                    console.display()
+                );
             }
             self.wait_for_ssh(left, console)?;
             match self.boot_id() {
@@ -246,7 +339,8 @@ impl Guest {
 
     fn close_master(&self) {
         let mut cmd = Command::new("ssh");
-        cmd.args(self.ssh_args()).args(["-O", "exit", "root@127.0.0.1"]);
+        cmd.args(self.ssh_args())
+            .args(["-O", "exit", "root@127.0.0.1"]);
         let _ = proc::run(cmd, None, Duration::from_secs(10));
     }
 
@@ -255,15 +349,26 @@ impl Guest {
     pub fn user_unit_journal(&self, units: &[&str], lines: usize) -> String {
         let matches: Vec<String> = units
             .iter()
-            .flat_map(|u| [format!("_SYSTEMD_USER_UNIT={}", quote(u)), format!("USER_UNIT={}", quote(u))])
+            .flat_map(|u| {
+                [
+                    format!("_SYSTEMD_USER_UNIT={}", quote(u)),
+                    format!("USER_UNIT={}", quote(u)),
+                ]
+            })
             .collect();
-        let script = format!("journalctl --no-pager -o short-monotonic -n {lines} {}", matches.join(" + "));
-        self.root(&script, Duration::from_secs(60)).map(|o| o.combined()).unwrap_or_else(|e| format!("(journal unavailable: {e:#})"))
+        let script = format!(
+            "journalctl --no-pager -o short-monotonic -n {lines} {}",
+            matches.join(" + ")
+        );
+        self.root(&script, Duration::from_secs(60))
+            .map(|o| o.combined())
+            .unwrap_or_else(|e| format!("(journal unavailable: {e:#})"))
     }
 }
 
 impl Drop for Guest {
     fn drop(&mut self) {
         self.close_master();
+        crate::cleanup::unregister(self.control_dir.path());
     }
 }

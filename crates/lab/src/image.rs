@@ -77,7 +77,9 @@ pub fn base_key(target: &Target) -> String {
 }
 
 pub fn base_dir(target: &Target) -> PathBuf {
-    cache::root().join("images").join(format!("{}-base-{}", target.name, base_key(target)))
+    cache::root()
+        .join("images")
+        .join(format!("{}-base-{}", target.name, base_key(target)))
 }
 
 fn load(dir: &Path, manifest: cache::Manifest) -> BaseImage {
@@ -89,7 +91,10 @@ fn load(dir: &Path, manifest: cache::Manifest) -> BaseImage {
         dir: dir.to_path_buf(),
         disk: dir.join("disk.qcow2"),
         kernel,
-        keys: SshKeys { identity: dir.join("id_ed25519"), known_hosts: dir.join("known_hosts") },
+        keys: SshKeys {
+            identity: dir.join("id_ed25519"),
+            known_hosts: dir.join("known_hosts"),
+        },
         manifest,
     }
 }
@@ -102,7 +107,11 @@ pub fn ensure_base(target: &Target, events: &Events) -> Result<BaseImage> {
         return Ok(load(&dir, m));
     }
     match &target.source {
-        Source::Debian { suite, mirror, kernel_package } => {
+        Source::Debian {
+            suite,
+            mirror,
+            kernel_package,
+        } => {
             build_debian(target, &dir, suite, mirror, kernel_package, events).map(|m| load(&dir, m))
         }
         Source::Fedora { .. } => crate::fedora::fetch(target, &dir, events).map(|m| load(&dir, m)),
@@ -113,13 +122,29 @@ pub fn ensure_base(target: &Target, events: &Events) -> Result<BaseImage> {
 pub fn make_keys(stage: &Path) -> Result<()> {
     for name in ["id_ed25519", "host_ed25519"] {
         let mut c = Command::new("ssh-keygen");
-        c.args(["-q", "-t", "ed25519", "-N", "", "-C", "socket-activation-lab", "-f"]).arg(stage.join(name));
+        c.args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "socket-activation-lab",
+            "-f",
+        ])
+        .arg(stage.join(name));
         proc::check(c, None, Duration::from_secs(30))?;
     }
     let host_pub = std::fs::read_to_string(stage.join("host_ed25519.pub"))?;
     let mut parts = host_pub.split_whitespace();
-    let (kind, key) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
-    std::fs::write(stage.join("known_hosts"), format!("{HOST_ALIAS} {kind} {key}\n"))?;
+    let (kind, key) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
+    std::fs::write(
+        stage.join("known_hosts"),
+        format!("{HOST_ALIAS} {kind} {key}\n"),
+    )?;
     Ok(())
 }
 
@@ -132,7 +157,9 @@ fn build_debian(
     events: &Events,
 ) -> Result<cache::Manifest> {
     if !crate::is_root() {
-        bail!("building a Debian image needs root (mmdebstrap, and mkfs.ext4 -d of a root-owned tree); run as root or fetch a cached image");
+        bail!(
+            "building a Debian image needs root (mmdebstrap, and mkfs.ext4 -d of a root-owned tree); run as root or fetch a cached image"
+        );
     }
     let key = base_key(target);
     let stage = cache::stage(dir, &key)?;
@@ -144,20 +171,31 @@ fn build_debian(
     let mut packages = vec![kernel_package.to_string()];
     packages.extend(target.packages.iter().cloned());
     let tar = s.join("rootfs.tar");
-    let step = events.step(&target.name, &format!("mmdebstrap {suite} ({} packages)", packages.len()));
+    let step = events.step(
+        &target.name,
+        &format!("mmdebstrap {suite} ({} packages)", packages.len()),
+    );
     let mut c = Command::new("mmdebstrap");
     // unshare mode: its mounts live in a private namespace and vanish with it, so an
     // interrupted build leaves no mount behind.
     c.args(["--mode=unshare", "--variant=apt", "--format=tar"])
         .arg(format!("--include={}", packages.join(",")))
-        .arg(format!("--customize-hook=sh {} \"$1\" {}", script.display(), s.display()))
+        .arg(format!(
+            "--customize-hook=sh {} \"$1\" {}",
+            script.display(),
+            s.display()
+        ))
         .args([suite])
         .arg(&tar)
         .arg(mirror);
     let out = proc::run(c, None, Duration::from_secs(1800))?;
     std::fs::write(s.join("mmdebstrap.log"), out.combined())?;
     if !out.success() {
-        bail!("mmdebstrap {suite} failed ({}):\n{}", out.status, proc::tail(&out.combined(), 30));
+        bail!(
+            "mmdebstrap {suite} failed ({}):\n{}",
+            out.status,
+            proc::tail(&out.combined(), 30)
+        );
     }
     step.done();
 
@@ -165,7 +203,10 @@ fn build_debian(
     let rootfs = s.join("rootfs");
     std::fs::create_dir(&rootfs)?;
     let mut c = Command::new("tar");
-    c.args(["--numeric-owner", "-xpf"]).arg(&tar).arg("-C").arg(&rootfs);
+    c.args(["--numeric-owner", "-xpf"])
+        .arg(&tar)
+        .arg("-C")
+        .arg(&rootfs);
     proc::check(c, None, Duration::from_secs(600))?;
     std::fs::remove_file(&tar)?;
     let boot = rootfs.join("boot");
@@ -173,40 +214,61 @@ fn build_debian(
         let mut found: Vec<PathBuf> = std::fs::read_dir(&boot)?
             .flatten()
             .map(|e| e.path())
-            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix)))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(prefix))
+            })
             .collect();
         found.sort();
-        found.pop().with_context(|| format!("no {prefix}* in the image's /boot ({kernel_package} installed?)"))
+        found.pop().with_context(|| {
+            format!("no {prefix}* in the image's /boot ({kernel_package} installed?)")
+        })
     };
     std::fs::copy(find("vmlinuz-")?, s.join("vmlinuz"))?;
     std::fs::copy(find("initrd.img-")?, s.join("initrd.img"))?;
     let raw = s.join("disk.raw");
     let mut c = Command::new("mkfs.ext4");
-    c.args(["-q", "-F", "-L", "root", "-d"]).arg(&rootfs).arg(&raw).arg(format!("{}G", target.machine.disk_gib));
+    c.args(["-q", "-F", "-L", "root", "-d"])
+        .arg(&rootfs)
+        .arg(&raw)
+        .arg(format!("{}G", target.machine.disk_gib));
     proc::check(c, None, Duration::from_secs(600))?;
     std::fs::remove_dir_all(&rootfs)?;
     let mut c = Command::new("qemu-img");
-    c.args(["convert", "-O", "qcow2"]).arg(&raw).arg(s.join("disk.qcow2"));
+    c.args(["convert", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(s.join("disk.qcow2"));
     proc::check(c, None, Duration::from_secs(600))?;
     std::fs::remove_file(&raw)?;
     step.done();
 
-    let facts = BTreeMap::from([("build_id".to_string(), build_id()), ("suite".to_string(), suite.to_string())]);
-    events.emit(Event::Note { target: target.name.clone(), text: format!("base image cached in {}", dir.display()) });
+    let facts = BTreeMap::from([
+        ("build_id".to_string(), build_id()),
+        ("suite".to_string(), suite.to_string()),
+    ]);
+    events.emit(Event::Note {
+        target: target.name.clone(),
+        text: format!("base image cached in {}", dir.display()),
+    });
     stage.publish(facts)
 }
 
 /// A nonce recorded with each build, so anything derived from an image (its ready
 /// snapshot) is invalidated when the image is rebuilt under the same key.
 pub fn build_id() -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     format!("{}-{}", now.as_nanos(), std::process::id())
 }
 
 /// A qcow2 overlay on `base`: all writes go to the overlay, the base is never written.
 pub fn overlay(base: &Path, path: &Path) -> Result<()> {
     let mut c = Command::new("qemu-img");
-    c.args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"]).arg(base).arg(path);
+    c.args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(base)
+        .arg(path);
     proc::check(c, None, Duration::from_secs(60))?;
     Ok(())
 }
@@ -218,7 +280,11 @@ mod tests {
     #[test]
     fn customize_fills_every_placeholder() {
         let t = Target::parse(
-            &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../vm/debian-13.toml")).unwrap(),
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../vm/debian-13.toml"
+            ))
+            .unwrap(),
             Path::new("vm/debian-13.toml"),
         )
         .unwrap();
@@ -233,7 +299,11 @@ mod tests {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../vm/debian-13.toml");
         let text = std::fs::read_to_string(path).unwrap();
         let a = Target::parse(&text, Path::new("vm/debian-13.toml")).unwrap();
-        let b = Target::parse(&text.replace("\"curl\"", "\"curl\", \"socat\""), Path::new("vm/debian-13.toml")).unwrap();
+        let b = Target::parse(
+            &text.replace("\"curl\"", "\"curl\", \"socat\""),
+            Path::new("vm/debian-13.toml"),
+        )
+        .unwrap();
         assert_ne!(base_key(&a), base_key(&b));
     }
 }

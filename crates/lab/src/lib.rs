@@ -2,6 +2,7 @@
 //! the CLI (xtask) and reporters render them.
 
 pub mod cache;
+pub mod cleanup;
 pub mod events;
 pub mod fedora;
 pub mod guest;

@@ -55,7 +55,10 @@ impl Output {
 
 pub fn display(cmd: &Command) -> String {
     let mut parts = vec![cmd.get_program().to_string_lossy().into_owned()];
-    parts.extend(cmd.get_args().map(|a: &OsStr| a.to_string_lossy().into_owned()));
+    parts.extend(
+        cmd.get_args()
+            .map(|a: &OsStr| a.to_string_lossy().into_owned()),
+    );
     parts.join(" ")
 }
 
@@ -63,9 +66,13 @@ pub fn display(cmd: &Command) -> String {
 /// names the command and the limit.
 pub fn run(mut cmd: Command, stdin: Option<&[u8]>, timeout: Duration) -> Result<Output> {
     let shown = display(&cmd);
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     die_with_parent(&mut cmd);
     let start = Instant::now();
     let mut child = cmd.spawn().with_context(|| format!("starting `{shown}`"))?;
@@ -82,7 +89,10 @@ pub fn run(mut cmd: Command, stdin: Option<&[u8]>, timeout: Duration) -> Result<
     let Some(status) = status else {
         let _ = child.kill();
         let _ = child.wait();
-        bail!("`{shown}` did not finish within {:.0} s and was killed", timeout.as_secs_f64());
+        bail!(
+            "`{shown}` did not finish within {:.0} s and was killed",
+            timeout.as_secs_f64()
+        );
     };
     if let Some(f) = feeder {
         let _ = f.join();
@@ -100,7 +110,11 @@ pub fn check(cmd: Command, stdin: Option<&[u8]>, timeout: Duration) -> Result<Ou
     let shown = display(&cmd);
     let out = run(cmd, stdin, timeout)?;
     if !out.success() {
-        bail!("`{shown}` failed ({}):\n{}", out.status, tail(&out.combined(), 40));
+        bail!(
+            "`{shown}` failed ({}):\n{}",
+            out.status,
+            tail(&out.combined(), 40)
+        );
     }
     Ok(out)
 }
@@ -145,7 +159,10 @@ mod tests {
         let mut c = Command::new("sh");
         c.args(["-c", "echo out; echo err >&2; exit 3"]);
         let o = run(c, None, Duration::from_secs(5)).unwrap();
-        assert_eq!((o.stdout.as_str(), o.stderr.as_str(), o.code()), ("out\n", "err\n", Some(3)));
+        assert_eq!(
+            (o.stdout.as_str(), o.stderr.as_str(), o.code()),
+            ("out\n", "err\n", Some(3))
+        );
     }
 
     #[test]
@@ -158,7 +175,9 @@ mod tests {
     fn timeout_kills_and_names_the_command() {
         let mut c = Command::new("sleep");
         c.arg("30");
-        let e = run(c, None, Duration::from_millis(200)).unwrap_err().to_string();
+        let e = run(c, None, Duration::from_millis(200))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`sleep 30` did not finish within 0 s"), "{e}");
     }
 
@@ -166,7 +185,9 @@ mod tests {
     fn check_reports_failure_output() {
         let mut c = Command::new("sh");
         c.args(["-c", "echo boom >&2; exit 1"]);
-        let e = check(c, None, Duration::from_secs(5)).unwrap_err().to_string();
+        let e = check(c, None, Duration::from_secs(5))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("boom"), "{e}");
     }
 }

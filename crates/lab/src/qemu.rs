@@ -98,11 +98,17 @@ pub fn drive_args(disk: &Path, extra: &[PathBuf]) -> Vec<String> {
     // does not (the state is flushed before a snapshot is saved).
     let mut args = vec![
         "-drive".into(),
-        format!("file={},if=virtio,format=qcow2,cache=unsafe,discard=unmap", disk.display()),
+        format!(
+            "file={},if=virtio,format=qcow2,cache=unsafe,discard=unmap",
+            disk.display()
+        ),
     ];
     for d in extra {
         args.push("-drive".into());
-        args.push(format!("file={},if=virtio,format=raw,readonly=on", d.display()));
+        args.push(format!(
+            "file={},if=virtio,format=raw,readonly=on",
+            d.display()
+        ));
     }
     args
 }
@@ -130,7 +136,10 @@ pub fn incoming_args(state: Option<&Path>) -> Vec<String> {
         None => Vec::new(),
         Some(s) => vec![
             "-incoming".into(),
-            format!("exec:cat {}", shlex::try_quote(&s.to_string_lossy()).expect("no NUL in path")),
+            format!(
+                "exec:cat {}",
+                shlex::try_quote(&s.to_string_lossy()).expect("no NUL in path")
+            ),
         ],
     }
 }
@@ -161,7 +170,9 @@ impl Qemu {
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args(args(&config));
         let log_file = std::fs::File::create(log)?;
-        cmd.stdin(Stdio::null()).stdout(log_file.try_clone()?).stderr(log_file);
+        cmd.stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file);
         proc::die_with_parent(&mut cmd);
         let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
         let qmp = match Qmp::connect(&config.qmp_socket, Duration::from_secs(20)) {
@@ -170,15 +181,24 @@ impl Qemu {
                 let _ = child.kill();
                 let _ = child.wait();
                 let stderr = std::fs::read_to_string(log).unwrap_or_default();
-                return Err(e.context(format!("QEMU did not come up:\n{}", proc::tail(&stderr, 20))));
+                return Err(e.context(format!(
+                    "QEMU did not come up:\n{}",
+                    proc::tail(&stderr, 20)
+                )));
             }
         };
-        Ok(Qemu { child: Some(child), qmp, config })
+        Ok(Qemu {
+            child: Some(child),
+            qmp,
+            config,
+        })
     }
 
     /// `Some(status)` once QEMU has exited.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Asks QEMU to quit and waits for it.
@@ -210,12 +230,25 @@ pub fn detect_accel() -> Accel {
     static ACCEL: OnceLock<Accel> = OnceLock::new();
     *ACCEL.get_or_init(|| {
         if let Ok(forced) = std::env::var("SAL_ACCEL") {
-            return if forced == "kvm" { Accel::Kvm } else { Accel::Tcg };
+            return if forced == "kvm" {
+                Accel::Kvm
+            } else {
+                Accel::Tcg
+            };
         }
-        if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+        if std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_err()
+        {
             return Accel::Tcg;
         }
-        if kvm_runs_a_guest() { Accel::Kvm } else { Accel::Tcg }
+        if kvm_runs_a_guest() {
+            Accel::Kvm
+        } else {
+            Accel::Tcg
+        }
     })
 }
 
@@ -223,14 +256,30 @@ fn kvm_runs_a_guest() -> bool {
     let mut cmd = Command::new("qemu-system-x86_64");
     // Run the firmware for a moment, then quit over QMP on stdin.
     cmd.args([
-        "-accel", "kvm", "-cpu", "host", "-machine", "q35", "-m", "64", "-nodefaults", "-display", "none",
-        "-no-reboot", "-qmp", "stdio",
+        "-accel",
+        "kvm",
+        "-cpu",
+        "host",
+        "-machine",
+        "q35",
+        "-m",
+        "64",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-qmp",
+        "stdio",
     ]);
     let script = b"{\"execute\":\"qmp_capabilities\"}\n";
     let mut cmd2 = cmd;
-    cmd2.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd2.stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     proc::die_with_parent(&mut cmd2);
-    let Ok(mut child) = cmd2.spawn() else { return false };
+    let Ok(mut child) = cmd2.spawn() else {
+        return false;
+    };
     let mut stdin = child.stdin.take().expect("piped");
     use std::io::Write;
     let _ = stdin.write_all(script);
@@ -249,7 +298,9 @@ fn kvm_runs_a_guest() -> bool {
 /// A free TCP port on 127.0.0.1 (released before QEMU binds it; QEMU failing to bind is
 /// reported as a start error).
 pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 #[cfg(test)]
@@ -258,8 +309,16 @@ mod tests {
 
     fn config() -> VmConfig {
         VmConfig {
-            machine: MachineSpec { accel: Accel::Tcg, memory_mib: 2048, cpus: 2 },
-            boot: Some(Boot { kernel: "/c/vmlinuz".into(), initrd: "/c/initrd.img".into(), cmdline: "root=/dev/vda rw".into() }),
+            machine: MachineSpec {
+                accel: Accel::Tcg,
+                memory_mib: 2048,
+                cpus: 2,
+            },
+            boot: Some(Boot {
+                kernel: "/c/vmlinuz".into(),
+                initrd: "/c/initrd.img".into(),
+                cmdline: "root=/dev/vda rw".into(),
+            }),
             disk: "/r/disk.qcow2".into(),
             ssh_port: 2222,
             console_log: "/r/console.log".into(),
@@ -286,7 +345,11 @@ mod tests {
     #[test]
     fn ssh_is_forwarded_on_loopback_only() {
         let a = net_args(40022);
-        assert!(a.iter().any(|x| x == "user,id=net0,hostfwd=tcp:127.0.0.1:40022-:22"), "{a:?}");
+        assert!(
+            a.iter()
+                .any(|x| x == "user,id=net0,hostfwd=tcp:127.0.0.1:40022-:22"),
+            "{a:?}"
+        );
     }
 
     #[test]

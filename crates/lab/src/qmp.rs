@@ -23,13 +23,17 @@ impl Qmp {
             match UnixStream::connect(path) {
                 Ok(s) => break s,
                 Err(e) if Instant::now() >= deadline => {
-                    return Err(e).with_context(|| format!("connecting to QMP socket {}", path.display()));
+                    return Err(e)
+                        .with_context(|| format!("connecting to QMP socket {}", path.display()));
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(20)),
             }
         };
         stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let mut qmp = Qmp { reader: BufReader::new(stream.try_clone()?), writer: stream };
+        let mut qmp = Qmp {
+            reader: BufReader::new(stream.try_clone()?),
+            writer: stream,
+        };
         let greeting = qmp.read_message()?;
         if greeting.get("QMP").is_none() {
             bail!("unexpected QMP greeting: {greeting}");
@@ -40,7 +44,10 @@ impl Qmp {
 
     fn read_message(&mut self) -> Result<Value> {
         let mut line = String::new();
-        let n = self.reader.read_line(&mut line).context("reading from QMP")?;
+        let n = self
+            .reader
+            .read_line(&mut line)
+            .context("reading from QMP")?;
         if n == 0 {
             bail!("QMP connection closed (QEMU exited?)");
         }
@@ -60,7 +67,10 @@ impl Qmp {
                 return Ok(r.clone());
             }
             if let Some(e) = reply.get("error") {
-                bail!("QMP {command}: {}", e.get("desc").and_then(Value::as_str).unwrap_or("error"));
+                bail!(
+                    "QMP {command}: {}",
+                    e.get("desc").and_then(Value::as_str).unwrap_or("error")
+                );
             }
             // An asynchronous event: not our reply.
         }
@@ -80,7 +90,10 @@ impl Qmp {
                 return Ok(status);
             }
             if Instant::now() >= deadline {
-                bail!("the incoming migration did not finish within {} s", timeout.as_secs());
+                bail!(
+                    "the incoming migration did not finish within {} s",
+                    timeout.as_secs()
+                );
             }
             std::thread::sleep(Duration::from_millis(25));
         }
@@ -97,9 +110,14 @@ impl Qmp {
             match r["status"].as_str() {
                 Some("completed") => return Ok(()),
                 Some("failed") | Some("cancelled") => {
-                    bail!("saving the VM state failed: {}", r.get("error-desc").cloned().unwrap_or_default())
+                    bail!(
+                        "saving the VM state failed: {}",
+                        r.get("error-desc").cloned().unwrap_or_default()
+                    )
                 }
-                _ if Instant::now() >= deadline => bail!("saving the VM state took over {} s", timeout.as_secs()),
+                _ if Instant::now() >= deadline => {
+                    bail!("saving the VM state took over {} s", timeout.as_secs())
+                }
                 _ => std::thread::sleep(Duration::from_millis(50)),
             }
         }

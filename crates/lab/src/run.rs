@@ -20,7 +20,10 @@ pub struct Trial {
 
 impl Trial {
     pub fn name(&self) -> String {
-        format!("{}::{}::{}", self.scenario.name, self.target.name, self.runtime)
+        format!(
+            "{}::{}::{}",
+            self.scenario.name, self.target.name, self.runtime
+        )
     }
 }
 
@@ -40,21 +43,39 @@ pub const DEFAULT_TARGET: &str = "debian-13";
 pub fn plan(workspace: &Path, selection: &Selection) -> Result<Vec<Trial>> {
     let scenarios = scenario::load_all(&workspace.join("tests/scenarios"))?;
     let vm_dir = workspace.join("vm");
-    let target_names = if selection.targets.is_empty() { vec![DEFAULT_TARGET.to_string()] } else { selection.targets.clone() };
+    let target_names = if selection.targets.is_empty() {
+        vec![DEFAULT_TARGET.to_string()]
+    } else {
+        selection.targets.clone()
+    };
     let mut trials = Vec::new();
     for name in &target_names {
         let target = target::find(&vm_dir, name)?;
-        let runtimes = if selection.runtimes.is_empty() { target.runtimes.clone() } else { selection.runtimes.clone() };
+        let runtimes = if selection.runtimes.is_empty() {
+            target.runtimes.clone()
+        } else {
+            selection.runtimes.clone()
+        };
         for r in &runtimes {
             if !target.runtimes.contains(r) {
-                bail!("target {} has no runtime {r:?}; it has {}", target.name, target.runtimes.join(", "));
+                bail!(
+                    "target {} has no runtime {r:?}; it has {}",
+                    target.name,
+                    target.runtimes.join(", ")
+                );
             }
         }
         for s in &scenarios {
             for r in &runtimes {
-                let t = Trial { scenario: s.clone(), target: target.clone(), runtime: r.clone() };
+                let t = Trial {
+                    scenario: s.clone(),
+                    target: target.clone(),
+                    runtime: r.clone(),
+                };
                 let n = t.name();
-                if selection.filters.is_empty() || selection.filters.iter().any(|f| n.contains(f.as_str())) {
+                if selection.filters.is_empty()
+                    || selection.filters.iter().any(|f| n.contains(f.as_str()))
+                {
                     trials.push(t);
                 }
             }
@@ -65,20 +86,36 @@ pub fn plan(workspace: &Path, selection: &Selection) -> Result<Vec<Trial>> {
 
 /// A new run directory `target/lab/<timestamp>/`.
 pub fn new_run_dir(workspace: &Path) -> Result<PathBuf> {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
-    let dir = workspace.join("target/lab").join(format!("run-{now}-{}", std::process::id()));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let dir = workspace
+        .join("target/lab")
+        .join(format!("run-{now}-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
 
 /// Runs every trial; a trial that errors (the guest did not come up, ssh broke) is a FAIL
 /// with the error, never a crash of the run.
-pub fn run_all(trials: &[Trial], bins: &Binaries, run_dir: &Path, events: &Events) -> Result<Vec<TrialResult>> {
+pub fn run_all(
+    trials: &[Trial],
+    bins: &Binaries,
+    run_dir: &Path,
+    events: &Events,
+) -> Result<Vec<TrialResult>> {
+    crate::cleanup::install_handler();
     let mut results = Vec::new();
     let mut ready: Option<Ready> = None;
     for trial in trials {
-        if ready.as_ref().is_none_or(|r| r.target.name != trial.target.name) {
-            ready = Some(vm::ensure_ready(&trial.target, bins, events).with_context(|| format!("preparing {}", trial.target.name))?);
+        if ready
+            .as_ref()
+            .is_none_or(|r| r.target.name != trial.target.name)
+        {
+            ready = Some(
+                vm::ensure_ready(&trial.target, bins, events)
+                    .with_context(|| format!("preparing {}", trial.target.name))?,
+            );
         }
         let ready = ready.as_ref().expect("set above");
         results.push(run_one(trial, ready, run_dir, events));
@@ -119,6 +156,9 @@ fn run_one(trial: &Trial, ready: &Ready, run_dir: &Path, events: &Events) -> Tri
 }
 
 pub fn write_results(run_dir: &Path, results: &[TrialResult]) -> Result<()> {
-    std::fs::write(run_dir.join("results.json"), serde_json::to_string_pretty(results)?)?;
+    std::fs::write(
+        run_dir.join("results.json"),
+        serde_json::to_string_pretty(results)?,
+    )?;
     Ok(())
 }

@@ -61,7 +61,10 @@ pub struct User {
 
 impl Default for User {
     fn default() -> Self {
-        User { name: "test".into(), uid: 1000 }
+        User {
+            name: "test".into(),
+            uid: 1000,
+        }
     }
 }
 
@@ -75,7 +78,11 @@ pub struct Machine {
 
 impl Default for Machine {
     fn default() -> Self {
-        Machine { memory_mib: 2048, cpus: 2, disk_gib: 4 }
+        Machine {
+            memory_mib: 2048,
+            cpus: 2,
+            disk_gib: 4,
+        }
     }
 }
 
@@ -83,30 +90,53 @@ impl Target {
     /// Parses one target file. Errors name the file, and (from toml) the line, the key
     /// and what was expected.
     pub fn load(path: &Path) -> Result<Target> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading target file {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading target file {}", path.display()))?;
         Target::parse(&text, path)
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Target> {
         let mut target: Target =
             toml::from_str(text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default();
         if target.name != stem {
-            bail!("{}: key `name` is {:?} but the file is named {stem:?}.toml; they must match", path.display(), target.name);
+            bail!(
+                "{}: key `name` is {:?} but the file is named {stem:?}.toml; they must match",
+                path.display(),
+                target.name
+            );
         }
         if target.runtimes.is_empty() {
-            bail!("{}: key `runtimes` is empty; expected at least one of \"crun\", \"runc\"", path.display());
+            bail!(
+                "{}: key `runtimes` is empty; expected at least one of \"crun\", \"runc\"",
+                path.display()
+            );
         }
         for r in &target.runtimes {
             if !matches!(r.as_str(), "crun" | "runc") {
-                bail!("{}: key `runtimes` has {r:?}; expected \"crun\" or \"runc\"", path.display());
+                bail!(
+                    "{}: key `runtimes` has {r:?}; expected \"crun\" or \"runc\"",
+                    path.display()
+                );
             }
         }
-        if target.machine.memory_mib < 512 || target.machine.cpus == 0 || target.machine.disk_gib < 2 {
-            bail!("{}: table `machine` needs memory_mib >= 512, cpus >= 1, disk_gib >= 2", path.display());
+        if target.machine.memory_mib < 512
+            || target.machine.cpus == 0
+            || target.machine.disk_gib < 2
+        {
+            bail!(
+                "{}: table `machine` needs memory_mib >= 512, cpus >= 1, disk_gib >= 2",
+                path.display()
+            );
         }
         if target.user.uid == 0 {
-            bail!("{}: key `user.uid` is 0; the test user must not be root", path.display());
+            bail!(
+                "{}: key `user.uid` is 0; the test user must not be root",
+                path.display()
+            );
         }
         target.file = path.to_path_buf();
         target.file_text = text.to_string();
@@ -136,9 +166,13 @@ pub fn load_all(dir: &Path) -> Result<Vec<Target>> {
 pub fn find(dir: &Path, name: &str) -> Result<Target> {
     let all = load_all(dir)?;
     let names: Vec<String> = all.iter().map(|t| t.name.clone()).collect();
-    all.into_iter()
-        .find(|t| t.name == name)
-        .with_context(|| format!("no target {name:?} in {}; known: {}", dir.display(), names.join(", ")))
+    all.into_iter().find(|t| t.name == name).with_context(|| {
+        format!(
+            "no target {name:?} in {}; known: {}",
+            dir.display(),
+            names.join(", ")
+        )
+    })
 }
 
 #[cfg(test)]
@@ -168,13 +202,21 @@ kernel_package = "linux-image-cloud-amd64"
     }
 
     #[rstest]
-    #[case::name_mismatch(GOOD, "vm/debian-12.toml", "key `name` is \"debian-13\" but the file is named \"debian-12\".toml")]
+    #[case::name_mismatch(
+        GOOD,
+        "vm/debian-12.toml",
+        "key `name` is \"debian-13\" but the file is named \"debian-12\".toml"
+    )]
     #[case::unknown_key(&GOOD.replace("packages", "pakages"), "vm/debian-13.toml", "unknown field `pakages`")]
     #[case::wrong_type(&GOOD.replace(r#"packages = ["podman"]"#, "packages = \"podman\""), "vm/debian-13.toml", "invalid type: string \"podman\", expected a sequence")]
     #[case::unknown_kind(&GOOD.replace(r#"kind = "debian""#, r#"kind = "arch""#), "vm/debian-13.toml", "unknown variant `arch`, expected `debian` or `fedora`")]
     #[case::bad_runtime(&GOOD.replace(r#"["crun", "runc"]"#, r#"["youki"]"#), "vm/debian-13.toml", "key `runtimes` has \"youki\"")]
     #[case::missing(&GOOD.replace("description = \"Debian 13\"\n", ""), "vm/debian-13.toml", "missing field `description`")]
-    fn bad_files_name_the_file_and_key(#[case] text: &str, #[case] path: &str, #[case] message: &str) {
+    fn bad_files_name_the_file_and_key(
+        #[case] text: &str,
+        #[case] path: &str,
+        #[case] message: &str,
+    ) {
         let e = format!("{:#}", Target::parse(text, Path::new(path)).unwrap_err());
         assert!(e.contains(path), "{e}");
         assert!(e.contains(message), "{e}");
@@ -185,7 +227,13 @@ kernel_package = "linux-image-cloud-amd64"
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../vm");
         let all = load_all(&dir).unwrap();
         let names: Vec<&str> = all.iter().map(|t| t.name.as_str()).collect();
-        for n in ["debian-12", "debian-13", "debian-sid", "fedora-43", "fedora-44"] {
+        for n in [
+            "debian-12",
+            "debian-13",
+            "debian-sid",
+            "fedora-43",
+            "fedora-44",
+        ] {
             assert!(names.contains(&n), "{n} missing from {names:?}");
         }
     }

@@ -67,7 +67,11 @@ pub struct ServiceUnit {
 /// double quotes with C-style escapes, and expands `%` specifiers and `$` variables.
 pub fn exec_quote(arg: &str) -> String {
     let escaped = arg.replace('%', "%%").replace('$', "$$");
-    if !escaped.is_empty() && !escaped.chars().any(|c| c.is_whitespace() || matches!(c, '"' | '\'' | '\\' | ';')) {
+    if !escaped.is_empty()
+        && !escaped
+            .chars()
+            .any(|c| c.is_whitespace() || matches!(c, '"' | '\'' | '\\' | ';'))
+    {
         return escaped;
     }
     let mut q = String::from("\"");
@@ -115,9 +119,21 @@ mod tests {
         let u = SocketUnit {
             description: "echo".into(),
             listen: vec![
-                Listen { stream: Some("127.0.0.1:3000".into()), datagram: None, seqpacket: None },
-                Listen { stream: None, datagram: Some("[::1]:3000".into()), seqpacket: None },
-                Listen { stream: None, datagram: None, seqpacket: Some("%h/seq".into()) },
+                Listen {
+                    stream: Some("127.0.0.1:3000".into()),
+                    datagram: None,
+                    seqpacket: None,
+                },
+                Listen {
+                    stream: None,
+                    datagram: Some("[::1]:3000".into()),
+                    seqpacket: None,
+                },
+                Listen {
+                    stream: None,
+                    datagram: None,
+                    seqpacket: Some("%h/seq".into()),
+                },
             ],
             options: vec![("BindToDevice".into(), "eth0".into())],
         };
@@ -129,9 +145,17 @@ mod tests {
 
     #[test]
     fn listen_needs_exactly_one_kind() {
-        let l = Listen { stream: Some("1".into()), datagram: Some("2".into()), seqpacket: None };
+        let l = Listen {
+            stream: Some("1".into()),
+            datagram: Some("2".into()),
+            seqpacket: None,
+        };
         assert!(l.line().is_err());
-        let l = Listen { stream: None, datagram: None, seqpacket: None };
+        let l = Listen {
+            stream: None,
+            datagram: None,
+            seqpacket: None,
+        };
         assert!(l.line().is_err());
     }
 
@@ -141,8 +165,17 @@ mod tests {
             description: "echo".into(),
             socket: Some("echo.socket".into()),
             unit_options: vec![],
-            service_options: vec![("Type".into(), "notify".into()), ("NotifyAccess".into(), "all".into())],
-            exec_start: vec!["/usr/bin/podman".into(), "run".into(), "--label".into(), "a b".into(), "50%".into()],
+            service_options: vec![
+                ("Type".into(), "notify".into()),
+                ("NotifyAccess".into(), "all".into()),
+            ],
+            exec_start: vec![
+                "/usr/bin/podman".into(),
+                "run".into(),
+                "--label".into(),
+                "a b".into(),
+                "50%".into(),
+            ],
         };
         assert_eq!(
             u.render().unwrap(),

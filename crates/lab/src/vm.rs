@@ -65,13 +65,27 @@ fn ready_key(base: &BaseImage, machine: &MachineSpec, bins: &Binaries) -> Result
 }
 
 pub fn machine_for(target: &Target) -> MachineSpec {
-    MachineSpec { accel: qemu::detect_accel(), memory_mib: target.machine.memory_mib, cpus: target.machine.cpus }
+    MachineSpec {
+        accel: qemu::detect_accel(),
+        memory_mib: target.machine.memory_mib,
+        cpus: target.machine.cpus,
+    }
 }
 
-fn vm_config(base: &BaseImage, machine: &MachineSpec, disk: &Path, dir: &Path, incoming: Option<PathBuf>) -> Result<VmConfig> {
+fn vm_config(
+    base: &BaseImage,
+    machine: &MachineSpec,
+    disk: &Path,
+    dir: &Path,
+    incoming: Option<PathBuf>,
+) -> Result<VmConfig> {
     Ok(VmConfig {
         machine: machine.clone(),
-        boot: base.kernel.as_ref().map(|(k, i)| Boot { kernel: k.clone(), initrd: i.clone(), cmdline: KERNEL_CMDLINE.into() }),
+        boot: base.kernel.as_ref().map(|(k, i)| Boot {
+            kernel: k.clone(),
+            initrd: i.clone(),
+            cmdline: KERNEL_CMDLINE.into(),
+        }),
         disk: disk.to_path_buf(),
         ssh_port: qemu::free_port()?,
         console_log: dir.join("console.log"),
@@ -83,16 +97,27 @@ fn vm_config(base: &BaseImage, machine: &MachineSpec, disk: &Path, dir: &Path, i
 
 /// The target's ready state from the cache, made first if missing.
 pub fn ensure_ready(target: &Target, bins: &Binaries, events: &Events) -> Result<Ready> {
+    crate::cleanup::install_handler();
     let base = image::ensure_base(target, events)?;
     let machine = machine_for(target);
     let key = ready_key(&base, &machine, bins)?;
-    let dir = cache::root().join("images").join(format!("{}-ready-{}-{key}", target.name, machine.accel.name()));
+    let dir = cache::root().join("images").join(format!(
+        "{}-ready-{}-{key}",
+        target.name,
+        machine.accel.name()
+    ));
     let _lock = cache::lock(&dir)?;
     let manifest = match cache::lookup(&dir) {
         Some(m) => m,
         None => make_ready(target, &base, &machine, bins, &dir, &key, events)?,
     };
-    Ok(Ready { target: target.clone(), base, dir, machine, versions: manifest.facts })
+    Ok(Ready {
+        target: target.clone(),
+        base,
+        dir,
+        machine,
+        versions: manifest.facts,
+    })
 }
 
 fn make_ready(
@@ -110,18 +135,35 @@ fn make_ready(
     image::overlay(&base.disk, &disk)?;
     let config = vm_config(base, machine, &disk, s, None)?;
     let console = config.console_log.clone();
-    let step = events.step(&target.name, &format!("cold boot ({})", machine.accel.name()));
+    let step = events.step(
+        &target.name,
+        &format!("cold boot ({})", machine.accel.name()),
+    );
     let mut qemu = Qemu::start(config, &s.join("qemu.log"))?;
-    let guest = Guest::connect(qemu.config.ssh_port, base.keys.clone(), target.user.clone(), boot_timeout(machine.accel), &console, Some(&s.join("provision.log")))?;
+    let guest = Guest::connect(
+        qemu.config.ssh_port,
+        base.keys.clone(),
+        target.user.clone(),
+        boot_timeout(machine.accel),
+        &console,
+        Some(&s.join("provision.log")),
+    )?;
     step.done();
 
     let step = events.step(&target.name, "provisioning the ready state");
-    let versions = provision(&guest, bins).with_context(|| format!("provisioning {} (log: {})", target.name, s.join("provision.log").display()))?;
+    let versions = provision(&guest, bins).with_context(|| {
+        format!(
+            "provisioning {} (log: {})",
+            target.name,
+            s.join("provision.log").display()
+        )
+    })?;
     drop(guest); // closes the ssh master before the state is frozen
     step.done();
 
     let step = events.step(&target.name, "saving the ready state");
-    qemu.qmp.save_state(&s.join("state.mig"), Duration::from_secs(300))?;
+    qemu.qmp
+        .save_state(&s.join("state.mig"), Duration::from_secs(300))?;
     qemu.quit()?;
     let _ = std::fs::remove_file(s.join("qmp.sock"));
     step.done();
@@ -134,7 +176,9 @@ fn provision(guest: &Guest, bins: &Binaries) -> Result<BTreeMap<String, String>>
     let state = guest.root("systemctl is-system-running --wait", t)?;
     let state = state.stdout.trim().to_string();
     if state != "running" {
-        let failed = guest.root("systemctl --failed --no-legend --plain", t)?.stdout;
+        let failed = guest
+            .root("systemctl --failed --no-legend --plain", t)?
+            .stdout;
         if state != "degraded" {
             bail!("the guest's system manager is {state:?}; failed units:\n{failed}");
         }
@@ -142,7 +186,10 @@ fn provision(guest: &Guest, bins: &Binaries) -> Result<BTreeMap<String, String>>
     guest.copy_in(&bins.echo, "/usr/local/bin/socket-activate-echo", 0o755)?;
     guest.copy_in(&bins.probe, "/usr/local/bin/echo-probe", 0o755)?;
     // The user manager runs by lingering; wait until it is up.
-    guest.user_ok("systemctl --user is-system-running --wait || systemctl --user is-system-running", t)?;
+    guest.user_ok(
+        "systemctl --user is-system-running --wait || systemctl --user is-system-running",
+        t,
+    )?;
     // The echo image: FROM scratch, the two static binaries, no registry involved.
     guest.user_ok(
         &format!(
@@ -182,22 +229,44 @@ impl TrialVm {
     pub fn start(ready: &Ready, dir: &Path, events: &Events) -> Result<TrialVm> {
         std::fs::create_dir_all(dir)?;
         let overlay = dir.join("disk.qcow2");
+        crate::cleanup::register(&overlay);
         image::overlay(&ready.dir.join("disk.qcow2"), &overlay)?;
-        let config = vm_config(&ready.base, &ready.machine, &overlay, dir, Some(ready.dir.join("state.mig")))?;
+        let config = vm_config(
+            &ready.base,
+            &ready.machine,
+            &overlay,
+            dir,
+            Some(ready.dir.join("state.mig")),
+        )?;
         let console = config.console_log.clone();
         let step = events.step(&ready.target.name, "restoring the ready state");
         let mut qemu = Qemu::start(config, &dir.join("qemu.log"))?;
         let status = qemu.qmp.wait_incoming(Duration::from_secs(120))?;
         if status != "paused" && status != "running" {
-            bail!("after loading the saved state the VM is {status:?}; see {}", dir.join("qemu.log").display());
+            bail!(
+                "after loading the saved state the VM is {status:?}; see {}",
+                dir.join("qemu.log").display()
+            );
         }
         if status == "paused" {
             qemu.qmp.execute("cont", None)?;
         }
-        let guest = Guest::connect(qemu.config.ssh_port, ready.base.keys.clone(), ready.target.user.clone(), Duration::from_secs(90), &console, Some(&dir.join("commands.log")))?;
+        let guest = Guest::connect(
+            qemu.config.ssh_port,
+            ready.base.keys.clone(),
+            ready.target.user.clone(),
+            Duration::from_secs(90),
+            &console,
+            Some(&dir.join("commands.log")),
+        )?;
         guest.sync_clock()?;
         step.done();
-        Ok(TrialVm { guest, qemu, dir: dir.to_path_buf(), overlay })
+        Ok(TrialVm {
+            guest,
+            qemu,
+            dir: dir.to_path_buf(),
+            overlay,
+        })
     }
 
     pub fn console_log(&self) -> PathBuf {
@@ -211,6 +280,7 @@ impl Drop for TrialVm {
         let _ = self.qemu.qmp.execute("quit", None);
         std::thread::sleep(Duration::from_millis(100));
         let _ = std::fs::remove_file(&self.overlay);
+        crate::cleanup::unregister(&self.overlay);
         let _ = std::fs::remove_file(self.dir.join("qmp.sock"));
     }
 }
