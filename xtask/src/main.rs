@@ -57,6 +57,8 @@ enum Command {
 enum VmWhat {
     /// Build (or reuse) the target's image and ready state.
     Build { target: String },
+    /// Download, verify and provision a Fedora target (needs internet), then its ready state.
+    Fetch { target: String },
     /// Show what is cached, with sizes.
     Ls,
     /// Remove every cached image.
@@ -119,7 +121,7 @@ fn run(cli: Cli) -> Result<()> {
             list,
         ),
         Command::Vm { what } => match what {
-            VmWhat::Build { target } => lab::build(&sh, &root, &target),
+            VmWhat::Build { target } | VmWhat::Fetch { target } => lab::build(&sh, &root, &target),
             VmWhat::Ls => lab::ls(),
             VmWhat::Clean => lab::clean(),
             VmWhat::Ssh { target } => lab::ssh(&sh, &root, &target),
@@ -158,6 +160,7 @@ fn step(name: &str) {
 fn ci(sh: &Shell, root: &Path) -> Result<()> {
     let started = std::time::Instant::now();
     host::ensure(sh, &[host::SOCKET_ACTIVATE])?;
+    host::ensure(sh, host::LAB)?;
     step("cargo fmt --check");
     cmd!(sh, "cargo fmt --all --check").run()?;
     step("cargo clippy -D warnings");
