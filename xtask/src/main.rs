@@ -179,6 +179,13 @@ fn ci(sh: &Shell, root: &Path) -> Result<()> {
         bins.echo.display(),
         bins.probe.display()
     );
+    step("VM smoke run: echo-tcp4 on debian-13 with crun and runc");
+    let smoke = ::lab::run::Selection {
+        filters: vec!["echo-tcp4::".into()],
+        targets: vec!["debian-13".into()],
+        runtimes: vec!["crun".into(), "runc".into()],
+    };
+    lab::test(sh, root, smoke, false)?;
     eprintln!(
         "\nci: all steps passed in {:.0} s",
         started.elapsed().as_secs_f64()
