@@ -48,7 +48,7 @@ pub fn test(sh: &Shell, root: &Path, selection: Selection, list: bool) -> Result
     println!();
     for r in &results {
         println!("{}", r.summary_line());
-        if r.outcome == Outcome::Fail {
+        if r.outcome.is_bad() {
             for line in r.detail.lines().skip(1) {
                 println!("    {line}");
             }
@@ -116,7 +116,7 @@ pub fn clean() -> Result<()> {
 }
 
 /// A shell in a fresh guest restored from the ready state; the guest is gone afterwards.
-pub fn ssh(sh: &Shell, root: &Path, target: &str) -> Result<()> {
+pub fn ssh(sh: &Shell, root: &Path, target: &str, command: &[String]) -> Result<()> {
     host::ensure(sh, host::LAB)?;
     let target = lab::target::find(&root.join("vm"), target)?;
     let bins = binaries(sh, root)?;
@@ -126,12 +126,20 @@ pub fn ssh(sh: &Shell, root: &Path, target: &str) -> Result<()> {
         .tempdir_in(root.join("target"))?;
     let vm = TrialVm::start(&ready, dir.path(), &events())?;
     let args = vm.guest.ssh_args();
-    eprintln!(
-        "guest {} on 127.0.0.1:{}; exit the shell to stop it",
-        target.name,
-        vm.guest.port()
-    );
-    cmd!(sh, "ssh -t {args...} root@127.0.0.1")
+    if command.is_empty() {
+        eprintln!(
+            "guest {} on 127.0.0.1:{}; exit the shell to stop it",
+            target.name,
+            vm.guest.port()
+        );
+        cmd!(sh, "ssh -t {args...} root@127.0.0.1")
+            .ignore_status()
+            .run()?;
+        return Ok(());
+    }
+    let script = command.join(" ");
+    cmd!(sh, "ssh {args...} root@127.0.0.1 -- {script}")
+        .quiet()
         .ignore_status()
         .run()?;
     Ok(())

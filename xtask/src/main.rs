@@ -63,8 +63,12 @@ enum VmWhat {
     Ls,
     /// Remove every cached image.
     Clean,
-    /// Open a shell in a fresh guest of the target (for debugging).
-    Ssh { target: String },
+    /// Open a shell in a fresh guest of the target (for debugging), or run COMMAND in it.
+    Ssh {
+        target: String,
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -124,7 +128,7 @@ fn run(cli: Cli) -> Result<()> {
             VmWhat::Build { target } | VmWhat::Fetch { target } => lab::build(&sh, &root, &target),
             VmWhat::Ls => lab::ls(),
             VmWhat::Clean => lab::clean(),
-            VmWhat::Ssh { target } => lab::ssh(&sh, &root, &target),
+            VmWhat::Ssh { target, command } => lab::ssh(&sh, &root, &target, &command),
         },
         Command::Ci => ci(&sh, &root),
         Command::Bench {

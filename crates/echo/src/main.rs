@@ -38,6 +38,10 @@ struct Cli {
     /// instead of an echo.
     #[arg(long)]
     reply_peer: bool,
+    /// Also listen on ADDRESS itself (tcp:HOST:PORT or udp:HOST:PORT), for set-ups without
+    /// socket activation (pasta, slirp4netns and host networking in the lab).
+    #[arg(long, value_name = "ADDRESS")]
+    listen: Vec<String>,
     /// Sleep SECS seconds before serving (to study slow container starts).
     #[arg(long, value_name = "SECS")]
     start_sleep: Option<f64>,
@@ -67,7 +71,10 @@ fn start(cli: Cli) -> Result<ExitCode, String> {
     let idle_exit = seconds(cli.idle_exit, "idle-exit")?;
     let start_sleep = seconds(cli.start_sleep, "start-sleep")?;
     // Before any thread exists: this unsets LISTEN_* in our environment.
-    let sockets = activation::listen_fds(UnsetEnv::Yes).map_err(|e| format!("Error: {e}"))?;
+    let mut sockets = activation::listen_fds(UnsetEnv::Yes).map_err(|e| format!("Error: {e}"))?;
+    for address in &cli.listen {
+        sockets.push(listen_on(address)?);
+    }
     if sockets.is_empty() {
         return Err(NOT_ACTIVATED.to_string());
     }
@@ -96,6 +103,27 @@ fn start(cli: Cli) -> Result<ExitCode, String> {
     // Connections still open must not delay the exit (SIGTERM must end us within 1 s).
     runtime.shutdown_timeout(Duration::from_millis(100));
     code
+}
+
+/// Binds and (for TCP) listens on `tcp:HOST:PORT` or `udp:HOST:PORT`.
+fn listen_on(address: &str) -> Result<InheritedSocket, String> {
+    use std::os::fd::{AsFd, OwnedFd};
+    let fail = |why: String| format!("Error: --listen {address}: {why}");
+    let fd: OwnedFd = match address.split_once(':') {
+        Some(("tcp", addr)) => std::net::TcpListener::bind(addr)
+            .map_err(|e| fail(e.to_string()))?
+            .into(),
+        Some(("udp", addr)) => std::net::UdpSocket::bind(addr)
+            .map_err(|e| fail(e.to_string()))?
+            .into(),
+        _ => return Err(fail("expected tcp:HOST:PORT or udp:HOST:PORT".into())),
+    };
+    let info = activation::classify(fd.as_fd(), None).map_err(|e| fail(e.to_string()))?;
+    Ok(InheritedSocket {
+        fd,
+        name: Some("listen".into()),
+        info,
+    })
 }
 
 async fn run(

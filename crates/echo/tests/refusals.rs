@@ -136,3 +136,40 @@ fn help_and_version() {
         assert!(help.contains(option), "--help lacks {option}");
     }
 }
+
+#[test]
+fn listen_option_serves_without_activation() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut launch = Launch::new(vec![]);
+    launch.listen_fds = None;
+    launch.pid = ListenPid::Unset;
+    let _echo = launch
+        .arg("--listen")
+        .arg(&format!("tcp:127.0.0.1:{port}"))
+        .spawn();
+    let address = format!("tcp4:127.0.0.1:{port}");
+    let start = std::time::Instant::now();
+    let result = loop {
+        let r = probe(&address, "self-bound");
+        if r.ok || start.elapsed() > std::time::Duration::from_secs(10) {
+            break r;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(result.ok, "{result:?}");
+}
+
+#[test]
+fn listen_option_with_a_bad_address() {
+    let mut launch = Launch::new(vec![]);
+    launch.listen_fds = None;
+    launch.pid = ListenPid::Unset;
+    refused(
+        launch.arg("--listen").arg("sctp:1.2.3.4:5"),
+        "Error: --listen sctp:1.2.3.4:5: expected tcp:HOST:PORT or udp:HOST:PORT",
+    );
+}

@@ -14,6 +14,7 @@ pub mod run;
 pub mod scenario;
 pub mod target;
 pub mod units;
+pub mod version;
 pub mod vm;
 
 pub fn is_root() -> bool {

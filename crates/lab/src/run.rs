@@ -129,16 +129,18 @@ fn run_one(trial: &Trial, ready: &Ready, run_dir: &Path, events: &Events) -> Tri
     events.emit(Event::TrialStart { name: name.clone() });
     let started = Instant::now();
     let dir = run_dir.join(name.replace("::", "--"));
-    let outcome = TrialVm::start(ready, &dir, events).and_then(|vm| {
-        let result = scenario::run_trial(&vm, &trial.scenario, &trial.runtime);
-        if result.is_err() {
-            let _ = std::fs::copy(vm.console_log(), dir.join("console.log.copy"));
-        }
-        result
-    });
-    let (outcome, detail) = match outcome {
-        Ok(od) => od,
-        Err(e) => (Outcome::Fail, format!("{e:#}\n(logs: {})", dir.display())),
+    let (outcome, detail, issue) = match scenario::skip_reason(&trial.scenario, &ready.versions) {
+        Some(reason) => (Outcome::Skip, reason, None),
+        None => match TrialVm::start(ready, &dir, events).and_then(|vm| {
+            scenario::run_trial(&vm, &trial.scenario, &trial.runtime, &ready.versions)
+        }) {
+            Ok(result) => result,
+            Err(e) => (
+                Outcome::Fail,
+                format!("{e:#}\n(logs: {})", dir.display()),
+                None,
+            ),
+        },
     };
     let result = TrialResult {
         name,
@@ -148,6 +150,7 @@ fn run_one(trial: &Trial, ready: &Ready, run_dir: &Path, events: &Events) -> Tri
         outcome,
         elapsed_s: started.elapsed().as_secs_f64(),
         versions: ready.versions.clone(),
+        issue,
         detail,
         log_dir: dir,
     };

@@ -1,5 +1,6 @@
-//! Scenarios are data (`tests/scenarios/*.toml`): the units, the steps, the expected
-//! outcome. Running one on a guest gives a [`TrialResult`].
+//! Scenarios are data (`tests/scenarios/*.toml`): the units, host-side preparation, the
+//! steps, the expected outcome and the known upstream bugs. Running one on a guest gives
+//! an outcome with its evidence.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -8,7 +9,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::units::{Listen, ServiceUnit, SocketUnit};
+use crate::units::{Listen, ServiceUnit, SocketUnit, exec_quote};
+use crate::version;
 use crate::vm::TrialVm;
 
 pub const ECHO_IMAGE: &str = "localhost/socket-activate-echo:latest";
@@ -17,14 +19,32 @@ pub const ECHO_IMAGE: &str = "localhost/socket-activate-echo:latest";
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
     pub description: String,
+    /// What the articles claim, for the summary.
+    #[serde(default)]
+    pub claim: Option<String>,
     /// The unit name stem: `echo` makes `echo.socket` and `echo.service`.
     #[serde(default = "default_unit")]
     pub unit: String,
-    pub socket: SocketSpec,
-    pub service: ServiceSpec,
+    #[serde(default)]
+    pub scope: Scope,
+    #[serde(default)]
+    pub prepare: Prepare,
+    #[serde(default)]
+    pub socket: Option<SocketSpec>,
+    #[serde(default)]
+    pub service: Option<ServiceSpec>,
+    /// A quadlet `.container` instead of a service unit.
+    #[serde(default)]
+    pub quadlet: Option<QuadletSpec>,
+    #[serde(default)]
+    pub helper: Vec<HelperSpec>,
     pub steps: Vec<Step>,
     #[serde(default)]
     pub expect: Expectation,
+    #[serde(default)]
+    pub known_bug: Vec<KnownBug>,
+    #[serde(default)]
+    pub requires: Requires,
     #[serde(skip)]
     pub name: String,
     #[serde(skip)]
@@ -33,6 +53,28 @@ pub struct Scenario {
 
 fn default_unit() -> String {
     "echo".into()
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// The test user's manager (`systemctl --user`), units in `~/.config/systemd/user`.
+    #[default]
+    User,
+    /// The system manager, units in `/etc/systemd/system`.
+    System,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Prepare {
+    /// Written to `/etc/sysctl.d/90-socket-activation-lab.conf` and applied.
+    #[serde(default)]
+    pub sysctl: BTreeMap<String, String>,
+    /// A network namespace `client` joined by a veth pair: the guest end `lab0` is
+    /// 192.0.2.1/24, the client end 192.0.2.10/24.
+    #[serde(default)]
+    pub client_netns: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -54,31 +96,141 @@ pub struct ServiceSpec {
     /// Arguments for the echo server.
     #[serde(default)]
     pub args: Vec<String>,
+    /// `[Service]` settings.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// `[Unit]` settings.
+    #[serde(default)]
+    pub unit_options: BTreeMap<String, String>,
 }
 
 fn default_image() -> String {
     ECHO_IMAGE.into()
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuadletSpec {
+    #[serde(default = "default_image")]
+    pub image: String,
+    /// `[Container]` settings (`Network=none`, ...).
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+}
+
+/// A helper service, such as `podman-usernamespace.service`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HelperSpec {
+    pub name: String,
+    pub exec: Vec<String>,
+    #[serde(default = "default_oneshot")]
+    pub r#type: String,
+    #[serde(default)]
+    pub remain_after_exit: bool,
+}
+
+fn default_oneshot() -> String {
+    "oneshot".into()
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Who {
+    #[default]
+    User,
+    Root,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The server saw the client's own address.
+    Preserved,
+    /// The server saw another address.
+    Rewritten,
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(tag = "do", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Step {
-    /// `systemctl --user start UNIT`.
-    Start { unit: String },
-    /// `echo-probe ADDRESS --send SEND --expect EXPECT` in the guest.
+    Start {
+        unit: String,
+    },
+    Stop {
+        unit: String,
+    },
+    Enable {
+        unit: String,
+    },
+    ResetFailed {
+        unit: String,
+    },
+    /// `echo-probe ADDRESS` in the guest (as root, or in the client namespace).
     Probe {
         address: String,
         #[serde(default = "default_text")]
         send: String,
-        #[serde(default = "default_text")]
-        expect: String,
+        #[serde(default)]
+        expect: Option<String>,
         #[serde(default = "default_probe_timeout")]
         timeout: f64,
+        /// Run in this network namespace (`client`).
+        #[serde(default)]
+        netns: Option<String>,
+        /// Check the reply of a `--reply-peer` server against our own address.
+        #[serde(default)]
+        source: Option<Source>,
+        /// The probe must fail (nothing answers there).
+        #[serde(default)]
+        fail: bool,
     },
-    /// A real reboot of the guest (`systemctl reboot`), waiting for the new boot's ssh.
+    /// A real reboot of the guest.
     Reboot,
+    /// `systemctl is-failed UNIT` must say failed (or, with `failed = false`, not).
+    IsFailed {
+        unit: String,
+        #[serde(default = "yes")]
+        failed: bool,
+    },
+    /// The units' journal must (not) contain a text.
+    Journal {
+        #[serde(default)]
+        contains: Option<String>,
+        #[serde(default)]
+        lacks: Option<String>,
+    },
+    /// `echo-probe netinfo` inside a running container via `podman exec`.
+    Netinfo {
+        container: String,
+        /// The exact set of interfaces with addresses, e.g. `["lo"]`.
+        #[serde(default)]
+        interfaces: Option<Vec<String>>,
+        #[serde(default)]
+        outbound: Option<String>,
+        #[serde(default)]
+        outbound_ok: Option<bool>,
+    },
+    /// A shell command. Placeholders: {runtime}, {image}, {uid}, {home}.
+    Run {
+        command: String,
+        #[serde(default, rename = "as")]
+        who: Who,
+        #[serde(default)]
+        exit: i32,
+        #[serde(default)]
+        contains: Option<String>,
+    },
+    /// Wait, for things that settle on their own.
+    Sleep {
+        seconds: f64,
+    },
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_text() -> String {
@@ -108,6 +260,29 @@ pub enum ExpectedOutcome {
     Fail,
 }
 
+/// An upstream bug: on `runtime` in `versions`, the scenario fails with `pattern`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KnownBug {
+    pub runtime: String,
+    pub versions: String,
+    pub issue: String,
+    pub pattern: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Requires {
+    /// A version range podman must be in (`>=4.4` for quadlet).
+    #[serde(default)]
+    pub podman: Option<String>,
+    #[serde(default)]
+    pub systemd: Option<String>,
+    /// Why a scenario cannot run anywhere yet (reported as SKIP).
+    #[serde(default)]
+    pub unavailable: Option<String>,
+}
+
 impl Scenario {
     pub fn load(path: &Path) -> Result<Scenario> {
         let text =
@@ -120,31 +295,49 @@ impl Scenario {
             .unwrap_or_default()
             .to_string();
         s.file = path.to_path_buf();
+        let p = path.display();
         if s.steps.is_empty() {
-            bail!("{}: key `steps` is empty", path.display());
+            bail!("{p}: key `steps` is empty");
         }
         if s.expect.outcome == ExpectedOutcome::Fail && s.expect.pattern.is_none() {
             bail!(
-                "{}: `expect.outcome = \"fail\"` needs `expect.pattern`, the text that proves why it fails",
-                path.display()
+                "{p}: `expect.outcome = \"fail\"` needs `expect.pattern`, the text that proves why it fails"
             );
         }
+        if s.service.is_some() && s.quadlet.is_some() {
+            bail!("{p}: give either [service] or [quadlet], not both");
+        }
+        if s.quadlet.is_some() && s.scope == Scope::System {
+            bail!("{p}: quadlet scenarios run in the user scope");
+        }
+        for b in &s.known_bug {
+            version::in_range("1.0", &b.versions)
+                .map_err(|e| anyhow::anyhow!("{p}: known_bug for {}: {e}", b.runtime))?;
+        }
         // Render once so a bad unit is a load error, not a trial failure.
-        s.socket_unit()
-            .render()
-            .map_err(|e| anyhow::anyhow!("{}: [socket]: {e}", path.display()))?;
+        if let Some(u) = s.socket_unit() {
+            u.render()
+                .map_err(|e| anyhow::anyhow!("{p}: [socket]: {e}"))?;
+        }
         Ok(s)
     }
 
-    pub fn socket_unit(&self) -> SocketUnit {
-        SocketUnit {
+    pub fn socket_unit(&self) -> Option<SocketUnit> {
+        self.socket.as_ref().map(|sock| SocketUnit {
             description: format!("socket-activation-lab {}", self.name),
-            listen: self.socket.listen.clone(),
-            options: self.socket.options.clone().into_iter().collect(),
-        }
+            listen: sock.listen.clone(),
+            options: sock.options.clone().into_iter().collect(),
+        })
     }
 
-    pub fn service_unit(&self, runtime: &str) -> ServiceUnit {
+    fn socket_name(&self) -> Option<String> {
+        self.socket
+            .as_ref()
+            .map(|_| format!("{}.socket", self.unit))
+    }
+
+    pub fn service_unit(&self, runtime: &str) -> Option<ServiceUnit> {
+        let spec = self.service.as_ref()?;
         let mut exec = vec![
             "/usr/bin/podman".to_string(),
             "run".into(),
@@ -157,21 +350,81 @@ impl Scenario {
             "--runtime".into(),
             runtime.into(),
         ];
-        exec.extend(self.service.podman_args.iter().cloned());
-        exec.push(self.service.image.clone());
-        exec.extend(self.service.args.iter().cloned());
+        exec.extend(spec.podman_args.iter().cloned());
+        exec.push(spec.image.clone());
+        exec.extend(spec.args.iter().cloned());
         let mut service_options = vec![
             ("Type".to_string(), "notify".to_string()),
             ("NotifyAccess".into(), "all".into()),
         ];
-        service_options.extend(self.service.options.clone());
-        ServiceUnit {
+        service_options.extend(spec.options.clone());
+        Some(ServiceUnit {
             description: format!("socket-activation-lab {}", self.name),
-            socket: Some(format!("{}.socket", self.unit)),
-            unit_options: Vec::new(),
+            socket: self.socket_name(),
+            unit_options: spec.unit_options.clone().into_iter().collect(),
             service_options,
             exec_start: exec,
+        })
+    }
+
+    /// The quadlet `.container` file text.
+    pub fn quadlet_file(&self, runtime: &str) -> Option<String> {
+        let q = self.quadlet.as_ref()?;
+        let mut s = format!("[Unit]\nDescription=socket-activation-lab {}\n", self.name);
+        if let Some(sock) = self.socket_name() {
+            s += &format!("Requires={sock}\nAfter={sock}\n");
         }
+        s += &format!(
+            "\n[Container]\nImage={}\nContainerName={}\nPodmanArgs=--runtime {runtime}\n",
+            q.image, self.unit
+        );
+        if !q.args.is_empty() {
+            let args: Vec<String> = q.args.iter().map(|a| exec_quote(a)).collect();
+            s += &format!("Exec={}\n", args.join(" "));
+        }
+        for (k, v) in &q.options {
+            s += &format!("{k}={v}\n");
+        }
+        Some(s)
+    }
+
+    pub fn helper_units(&self) -> Vec<(String, ServiceUnit)> {
+        self.helper
+            .iter()
+            .map(|h| {
+                let mut options = vec![("Type".to_string(), h.r#type.clone())];
+                if h.remain_after_exit {
+                    options.push(("RemainAfterExit".into(), "yes".into()));
+                }
+                (
+                    h.name.clone(),
+                    ServiceUnit {
+                        description: format!("socket-activation-lab helper {}", h.name),
+                        socket: None,
+                        unit_options: Vec::new(),
+                        service_options: options,
+                        exec_start: h.exec.clone(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// The units whose journal explains a failure.
+    pub fn journal_units(&self) -> Vec<String> {
+        let mut units: Vec<String> = self.socket_name().into_iter().collect();
+        if self.service.is_some() || self.quadlet.is_some() {
+            units.push(format!("{}.service", self.unit));
+        }
+        units.extend(self.helper.iter().map(|h| h.name.clone()));
+        for step in &self.steps {
+            if let Step::Start { unit } | Step::Enable { unit } = step
+                && !units.contains(unit)
+            {
+                units.push(unit.clone());
+            }
+        }
+        units
     }
 }
 
@@ -188,21 +441,35 @@ pub fn load_all(dir: &Path) -> Result<Vec<Scenario>> {
     Ok(all)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Outcome {
     Pass,
     Fail,
+    /// A known upstream bug reproduced.
+    Xfail,
+    /// A known upstream bug did not reproduce: loud, and a failure of the run.
+    Xpass,
     Skip,
 }
 
 impl Outcome {
     pub fn is_bad(self) -> bool {
-        matches!(self, Outcome::Fail)
+        matches!(self, Outcome::Fail | Outcome::Xpass)
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Pass => "PASS",
+            Outcome::Fail => "FAIL",
+            Outcome::Xfail => "XFAIL",
+            Outcome::Xpass => "XPASS",
+            Outcome::Skip => "SKIP",
+        }
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrialResult {
     /// `scenario::target::runtime`
     pub name: String,
@@ -212,147 +479,313 @@ pub struct TrialResult {
     pub outcome: Outcome,
     pub elapsed_s: f64,
     pub versions: BTreeMap<String, String>,
+    /// The upstream issue behind an XFAIL or XPASS.
+    #[serde(default)]
+    pub issue: Option<String>,
     /// Why: the failing step and the journal lines, or what the expected failure showed.
     pub detail: String,
     pub log_dir: PathBuf,
 }
 
 impl TrialResult {
-    pub fn summary_line(&self) -> String {
-        let runtime_version = self
-            .versions
+    pub fn runtime_version(&self) -> &str {
+        self.versions
             .get(&self.runtime)
             .map(String::as_str)
-            .unwrap_or("?");
+            .unwrap_or("?")
+    }
+
+    pub fn summary_line(&self) -> String {
         let podman = self
             .versions
             .get("podman")
             .map(String::as_str)
             .unwrap_or("?");
         let first = self.detail.lines().next().unwrap_or_default();
-        let why = if self.outcome == Outcome::Pass && first.is_empty() {
+        let why = if first.is_empty() {
             String::new()
         } else {
             format!(": {first}")
         };
+        let issue = self
+            .issue
+            .as_deref()
+            .map(|i| format!(" [{i}]"))
+            .unwrap_or_default();
         format!(
-            "{:?} {} ({} {runtime_version}, podman {podman}) in {:.1} s{why}",
-            self.outcome, self.name, self.runtime, self.elapsed_s
+            "{} {} ({} {}, podman {podman}) in {:.1} s{issue}{why}",
+            self.outcome.label(),
+            self.name,
+            self.runtime,
+            self.runtime_version(),
+            self.elapsed_s
         )
-        .replacen("Pass", "PASS", 1)
-        .replacen("Fail", "FAIL", 1)
-        .replacen("Skip", "SKIP", 1)
     }
 }
 
-/// What a run of the steps showed.
+/// Whether the scenario can run on a guest with these versions; the reason if not.
+pub fn skip_reason(scenario: &Scenario, versions: &BTreeMap<String, String>) -> Option<String> {
+    if let Some(why) = &scenario.requires.unavailable {
+        return Some(why.clone());
+    }
+    for (tool, range) in [
+        ("podman", &scenario.requires.podman),
+        ("systemd", &scenario.requires.systemd),
+    ] {
+        if let Some(range) = range {
+            let v = versions.get(tool).map(String::as_str).unwrap_or("0");
+            if !version::in_range(v, range).unwrap_or(false) {
+                return Some(format!("needs {tool} {range}, the guest has {v}"));
+            }
+        }
+    }
+    None
+}
+
 struct StepFailure {
     step: String,
     output: String,
 }
 
-/// Runs `scenario` with `runtime` on a guest already restored to the ready state.
-pub fn run_trial(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> Result<(Outcome, String)> {
-    let g = &vm.guest;
-    let home = format!("/home/{}", g.user.name);
-    let unit_dir = format!("{home}/.config/systemd/user");
-    let socket = scenario
-        .socket_unit()
-        .render()
-        .map_err(anyhow::Error::msg)?;
-    let service = scenario
-        .service_unit(runtime)
-        .render()
-        .map_err(anyhow::Error::msg)?;
-    let owner = Some(g.user.name.as_str());
-    g.write_file(
-        &format!("{unit_dir}/{}.socket", scenario.unit),
-        socket.as_bytes(),
-        owner,
-        0o644,
-    )?;
-    g.write_file(
-        &format!("{unit_dir}/{}.service", scenario.unit),
-        service.as_bytes(),
-        owner,
-        0o644,
-    )?;
-    std::fs::write(vm.dir.join(format!("{}.socket", scenario.unit)), &socket)?;
-    std::fs::write(vm.dir.join(format!("{}.service", scenario.unit)), &service)?;
-    g.user_ok("systemctl --user daemon-reload", Duration::from_secs(60))?;
+/// Fills the placeholders of a `run` command.
+fn expand(text: &str, runtime: &str, user: &crate::target::User) -> String {
+    text.replace("{runtime}", runtime)
+        .replace("{image}", ECHO_IMAGE)
+        .replace("{uid}", &user.uid.to_string())
+        .replace("{home}", &format!("/home/{}", user.name))
+}
 
-    let failure = run_steps(vm, scenario)?;
-    let units = [
-        format!("{}.socket", scenario.unit),
-        format!("{}.service", scenario.unit),
-    ];
-    let unit_refs: Vec<&str> = units.iter().map(String::as_str).collect();
-    let journal = g.user_unit_journal(&unit_refs, 200);
+fn q(s: &str) -> String {
+    shlex::try_quote(s).expect("no NUL").into_owned()
+}
+
+/// Runs `scenario` with `runtime` on a guest restored to the ready state, and judges the
+/// outcome against the expectation and the known bugs for `versions`.
+pub fn run_trial(
+    vm: &TrialVm,
+    scenario: &Scenario,
+    runtime: &str,
+    versions: &BTreeMap<String, String>,
+) -> Result<(Outcome, String, Option<String>)> {
+    install(vm, scenario, runtime)?;
+    let failure = run_steps(vm, scenario, runtime)?;
+    let units = scenario.journal_units();
+    let journal = journal(vm, scenario, &units);
     std::fs::write(vm.dir.join("journal.txt"), &journal)?;
-    let interesting = |text: &str| -> String {
+    Ok(judge(scenario, runtime, versions, failure, &journal))
+}
+
+fn judge(
+    scenario: &Scenario,
+    runtime: &str,
+    versions: &BTreeMap<String, String>,
+    failure: Option<StepFailure>,
+    journal: &str,
+) -> (Outcome, String, Option<String>) {
+    let tail = |text: &str| -> String {
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
         lines[lines.len().saturating_sub(15)..].join("\n")
     };
-    Ok(match (scenario.expect.outcome, failure) {
-        (ExpectedOutcome::Pass, None) => (Outcome::Pass, String::new()),
-        (ExpectedOutcome::Pass, Some(f)) => (
-            Outcome::Fail,
-            format!(
-                "step `{}` failed: {}\njournal:\n{}",
-                f.step,
-                f.output.trim(),
-                interesting(&journal)
-            ),
-        ),
-        (ExpectedOutcome::Fail, None) => (
-            Outcome::Fail,
-            "expected a failure, but every step passed".into(),
-        ),
-        (ExpectedOutcome::Fail, Some(f)) => {
-            let pattern = scenario.expect.pattern.as_deref().unwrap_or_default();
-            let evidence = format!("{}\n{journal}", f.output);
-            match evidence.lines().find(|l| l.contains(pattern)) {
-                Some(line) => (
-                    Outcome::Pass,
-                    format!("failed as expected at `{}`: {}", f.step, line.trim()),
+    let runtime_version = versions.get(runtime).map(String::as_str).unwrap_or("");
+    let bugs: Vec<&KnownBug> = scenario
+        .known_bug
+        .iter()
+        .filter(|b| {
+            b.runtime == runtime && version::in_range(runtime_version, &b.versions).unwrap_or(false)
+        })
+        .collect();
+    match failure {
+        None => {
+            if let Some(b) = bugs.first() {
+                return (
+                    Outcome::Xpass,
+                    format!(
+                        "known bug did not reproduce on {runtime} {runtime_version} (listed for {})",
+                        b.versions
+                    ),
+                    Some(b.issue.clone()),
+                );
+            }
+            match scenario.expect.outcome {
+                ExpectedOutcome::Pass => (Outcome::Pass, String::new(), None),
+                ExpectedOutcome::Fail => (
+                    Outcome::Fail,
+                    "expected a failure, but every step passed".into(),
+                    None,
                 ),
-                None => (
+            }
+        }
+        Some(f) => {
+            let evidence = format!("{}\n{journal}", f.output);
+            for b in &bugs {
+                if let Some(line) = evidence.lines().find(|l| l.contains(&b.pattern)) {
+                    return (
+                        Outcome::Xfail,
+                        format!("known bug at `{}`: {}", f.step, line.trim()),
+                        Some(b.issue.clone()),
+                    );
+                }
+            }
+            if let (ExpectedOutcome::Fail, Some(pattern)) =
+                (scenario.expect.outcome, &scenario.expect.pattern)
+            {
+                if let Some(line) = evidence.lines().find(|l| l.contains(pattern.as_str())) {
+                    return (
+                        Outcome::Pass,
+                        format!("failed as expected at `{}`: {}", f.step, line.trim()),
+                        None,
+                    );
+                }
+                return (
                     Outcome::Fail,
                     format!(
                         "failed at `{}` but without {pattern:?}: {}\njournal:\n{}",
                         f.step,
                         f.output.trim(),
-                        interesting(&journal)
+                        tail(journal)
                     ),
-                ),
+                    None,
+                );
             }
+            (
+                Outcome::Fail,
+                format!(
+                    "step `{}` failed: {}\njournal:\n{}",
+                    f.step,
+                    f.output.trim(),
+                    tail(journal)
+                ),
+                None,
+            )
         }
-    })
+    }
 }
 
-fn run_steps(vm: &TrialVm, scenario: &Scenario) -> Result<Option<StepFailure>> {
+fn unit_dir(vm: &TrialVm, scope: Scope) -> (String, Option<String>) {
+    match scope {
+        Scope::User => (
+            format!("/home/{}/.config/systemd/user", vm.guest.user.name),
+            Some(vm.guest.user.name.clone()),
+        ),
+        Scope::System => ("/etc/systemd/system".into(), None),
+    }
+}
+
+/// Runs `systemctl ARGS` in the scenario's scope.
+fn systemctl(vm: &TrialVm, scope: Scope, args: &str) -> Result<crate::proc::Output> {
+    let t = Duration::from_secs(120);
+    match scope {
+        Scope::User => vm.guest.user(&format!("systemctl --user {args}"), t),
+        Scope::System => vm.guest.root(&format!("systemctl {args}"), t),
+    }
+}
+
+fn install(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> Result<()> {
     let g = &vm.guest;
+    let t = Duration::from_secs(120);
+    if !scenario.prepare.sysctl.is_empty() {
+        let text: String = scenario
+            .prepare
+            .sysctl
+            .iter()
+            .map(|(k, v)| format!("{k} = {v}\n"))
+            .collect();
+        g.write_file(
+            "/etc/sysctl.d/90-socket-activation-lab.conf",
+            text.as_bytes(),
+            None,
+            0o644,
+        )?;
+        g.root_ok(
+            "sysctl -q -p /etc/sysctl.d/90-socket-activation-lab.conf",
+            t,
+        )?;
+    }
+    if scenario.prepare.client_netns {
+        g.root_ok(
+            "set -e; ip netns add client; ip link add lab0 type veth peer name lab1; ip link set lab1 netns client; \
+             ip addr add 192.0.2.1/24 dev lab0; ip link set lab0 up; ip -n client addr add 192.0.2.10/24 dev lab1; \
+             ip -n client link set lab1 up; ip -n client link set lo up; ip -n client route add default via 192.0.2.1",
+            t,
+        )?;
+    }
+    let (dir, owner) = unit_dir(vm, scenario.scope);
+    let write = |name: &str, text: &str, dir: &str| -> Result<()> {
+        g.write_file(
+            &format!("{dir}/{name}"),
+            text.as_bytes(),
+            owner.as_deref(),
+            0o644,
+        )?;
+        std::fs::write(vm.dir.join(name), text)?;
+        Ok(())
+    };
+    if let Some(u) = scenario.socket_unit() {
+        write(
+            &format!("{}.socket", scenario.unit),
+            &u.render().map_err(anyhow::Error::msg)?,
+            &dir,
+        )?;
+    }
+    if let Some(u) = scenario.service_unit(runtime) {
+        write(
+            &format!("{}.service", scenario.unit),
+            &u.render().map_err(anyhow::Error::msg)?,
+            &dir,
+        )?;
+    }
+    for (name, u) in scenario.helper_units() {
+        write(&name, &u.render().map_err(anyhow::Error::msg)?, &dir)?;
+    }
+    if let Some(text) = scenario.quadlet_file(runtime) {
+        let qdir = format!("/home/{}/.config/containers/systemd", g.user.name);
+        write(&format!("{}.container", scenario.unit), &text, &qdir)?;
+    }
+    let reload = systemctl(vm, scenario.scope, "daemon-reload")?;
+    if !reload.success() {
+        bail!("daemon-reload failed: {}", reload.combined());
+    }
+    Ok(())
+}
+
+fn journal(vm: &TrialVm, scenario: &Scenario, units: &[String]) -> String {
+    let refs: Vec<&str> = units.iter().map(String::as_str).collect();
+    match scenario.scope {
+        Scope::User => vm.guest.user_unit_journal(&refs, 300),
+        Scope::System => {
+            let args: Vec<String> = units.iter().map(|u| format!("-u {}", q(u))).collect();
+            vm.guest
+                .root(
+                    &format!(
+                        "journalctl --no-pager -o short-monotonic -n 300 {}",
+                        args.join(" ")
+                    ),
+                    Duration::from_secs(60),
+                )
+                .map(|o| o.combined())
+                .unwrap_or_else(|e| format!("(journal unavailable: {e:#})"))
+        }
+    }
+}
+
+fn run_steps(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> Result<Option<StepFailure>> {
+    let g = &vm.guest;
+    let fail = |step: String, output: String| Ok(Some(StepFailure { step, output }));
     for step in &scenario.steps {
         match step {
-            Step::Start { unit } => {
-                let out = g.user(
-                    &format!("systemctl --user start {}", shlex::try_quote(unit)?),
-                    Duration::from_secs(120),
-                )?;
+            Step::Start { unit }
+            | Step::Stop { unit }
+            | Step::Enable { unit }
+            | Step::ResetFailed { unit } => {
+                let verb = match step {
+                    Step::Start { .. } => "start",
+                    Step::Stop { .. } => "stop",
+                    Step::Enable { .. } => "enable",
+                    _ => "reset-failed",
+                };
+                let out = systemctl(vm, scenario.scope, &format!("{verb} {}", q(unit)))?;
                 if !out.success() {
-                    return Ok(Some(StepFailure {
-                        step: format!("start {unit}"),
-                        output: out.combined(),
-                    }));
-                }
-            }
-            Step::Reboot => {
-                let timeout = crate::vm::boot_timeout(crate::qemu::detect_accel());
-                if let Err(e) = g.reboot(timeout, &vm.console_log()) {
-                    return Ok(Some(StepFailure {
-                        step: "reboot".into(),
-                        output: format!("{e:#}"),
-                    }));
+                    return fail(format!("{verb} {unit}"), out.combined());
                 }
             }
             Step::Probe {
@@ -360,21 +793,174 @@ fn run_steps(vm: &TrialVm, scenario: &Scenario) -> Result<Option<StepFailure>> {
                 send,
                 expect,
                 timeout,
+                netns,
+                source,
+                fail: must_fail,
             } => {
-                let cmd = format!(
-                    "echo-probe {} --send {} --expect {} --timeout {timeout}",
-                    shlex::try_quote(address)?,
-                    shlex::try_quote(send)?,
-                    shlex::try_quote(expect)?
+                let address = expand(address, runtime, &g.user);
+                let mut cmd = format!(
+                    "echo-probe {} --send {} --timeout {timeout} --json",
+                    q(&address),
+                    q(send)
                 );
+                if let Some(e) = expect {
+                    cmd += &format!(" --expect {}", q(e));
+                }
+                if let Some(ns) = netns {
+                    cmd = format!("ip netns exec {} {cmd}", q(ns));
+                }
                 let out = g.root(&cmd, Duration::from_secs_f64(timeout + 30.0))?;
-                if !out.success() {
-                    return Ok(Some(StepFailure {
-                        step: format!("probe {address}"),
-                        output: out.combined(),
-                    }));
+                let parsed: Option<serde_json::Value> =
+                    serde_json::from_str(out.stdout.trim()).ok();
+                let ok = out.success();
+                let what = format!(
+                    "probe {address}{}",
+                    netns
+                        .as_deref()
+                        .map(|n| format!(" from {n}"))
+                        .unwrap_or_default()
+                );
+                if *must_fail {
+                    if ok {
+                        return fail(
+                            format!("{what} (must fail)"),
+                            format!("it answered: {}", out.stdout.trim()),
+                        );
+                    }
+                    continue;
+                }
+                if !ok {
+                    return fail(what, out.combined());
+                }
+                if let (Some(src), Some(v)) = (source, parsed) {
+                    let reply = v["reply"].as_str().unwrap_or("").trim().to_string();
+                    let local = v["local_address"].as_str().unwrap_or("").to_string();
+                    let good = match src {
+                        Source::Preserved => reply == local,
+                        Source::Rewritten => !reply.is_empty() && reply != local,
+                    };
+                    if !good {
+                        return fail(
+                            format!("{what} (source {src:?})"),
+                            format!("the server saw {reply:?}, the client is {local:?}"),
+                        );
+                    }
                 }
             }
+            Step::Reboot => {
+                let timeout = crate::vm::boot_timeout(crate::qemu::detect_accel());
+                if let Err(e) = g.reboot(timeout, &vm.console_log()) {
+                    return fail("reboot".into(), format!("{e:#}"));
+                }
+            }
+            Step::IsFailed { unit, failed } => {
+                let out = systemctl(vm, scenario.scope, &format!("is-failed {}", q(unit)))?;
+                // is-failed exits 0 when the unit is failed.
+                if out.success() != *failed {
+                    return fail(
+                        format!("is-failed {unit} (expect failed={failed})"),
+                        out.combined(),
+                    );
+                }
+            }
+            Step::Journal { contains, lacks } => {
+                let text = journal(vm, scenario, &scenario.journal_units());
+                if let Some(c) = contains
+                    && !text.contains(c.as_str())
+                {
+                    return fail(
+                        format!("journal contains {c:?}"),
+                        crate::proc::tail(&text, 15),
+                    );
+                }
+                if let Some(l) = lacks
+                    && let Some(line) = text.lines().find(|x| x.contains(l.as_str()))
+                {
+                    return fail(format!("journal lacks {l:?}"), line.to_string());
+                }
+            }
+            Step::Netinfo {
+                container,
+                interfaces,
+                outbound,
+                outbound_ok,
+            } => {
+                let mut cmd = format!(
+                    "podman exec {} /echo-probe netinfo --json --timeout 5",
+                    q(container)
+                );
+                if let Some(o) = outbound {
+                    cmd += &format!(" --outbound {}", q(o));
+                }
+                let out = g.user(&cmd, Duration::from_secs(60))?;
+                if !out.success() {
+                    return fail(format!("netinfo in {container}"), out.combined());
+                }
+                let v: serde_json::Value = serde_json::from_str(out.stdout.trim())
+                    .with_context(|| format!("netinfo output: {}", out.stdout))?;
+                std::fs::write(
+                    vm.dir.join(format!("netinfo-{container}.json")),
+                    out.stdout.as_bytes(),
+                )?;
+                if let Some(want) = interfaces {
+                    let mut got: Vec<String> = v["interfaces"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|i| i["addresses"].as_array().is_some_and(|a| !a.is_empty()))
+                        .filter_map(|i| i["name"].as_str().map(String::from))
+                        .collect();
+                    got.sort();
+                    let mut want = want.clone();
+                    want.sort();
+                    if got != want {
+                        return fail(
+                            format!("netinfo in {container}: interfaces"),
+                            format!("expected {want:?}, the container has {got:?}"),
+                        );
+                    }
+                }
+                if let Some(expected) = outbound_ok {
+                    let connected = v["outbound"]["connected"].as_bool().unwrap_or(false);
+                    if connected != *expected {
+                        return fail(
+                            format!(
+                                "netinfo in {container}: outbound {}",
+                                outbound.as_deref().unwrap_or("?")
+                            ),
+                            format!("expected connected={expected}: {}", v["outbound"]),
+                        );
+                    }
+                }
+            }
+            Step::Run {
+                command,
+                who,
+                exit,
+                contains,
+            } => {
+                let command = expand(command, runtime, &g.user);
+                let t = Duration::from_secs(300);
+                let out = match who {
+                    Who::User => g.user(&command, t)?,
+                    Who::Root => g.root(&command, t)?,
+                };
+                if out.code() != Some(*exit) {
+                    return fail(
+                        format!("run `{command}` (expect exit {exit})"),
+                        out.combined(),
+                    );
+                }
+                if let Some(c) = contains
+                    && !out.combined().contains(c.as_str())
+                {
+                    return fail(
+                        format!("run `{command}` (expect output with {c:?})"),
+                        out.combined(),
+                    );
+                }
+            }
+            Step::Sleep { seconds } => std::thread::sleep(Duration::from_secs_f64(*seconds)),
         }
     }
     Ok(None)
@@ -384,23 +970,35 @@ fn run_steps(vm: &TrialVm, scenario: &Scenario) -> Result<Option<StepFailure>> {
 mod tests {
     use super::*;
 
+    fn scenarios() -> Vec<Scenario> {
+        load_all(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/scenarios")).unwrap()
+    }
+
     #[test]
     fn shipped_scenarios_load_and_render() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/scenarios");
-        let all = load_all(&dir).unwrap();
+        let all = scenarios();
         assert!(all.iter().any(|s| s.name == "echo-tcp4"));
         for s in &all {
-            s.socket_unit().render().unwrap();
-            s.service_unit("crun").render().unwrap();
+            if let Some(u) = s.socket_unit() {
+                u.render().unwrap();
+            }
+            if let Some(u) = s.service_unit("crun") {
+                u.render().unwrap();
+            }
+            for (_, u) in s.helper_units() {
+                u.render().unwrap();
+            }
         }
     }
 
     #[test]
     fn echo_tcp4_service_golden() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/scenarios");
-        let s = Scenario::load(&dir.join("echo-tcp4.toml")).unwrap();
+        let s = scenarios()
+            .into_iter()
+            .find(|s| s.name == "echo-tcp4")
+            .unwrap();
         assert_eq!(
-            s.service_unit("runc").render().unwrap(),
+            s.service_unit("runc").unwrap().render().unwrap(),
             "[Unit]\nDescription=socket-activation-lab echo-tcp4\nRequires=echo.socket\nAfter=echo.socket\n\n[Service]\nType=notify\nNotifyAccess=all\nExecStart=/usr/bin/podman run --rm --replace --name echo --cgroups=no-conmon --sdnotify=conmon --runtime runc --network=none --pull=never localhost/socket-activate-echo:latest\n"
         );
     }
@@ -409,15 +1007,98 @@ mod tests {
     fn bad_scenario_names_file_and_key() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.toml");
-        std::fs::write(
-            &p,
-            "description = \"x\"\n[socket]\nlisten = []\n[service]\n[[steps]]\ndo = \"jump\"\n",
-        )
-        .unwrap();
+        std::fs::write(&p, "description = \"x\"\n[[steps]]\ndo = \"jump\"\n").unwrap();
         let e = format!("{:#}", Scenario::load(&p).unwrap_err());
         assert!(
             e.contains("x.toml") && e.contains("unknown variant `jump`"),
             "{e}"
         );
+    }
+
+    fn scenario_with_bug() -> Scenario {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bug.toml");
+        std::fs::write(
+            &p,
+            "description = \"d\"\n[[steps]]\ndo = \"reboot\"\n[[known_bug]]\nruntime = \"runc\"\nversions = \"<1.1.3\"\nissue = \"https://github.com/opencontainers/runc/issues/3488\"\npattern = \"_LIBCONTAINER_LOGPIPE\"\n",
+        )
+        .unwrap();
+        Scenario::load(&p).unwrap()
+    }
+
+    fn versions(runc: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([("runc".to_string(), runc.to_string())])
+    }
+
+    fn failure(text: &str) -> Option<StepFailure> {
+        Some(StepFailure {
+            step: "probe".into(),
+            output: text.into(),
+        })
+    }
+
+    #[test]
+    fn known_bug_reproduced_is_xfail() {
+        let (o, _, issue) = judge(
+            &scenario_with_bug(),
+            "runc",
+            &versions("1.0.0~rc93"),
+            failure("bad value for _LIBCONTAINER_LOGPIPE=7"),
+            "",
+        );
+        assert_eq!(o, Outcome::Xfail);
+        assert!(issue.unwrap().ends_with("/3488"));
+    }
+
+    #[test]
+    fn known_bug_not_reproduced_is_xpass() {
+        let (o, detail, _) = judge(&scenario_with_bug(), "runc", &versions("1.1.2"), None, "");
+        assert_eq!(o, Outcome::Xpass, "{detail}");
+    }
+
+    #[test]
+    fn fixed_version_passes_and_other_failures_fail() {
+        let s = scenario_with_bug();
+        assert_eq!(
+            judge(&s, "runc", &versions("1.1.15+ds1"), None, "").0,
+            Outcome::Pass
+        );
+        // In the bug's range but failing for another reason: a plain failure.
+        assert_eq!(
+            judge(
+                &s,
+                "runc",
+                &versions("1.1.2"),
+                failure("connection refused"),
+                ""
+            )
+            .0,
+            Outcome::Fail
+        );
+        // The pattern on another runtime is not this bug.
+        assert_eq!(
+            judge(
+                &s,
+                "crun",
+                &versions("1.1.2"),
+                failure("_LIBCONTAINER_LOGPIPE"),
+                ""
+            )
+            .0,
+            Outcome::Fail
+        );
+    }
+
+    #[test]
+    fn skip_reasons() {
+        let mut s = scenario_with_bug();
+        s.requires.podman = Some(">=4.4".into());
+        let v = BTreeMap::from([("podman".to_string(), "4.3.1".to_string())]);
+        assert_eq!(
+            skip_reason(&s, &v).unwrap(),
+            "needs podman >=4.4, the guest has 4.3.1"
+        );
+        let v = BTreeMap::from([("podman".to_string(), "5.4.2".to_string())]);
+        assert!(skip_reason(&s, &v).is_none());
     }
 }
