@@ -23,28 +23,55 @@ fn binaries(sh: &Shell, root: &Path) -> Result<Binaries> {
     })
 }
 
-pub fn test(sh: &Shell, root: &Path, selection: Selection, list: bool) -> Result<()> {
-    let trials = run::plan(root, &selection)?;
-    if list {
-        for t in &trials {
-            println!("{}: test", t.name());
-        }
+/// Runs the trial matrix through its libtest harness (`tests/matrix.rs`), so filters,
+/// `--list` and `--exact` behave as in any `cargo test`.
+pub fn test(sh: &Shell, root: &Path, selection: Selection, options: &TestOptions) -> Result<()> {
+    let targets = selection.targets.join(",");
+    let runtimes = selection.runtimes.join(",");
+    let filters = &selection.filters;
+    let mut libtest: Vec<String> = Vec::new();
+    if options.list {
+        libtest.push("--list".into());
+    }
+    if options.exact {
+        libtest.push("--exact".into());
+    }
+    libtest.push(format!("--test-threads={}", options.jobs.max(1)));
+    let _env = (
+        sh.push_env("SAL_TARGETS", &targets),
+        sh.push_env("SAL_RUNTIMES", &runtimes),
+    );
+    if options.list {
+        cmd!(
+            sh,
+            "cargo test --quiet --locked -p lab-matrix --test matrix -- {libtest...} {filters...}"
+        )
+        .run()?;
         return Ok(());
     }
-    if trials.is_empty() {
-        bail!("no trial matches the filters {:?}", selection.filters);
+    let planned = run::plan(
+        root,
+        &Selection {
+            filters: Vec::new(),
+            ..selection.clone()
+        },
+    )?;
+    let any = planned
+        .iter()
+        .any(|t| filters.is_empty() || filters.iter().any(|f| t.name().contains(f.as_str())));
+    if !any {
+        bail!("no trial matches the filters {filters:?} (see cargo xtask test --list)");
     }
     host::ensure(sh, host::LAB)?;
     let bins = binaries(sh, root)?;
     let run_dir = run::new_run_dir(root)?;
-    let started = std::time::Instant::now();
-    let results = run::run_all(&trials, &bins, &run_dir, &events())?;
-    let count = |o: Outcome| results.iter().filter(|r| r.outcome == o).count();
-    let (pass, fail, skip) = (
-        count(Outcome::Pass),
-        count(Outcome::Fail),
-        count(Outcome::Skip),
+    let _bins_env = (
+        sh.push_env("SAL_ECHO_BIN", &bins.echo),
+        sh.push_env("SAL_PROBE_BIN", &bins.probe),
+        sh.push_env("SAL_RUN_DIR", &run_dir),
     );
+    let status = cmd!(sh, "cargo test --quiet --locked -p lab-matrix --test matrix -- --include-ignored {libtest...} {filters...}").run();
+    let results = lab::report::collect(&run_dir)?;
     println!();
     for r in &results {
         println!("{}", r.summary_line());
@@ -55,15 +82,27 @@ pub fn test(sh: &Shell, root: &Path, selection: Selection, list: bool) -> Result
             println!("    logs: {}", r.log_dir.display());
         }
     }
+    let count = |o: Outcome| results.iter().filter(|r| r.outcome == o).count();
     println!(
-        "\n{pass} passed, {fail} failed, {skip} skipped in {:.1} s",
-        started.elapsed().as_secs_f64()
+        "\n{} PASS, {} FAIL, {} XFAIL, {} XPASS, {} SKIP",
+        count(Outcome::Pass),
+        count(Outcome::Fail),
+        count(Outcome::Xfail),
+        count(Outcome::Xpass),
+        count(Outcome::Skip)
     );
-    println!("reports and logs: {}", run_dir.display());
-    if fail > 0 {
-        bail!("{fail} trial(s) failed");
-    }
-    Ok(())
+    println!(
+        "reports: {}/{{results.json,junit.xml,summary.md}}",
+        run_dir.display()
+    );
+    status.map_err(|_| anyhow::anyhow!("some trials failed (FAIL or XPASS)"))
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TestOptions {
+    pub list: bool,
+    pub exact: bool,
+    pub jobs: usize,
 }
 
 pub fn build(sh: &Shell, root: &Path, target: &str) -> Result<()> {

@@ -35,6 +35,12 @@ enum Command {
         /// List the trials instead of running them.
         #[arg(long)]
         list: bool,
+        /// Filters match whole trial names.
+        #[arg(long)]
+        exact: bool,
+        /// Trials at once (each is a guest; 1 suits TCG on 2 cores).
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
     },
     /// Guest images: build, list, remove, or open a shell in a fresh guest.
     Vm {
@@ -114,6 +120,8 @@ fn run(cli: Cli) -> Result<()> {
             targets,
             runtimes,
             list,
+            exact,
+            jobs,
         } => lab::test(
             &sh,
             &root,
@@ -122,7 +130,7 @@ fn run(cli: Cli) -> Result<()> {
                 targets,
                 runtimes,
             },
-            list,
+            &lab::TestOptions { list, exact, jobs },
         ),
         Command::Vm { what } => match what {
             VmWhat::Build { target } | VmWhat::Fetch { target } => lab::build(&sh, &root, &target),
@@ -189,7 +197,15 @@ fn ci(sh: &Shell, root: &Path) -> Result<()> {
         targets: vec!["debian-13".into()],
         runtimes: vec!["crun".into(), "runc".into()],
     };
-    lab::test(sh, root, smoke, false)?;
+    lab::test(
+        sh,
+        root,
+        smoke,
+        &lab::TestOptions {
+            jobs: 1,
+            ..Default::default()
+        },
+    )?;
     eprintln!(
         "\nci: all steps passed in {:.0} s",
         started.elapsed().as_secs_f64()

@@ -10,6 +10,7 @@ pub mod image;
 pub mod proc;
 pub mod qemu;
 pub mod qmp;
+pub mod report;
 pub mod run;
 pub mod scenario;
 pub mod target;

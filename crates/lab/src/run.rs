@@ -124,7 +124,7 @@ pub fn run_all(
     Ok(results)
 }
 
-fn run_one(trial: &Trial, ready: &Ready, run_dir: &Path, events: &Events) -> TrialResult {
+pub fn run_one(trial: &Trial, ready: &Ready, run_dir: &Path, events: &Events) -> TrialResult {
     let name = trial.name();
     events.emit(Event::TrialStart { name: name.clone() });
     let started = Instant::now();

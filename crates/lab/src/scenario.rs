@@ -186,6 +186,10 @@ pub enum Step {
         /// The probe must fail (nothing answers there).
         #[serde(default)]
         fail: bool,
+        /// Retry every half second until `timeout` (for servers that start in the
+        /// background, where a connection can be refused before they listen).
+        #[serde(default)]
+        retry: bool,
     },
     /// A real reboot of the guest.
     Reboot,
@@ -208,6 +212,9 @@ pub enum Step {
         /// The exact set of interfaces with addresses, e.g. `["lo"]`.
         #[serde(default)]
         interfaces: Option<Vec<String>>,
+        /// Whether an interface other than `lo` has an address (its name varies).
+        #[serde(default)]
+        other_interfaces: Option<bool>,
         #[serde(default)]
         outbound: Option<String>,
         #[serde(default)]
@@ -796,6 +803,7 @@ fn run_steps(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> Result<Option<
                 netns,
                 source,
                 fail: must_fail,
+                retry,
             } => {
                 let address = expand(address, runtime, &g.user);
                 let mut cmd = format!(
@@ -809,7 +817,14 @@ fn run_steps(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> Result<Option<
                 if let Some(ns) = netns {
                     cmd = format!("ip netns exec {} {cmd}", q(ns));
                 }
-                let out = g.root(&cmd, Duration::from_secs_f64(timeout + 30.0))?;
+                let deadline = std::time::Instant::now() + Duration::from_secs_f64(*timeout);
+                let out = loop {
+                    let out = g.root(&cmd, Duration::from_secs_f64(timeout + 30.0))?;
+                    if out.success() || !*retry || std::time::Instant::now() >= deadline {
+                        break out;
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                };
                 let parsed: Option<serde_json::Value> =
                     serde_json::from_str(out.stdout.trim()).ok();
                 let ok = out.success();
@@ -882,6 +897,7 @@ fn run_steps(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> Result<Option<
             Step::Netinfo {
                 container,
                 interfaces,
+                other_interfaces,
                 outbound,
                 outbound_ok,
             } => {
@@ -902,15 +918,23 @@ fn run_steps(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> Result<Option<
                     vm.dir.join(format!("netinfo-{container}.json")),
                     out.stdout.as_bytes(),
                 )?;
+                let mut got: Vec<String> = v["interfaces"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|i| i["addresses"].as_array().is_some_and(|a| !a.is_empty()))
+                    .filter_map(|i| i["name"].as_str().map(String::from))
+                    .collect();
+                got.sort();
+                if let Some(expected) = other_interfaces
+                    && got.iter().any(|i| i != "lo") != *expected
+                {
+                    return fail(
+                        format!("netinfo in {container}: interfaces besides lo"),
+                        format!("expected {expected}, the container has {got:?}"),
+                    );
+                }
                 if let Some(want) = interfaces {
-                    let mut got: Vec<String> = v["interfaces"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter(|i| i["addresses"].as_array().is_some_and(|a| !a.is_empty()))
-                        .filter_map(|i| i["name"].as_str().map(String::from))
-                        .collect();
-                    got.sort();
                     let mut want = want.clone();
                     want.sort();
                     if got != want {

@@ -1,0 +1,125 @@
+//! The trial matrix as a libtest harness: one trial per (scenario, target, runtime), named
+//! `scenario::target::runtime`, so libtest's filters, `--list`, `--exact`, `--ignored`
+//! and nextest all select trials.
+//!
+//! Trials boot guests, so they only run when `cargo xtask test` has built the static
+//! binaries and says where they are (`SAL_ECHO_BIN`, `SAL_PROBE_BIN`); otherwise they are
+//! listed as ignored. `SAL_TARGETS` and `SAL_RUNTIMES` (comma-separated) choose the axes,
+//! `SAL_RUN_DIR` where logs and reports go.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use lab::events::{ConsoleReporter, Events};
+use lab::run::{self, Selection};
+use lab::scenario::Outcome;
+use lab::vm::{self, Binaries, Ready};
+use libtest_mimic::{Arguments, Failed, Trial};
+
+fn list(var: &str) -> Vec<String> {
+    std::env::var(var)
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Arguments::from_args();
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the workspace")
+        .to_path_buf();
+    let selection = Selection {
+        filters: Vec::new(),
+        targets: list("SAL_TARGETS"),
+        runtimes: list("SAL_RUNTIMES"),
+    };
+    let planned = run::plan(&workspace, &selection)?;
+    let bins = match (
+        std::env::var_os("SAL_ECHO_BIN"),
+        std::env::var_os("SAL_PROBE_BIN"),
+    ) {
+        (Some(echo), Some(probe)) => Some(Binaries {
+            echo: echo.into(),
+            probe: probe.into(),
+        }),
+        _ => None,
+    };
+    if bins.is_none() && !args.list {
+        eprintln!("lab trials need guests and are ignored here; run them with `cargo xtask test`");
+    }
+    let run_dir: PathBuf = match std::env::var_os("SAL_RUN_DIR") {
+        Some(d) => d.into(),
+        None if bins.is_some() && !args.list => run::new_run_dir(&workspace)?,
+        None => PathBuf::new(),
+    };
+    if bins.is_some() && !args.list {
+        std::fs::create_dir_all(&run_dir)?;
+    }
+    let events = Events::new(vec![Box::new(ConsoleReporter::new())]);
+    // One ready state per target per process, made at the first trial that needs it.
+    let readies: Arc<Mutex<HashMap<String, Arc<Ready>>>> = Arc::default();
+
+    let trials: Vec<Trial> = planned
+        .into_iter()
+        .map(|trial| {
+            let name = trial.name();
+            let ignored = bins.is_none();
+            let (bins, run_dir, events, readies) = (
+                bins.clone(),
+                run_dir.clone(),
+                events.clone(),
+                readies.clone(),
+            );
+            Trial::test(name, move || {
+                let bins =
+                    bins.ok_or_else(|| Failed::from("no binaries: run through cargo xtask test"))?;
+                let ready = {
+                    let mut map = readies
+                        .lock()
+                        .map_err(|_| Failed::from("ready-state lock poisoned"))?;
+                    match map.get(&trial.target.name) {
+                        Some(r) => r.clone(),
+                        None => {
+                            let r = Arc::new(
+                                vm::ensure_ready(&trial.target, &bins, &events).map_err(|e| {
+                                    Failed::from(format!("preparing {}: {e:#}", trial.target.name))
+                                })?,
+                            );
+                            map.insert(trial.target.name.clone(), r.clone());
+                            r
+                        }
+                    }
+                };
+                let result = run::run_one(&trial, &ready, &run_dir, &events);
+                lab::report::write_trial(&result).map_err(|e| Failed::from(format!("{e:#}")))?;
+                match result.outcome {
+                    Outcome::Pass | Outcome::Xfail | Outcome::Skip => Ok(()),
+                    Outcome::Fail | Outcome::Xpass => {
+                        Err(Failed::from(result.summary_line() + "\n" + &result.detail))
+                    }
+                }
+            })
+            .with_ignored_flag(ignored)
+        })
+        .collect();
+
+    let conclusion = libtest_mimic::run(&args, trials);
+    if bins.is_some() && !args.list {
+        let results = lab::report::collect(&run_dir)?;
+        if !results.is_empty() {
+            lab::report::write_all(&run_dir, &results)?;
+            eprintln!(
+                "\nreports: {}/{{results.json,junit.xml,summary.md}}",
+                run_dir.display()
+            );
+        }
+    }
+    conclusion.exit()
+}
