@@ -46,6 +46,9 @@ printf 'HostKey /etc/ssh/ssh_host_ed25519_key\nPermitRootLogin prohibit-password
 chroot "$R" systemctl enable systemd-networkd systemd-resolved
 # Timers and waits that only cost boot time in a throwaway guest.
 chroot "$R" systemctl mask systemd-networkd-wait-online.service apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer man-db.timer dpkg-db-backup.timer
+# Reach network-online.target at boot (wait-online is masked, so at once): quadlet units
+# of podman >= 5 wait for it through podman-user-wait-network-online.service.
+chroot "$R" systemctl add-wants multi-user.target network-online.target
 "#;
 
 pub const KERNEL_CMDLINE: &str = "root=/dev/vda rw console=ttyS0 quiet";
