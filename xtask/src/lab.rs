@@ -26,6 +26,21 @@ fn binaries(sh: &Shell, root: &Path) -> Result<Binaries> {
 /// Runs the trial matrix through its libtest harness (`tests/matrix.rs`), so filters,
 /// `--list` and `--exact` behave as in any `cargo test`.
 pub fn test(sh: &Shell, root: &Path, selection: Selection, options: &TestOptions) -> Result<()> {
+    match run_matrix(sh, root, selection, options)? {
+        None => Ok(()),
+        Some((_, status)) => status,
+    }
+}
+
+type MatrixOutcome = (Vec<lab::scenario::TrialResult>, Result<()>);
+
+/// Runs the harness; `None` for `--list`, else the results and whether any trial failed.
+fn run_matrix(
+    sh: &Shell,
+    root: &Path,
+    selection: Selection,
+    options: &TestOptions,
+) -> Result<Option<MatrixOutcome>> {
     let targets = selection.targets.join(",");
     let runtimes = selection.runtimes.join(",");
     let filters = &selection.filters;
@@ -47,7 +62,7 @@ pub fn test(sh: &Shell, root: &Path, selection: Selection, options: &TestOptions
             "cargo test --quiet --locked -p lab-matrix --test matrix -- {libtest...} {filters...}"
         )
         .run()?;
-        return Ok(());
+        return Ok(None);
     }
     let planned = run::plan(
         root,
@@ -70,7 +85,8 @@ pub fn test(sh: &Shell, root: &Path, selection: Selection, options: &TestOptions
         sh.push_env("SAL_PROBE_BIN", &bins.probe),
         sh.push_env("SAL_RUN_DIR", &run_dir),
     );
-    let status = cmd!(sh, "cargo test --quiet --locked -p lab-matrix --test matrix -- --include-ignored {libtest...} {filters...}").run();
+    let status =
+        cmd!(sh, "cargo test --quiet --locked -p lab-matrix --test matrix -- --include-ignored {libtest...} {filters...}").run();
     let results = lab::report::collect(&run_dir)?;
     println!();
     for r in &results {
@@ -95,7 +111,71 @@ pub fn test(sh: &Shell, root: &Path, selection: Selection, options: &TestOptions
         "reports: {}/{{results.json,junit.xml,summary.md}}",
         run_dir.display()
     );
-    status.map_err(|_| anyhow::anyhow!("some trials failed (FAIL or XPASS)"))
+    let status = status.map_err(|_| anyhow::anyhow!("some trials failed (FAIL or XPASS)"));
+    Ok(Some((results, status)))
+}
+
+/// Runs one scenario across a runtime's versions from several Debian suites and reports
+/// where its outcome changes.
+pub fn bisect(
+    sh: &Shell,
+    root: &Path,
+    scenario: &str,
+    runtime: &str,
+    suites: &[String],
+    target: &str,
+) -> Result<()> {
+    let runtimes: Vec<String> = suites.iter().map(|s| format!("{runtime}@{s}")).collect();
+    let selection = Selection {
+        filters: vec![format!("{scenario}::")],
+        targets: vec![target.to_string()],
+        runtimes,
+    };
+    let options = TestOptions {
+        jobs: 1,
+        ..Default::default()
+    };
+    let Some((mut results, _status)) = run_matrix(sh, root, selection, &options)? else {
+        return Ok(());
+    };
+    results.retain(|r| r.scenario == scenario);
+    results.sort_by(|a, b| {
+        let v = |r: &lab::scenario::TrialResult| lab::version::Version::parse(r.runtime_version());
+        v(a).cmp(&v(b))
+    });
+    println!("\n{scenario} on {target} with {runtime}:\n");
+    println!("| runtime | version | outcome | detail |\n|---|---|---|---|");
+    for r in &results {
+        let detail = r.detail.lines().next().unwrap_or_default();
+        println!(
+            "| {} | {} | {} | {detail} |",
+            r.runtime,
+            r.runtime_version(),
+            r.outcome.label()
+        );
+    }
+    let changes: Vec<String> = results
+        .windows(2)
+        .filter(|w| w[0].outcome != w[1].outcome)
+        .map(|w| {
+            format!(
+                "{runtime} {} ({}) -> {runtime} {} ({})",
+                w[0].runtime_version(),
+                w[0].outcome.label(),
+                w[1].runtime_version(),
+                w[1].outcome.label()
+            )
+        })
+        .collect();
+    if changes.is_empty() {
+        println!("\nthe outcome is the same for every version tried");
+    } else {
+        println!("\nthe outcome changes between:");
+        for c in changes {
+            println!("  {c}");
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Default)]

@@ -50,6 +50,20 @@ enum Command {
     /// What CI runs: fmt check, clippy -D warnings, the tests, the static build, a VM
     /// smoke run.
     Ci,
+    /// One scenario across a runtime's versions from Debian suites: where does it change?
+    Bisect {
+        scenario: String,
+        #[arg(long)]
+        runtime: String,
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "bullseye,bookworm,trixie,sid"
+        )]
+        suites: Vec<String>,
+        #[arg(long, default_value = "debian-13")]
+        target: String,
+    },
     /// Benchmarks, side by side with references, reported as ratios.
     Bench {
         #[command(subcommand)]
@@ -132,6 +146,12 @@ fn run(cli: Cli) -> Result<()> {
             },
             &lab::TestOptions { list, exact, jobs },
         ),
+        Command::Bisect {
+            scenario,
+            runtime,
+            suites,
+            target,
+        } => lab::bisect(&sh, &root, &scenario, &runtime, &suites, &target),
         Command::Vm { what } => match what {
             VmWhat::Build { target } | VmWhat::Fetch { target } => lab::build(&sh, &root, &target),
             VmWhat::Ls => lab::ls(),

@@ -12,6 +12,7 @@ pub mod qemu;
 pub mod qmp;
 pub mod report;
 pub mod run;
+pub mod runtimes;
 pub mod scenario;
 pub mod target;
 pub mod units;

@@ -7,14 +7,16 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 
 use crate::events::{Event, Events};
-use crate::scenario::{self, Outcome, Scenario, TrialResult};
-use crate::target::{self, Target};
-use crate::vm::{self, Binaries, Ready, TrialVm};
+use crate::runtimes::{self, RuntimeSpec};
+use crate::scenario::{self, ECHO_IMAGE, Outcome, RuntimeUse, Scenario, TrialResult};
+use crate::target::{self, Source, Target};
+use crate::vm::{Ready, TrialVm};
 
 #[derive(Debug, Clone)]
 pub struct Trial {
     pub scenario: Scenario,
     pub target: Target,
+    /// `runc`, `crun`, or `NAME@SUITE`.
     pub runtime: String,
 }
 
@@ -33,7 +35,7 @@ pub struct Selection {
     pub filters: Vec<String>,
     /// Target names; the default target (debian-13) when empty.
     pub targets: Vec<String>,
-    /// Runtime names; every runtime of the target when empty.
+    /// Runtimes (`runc`, `crun@bookworm`, ...); every runtime of the target when empty.
     pub runtimes: Vec<String>,
 }
 
@@ -57,11 +59,19 @@ pub fn plan(workspace: &Path, selection: &Selection) -> Result<Vec<Trial>> {
             selection.runtimes.clone()
         };
         for r in &runtimes {
-            if !target.runtimes.contains(r) {
+            let spec: RuntimeSpec = r.parse()?;
+            if !target.runtimes.contains(&spec.name) {
                 bail!(
-                    "target {} has no runtime {r:?}; it has {}",
+                    "target {} has no runtime {:?}; it has {}",
                     target.name,
+                    spec.name,
                     target.runtimes.join(", ")
+                );
+            }
+            if spec.suite.is_some() && !target.is_debian() {
+                bail!(
+                    "runtime {r}: packages of Debian suites go only into Debian targets, not {}",
+                    target.name
                 );
             }
         }
@@ -96,51 +106,68 @@ pub fn new_run_dir(workspace: &Path) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Runs every trial; a trial that errors (the guest did not come up, ssh broke) is a FAIL
-/// with the error, never a crash of the run.
-pub fn run_all(
-    trials: &[Trial],
-    bins: &Binaries,
-    run_dir: &Path,
+/// The runtime as this trial uses it: fetched from its suite if it names one, installed
+/// in the guest and checked; `Err(reason)` when it cannot run here (a SKIP).
+fn runtime_for(
+    trial: &Trial,
+    ready: &Ready,
+    vm: &TrialVm,
     events: &Events,
-) -> Result<Vec<TrialResult>> {
-    crate::cleanup::install_handler();
-    let mut results = Vec::new();
-    let mut ready: Option<Ready> = None;
-    for trial in trials {
-        if ready
-            .as_ref()
-            .is_none_or(|r| r.target.name != trial.target.name)
-        {
-            ready = Some(
-                vm::ensure_ready(&trial.target, bins, events)
-                    .with_context(|| format!("preparing {}", trial.target.name))?,
-            );
-        }
-        let ready = ready.as_ref().expect("set above");
-        results.push(run_one(trial, ready, run_dir, events));
+) -> Result<std::result::Result<RuntimeUse, String>> {
+    let spec: RuntimeSpec = trial.runtime.parse()?;
+    if spec.suite.is_none() {
+        let version = ready.versions.get(&spec.name).cloned().unwrap_or_default();
+        return Ok(Ok(RuntimeUse {
+            name: spec.name.clone(),
+            podman_arg: spec.name,
+            version,
+        }));
     }
-    write_results(run_dir, &results)?;
-    Ok(results)
+    let Source::Debian { mirror, .. } = &trial.target.source else {
+        bail!("{} is not a Debian target", trial.target.name);
+    };
+    let fetched =
+        runtimes::fetch(&spec, mirror, events).with_context(|| format!("fetching {spec}"))?;
+    Ok(
+        match runtimes::install(&vm.guest, &spec, Some(&fetched), ECHO_IMAGE)? {
+            Ok(i) => Ok(RuntimeUse {
+                name: spec.name.clone(),
+                podman_arg: i.podman_arg,
+                version: i.version,
+            }),
+            Err(runtimes::Unusable(why)) => Err(why),
+        },
+    )
 }
 
+/// Runs one trial. Anything that goes wrong (the guest did not come up, ssh broke) is a
+/// FAIL with the error, never a crash of the run.
 pub fn run_one(trial: &Trial, ready: &Ready, run_dir: &Path, events: &Events) -> TrialResult {
     let name = trial.name();
     events.emit(Event::TrialStart { name: name.clone() });
     let started = Instant::now();
     let dir = run_dir.join(name.replace("::", "--"));
+    let mut versions = ready.versions.clone();
     let (outcome, detail, issue) = match scenario::skip_reason(&trial.scenario, &ready.versions) {
         Some(reason) => (Outcome::Skip, reason, None),
-        None => match TrialVm::start(ready, &dir, events).and_then(|vm| {
-            scenario::run_trial(&vm, &trial.scenario, &trial.runtime, &ready.versions)
-        }) {
-            Ok(result) => result,
-            Err(e) => (
-                Outcome::Fail,
-                format!("{e:#}\n(logs: {})", dir.display()),
-                None,
-            ),
-        },
+        None => {
+            let attempt = TrialVm::start(ready, &dir, events).and_then(|vm| {
+                match runtime_for(trial, ready, &vm, events)? {
+                    Err(why) => Ok((Outcome::Skip, why, None)),
+                    Ok(rt) => {
+                        versions.insert(trial.runtime.clone(), rt.version.clone());
+                        scenario::run_trial(&vm, &trial.scenario, &rt)
+                    }
+                }
+            });
+            attempt.unwrap_or_else(|e| {
+                (
+                    Outcome::Fail,
+                    format!("{e:#}\n(logs: {})", dir.display()),
+                    None,
+                )
+            })
+        }
     };
     let result = TrialResult {
         name,
@@ -149,19 +176,11 @@ pub fn run_one(trial: &Trial, ready: &Ready, run_dir: &Path, events: &Events) ->
         runtime: trial.runtime.clone(),
         outcome,
         elapsed_s: started.elapsed().as_secs_f64(),
-        versions: ready.versions.clone(),
+        versions,
         issue,
         detail,
         log_dir: dir,
     };
     events.emit(Event::TrialEnd(result.clone()));
     result
-}
-
-pub fn write_results(run_dir: &Path, results: &[TrialResult]) -> Result<()> {
-    std::fs::write(
-        run_dir.join("results.json"),
-        serde_json::to_string_pretty(results)?,
-    )?;
-    Ok(())
 }

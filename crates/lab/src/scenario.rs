@@ -566,26 +566,40 @@ fn q(s: &str) -> String {
     shlex::try_quote(s).expect("no NUL").into_owned()
 }
 
+/// The runtime a trial uses: its name (what known bugs name), what podman gets as
+/// `--runtime`, and the version the binary reported in the guest.
+#[derive(Debug, Clone)]
+pub struct RuntimeUse {
+    pub name: String,
+    pub podman_arg: String,
+    pub version: String,
+}
+
 /// Runs `scenario` with `runtime` on a guest restored to the ready state, and judges the
-/// outcome against the expectation and the known bugs for `versions`.
+/// outcome against the expectation and the known bugs for the runtime's version.
 pub fn run_trial(
     vm: &TrialVm,
     scenario: &Scenario,
-    runtime: &str,
-    versions: &BTreeMap<String, String>,
+    runtime: &RuntimeUse,
 ) -> Result<(Outcome, String, Option<String>)> {
-    install(vm, scenario, runtime)?;
-    let failure = run_steps(vm, scenario, runtime)?;
+    install(vm, scenario, &runtime.podman_arg)?;
+    let failure = run_steps(vm, scenario, &runtime.podman_arg)?;
     let units = scenario.journal_units();
     let journal = journal(vm, scenario, &units);
     std::fs::write(vm.dir.join("journal.txt"), &journal)?;
-    Ok(judge(scenario, runtime, versions, failure, &journal))
+    Ok(judge(
+        scenario,
+        &runtime.name,
+        &runtime.version,
+        failure,
+        &journal,
+    ))
 }
 
 fn judge(
     scenario: &Scenario,
     runtime: &str,
-    versions: &BTreeMap<String, String>,
+    runtime_version: &str,
     failure: Option<StepFailure>,
     journal: &str,
 ) -> (Outcome, String, Option<String>) {
@@ -593,7 +607,6 @@ fn judge(
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
         lines[lines.len().saturating_sub(15)..].join("\n")
     };
-    let runtime_version = versions.get(runtime).map(String::as_str).unwrap_or("");
     let bugs: Vec<&KnownBug> = scenario
         .known_bug
         .iter()
@@ -1050,10 +1063,6 @@ mod tests {
         Scenario::load(&p).unwrap()
     }
 
-    fn versions(runc: &str) -> BTreeMap<String, String> {
-        BTreeMap::from([("runc".to_string(), runc.to_string())])
-    }
-
     fn failure(text: &str) -> Option<StepFailure> {
         Some(StepFailure {
             step: "probe".into(),
@@ -1066,7 +1075,7 @@ mod tests {
         let (o, _, issue) = judge(
             &scenario_with_bug(),
             "runc",
-            &versions("1.0.0~rc93"),
+            "1.0.0~rc93",
             failure("bad value for _LIBCONTAINER_LOGPIPE=7"),
             "",
         );
@@ -1076,39 +1085,22 @@ mod tests {
 
     #[test]
     fn known_bug_not_reproduced_is_xpass() {
-        let (o, detail, _) = judge(&scenario_with_bug(), "runc", &versions("1.1.2"), None, "");
+        let (o, detail, _) = judge(&scenario_with_bug(), "runc", "1.1.2", None, "");
         assert_eq!(o, Outcome::Xpass, "{detail}");
     }
 
     #[test]
     fn fixed_version_passes_and_other_failures_fail() {
         let s = scenario_with_bug();
-        assert_eq!(
-            judge(&s, "runc", &versions("1.1.15+ds1"), None, "").0,
-            Outcome::Pass
-        );
+        assert_eq!(judge(&s, "runc", "1.1.15+ds1", None, "").0, Outcome::Pass);
         // In the bug's range but failing for another reason: a plain failure.
         assert_eq!(
-            judge(
-                &s,
-                "runc",
-                &versions("1.1.2"),
-                failure("connection refused"),
-                ""
-            )
-            .0,
+            judge(&s, "runc", "1.1.2", failure("connection refused"), "").0,
             Outcome::Fail
         );
         // The pattern on another runtime is not this bug.
         assert_eq!(
-            judge(
-                &s,
-                "crun",
-                &versions("1.1.2"),
-                failure("_LIBCONTAINER_LOGPIPE"),
-                ""
-            )
-            .0,
+            judge(&s, "crun", "1.1.2", failure("_LIBCONTAINER_LOGPIPE"), "").0,
             Outcome::Fail
         );
     }
