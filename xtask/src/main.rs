@@ -211,21 +211,25 @@ fn ci(sh: &Shell, root: &Path) -> Result<()> {
         bins.echo.display(),
         bins.probe.display()
     );
-    step("VM smoke run: echo-tcp4 on debian-13 with crun and runc");
-    let smoke = ::lab::run::Selection {
-        filters: vec!["echo-tcp4::".into()],
+    step("VM trials: the scenarios marked ci = true, on debian-13 with crun and runc");
+    let ci_scenarios: Vec<String> = ::lab::scenario::load_all(&root.join("tests/scenarios"))?
+        .into_iter()
+        .filter(|s| s.ci)
+        .map(|s| format!("{}::", s.name))
+        .collect();
+    let subset = ::lab::run::Selection {
+        filters: ci_scenarios,
         targets: vec!["debian-13".into()],
         runtimes: vec!["crun".into(), "runc".into()],
     };
-    lab::test(
-        sh,
-        root,
-        smoke,
-        &lab::TestOptions {
-            jobs: 1,
-            ..Default::default()
-        },
-    )?;
+    lab::test(sh, root, subset, &lab::TestOptions { jobs: 1, ..Default::default() })?;
+    step("VM trial with a runtime from another suite: echo-tcp4 with crun@bookworm");
+    let other_suite = ::lab::run::Selection {
+        filters: vec!["echo-tcp4::".into()],
+        targets: vec!["debian-13".into()],
+        runtimes: vec!["crun@bookworm".into()],
+    };
+    lab::test(sh, root, other_suite, &lab::TestOptions { jobs: 1, ..Default::default() })?;
     eprintln!(
         "\nci: all steps passed in {:.0} s",
         started.elapsed().as_secs_f64()

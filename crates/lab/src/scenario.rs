@@ -22,6 +22,9 @@ pub struct Scenario {
     /// What the articles claim, for the summary.
     #[serde(default)]
     pub claim: Option<String>,
+    /// Part of the representative subset that `cargo xtask ci` runs.
+    #[serde(default)]
+    pub ci: bool,
     /// The unit name stem: `echo` makes `echo.socket` and `echo.service`.
     #[serde(default = "default_unit")]
     pub unit: String,
