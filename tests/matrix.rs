@@ -5,7 +5,8 @@
 //! Trials boot guests, so they only run when `cargo xtask test` has built the static
 //! binaries and says where they are (`SAL_ECHO_BIN`, `SAL_PROBE_BIN`); otherwise they are
 //! listed as ignored. `SAL_TARGETS` and `SAL_RUNTIMES` (comma-separated) choose the axes,
-//! `SAL_RUN_DIR` where logs and reports go.
+//! `SAL_RUN_DIR` where logs and reports go, `SAL_FILTERS` several name filters (libtest
+//! takes one).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -35,8 +36,17 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .expect("tests/ is in the workspace")
         .to_path_buf();
+    // libtest-mimic takes one FILTER; several come through SAL_FILTERS (one per line).
+    let filters: Vec<String> = std::env::var("SAL_FILTERS")
+        .map(|v| {
+            v.lines()
+                .filter(|l| !l.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
     let selection = Selection {
-        filters: Vec::new(),
+        filters,
         targets: list("SAL_TARGETS"),
         runtimes: list("SAL_RUNTIMES"),
     };

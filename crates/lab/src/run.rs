@@ -113,7 +113,7 @@ fn runtime_for(
     ready: &Ready,
     vm: &TrialVm,
     events: &Events,
-) -> Result<std::result::Result<RuntimeUse, String>> {
+) -> Result<std::result::Result<RuntimeUse, runtimes::Unusable>> {
     let spec: RuntimeSpec = trial.runtime.parse()?;
     if spec.suite.is_none() {
         let version = ready.versions.get(&spec.name).cloned().unwrap_or_default();
@@ -128,16 +128,12 @@ fn runtime_for(
     };
     let fetched =
         runtimes::fetch(&spec, mirror, events).with_context(|| format!("fetching {spec}"))?;
-    Ok(
-        match runtimes::install(&vm.guest, &spec, Some(&fetched), ECHO_IMAGE)? {
-            Ok(i) => Ok(RuntimeUse {
-                name: spec.name.clone(),
-                podman_arg: i.podman_arg,
-                version: i.version,
-            }),
-            Err(runtimes::Unusable(why)) => Err(why),
-        },
-    )
+    let installed = runtimes::install(&vm.guest, &spec, Some(&fetched), ECHO_IMAGE)?;
+    Ok(installed.map(|i| RuntimeUse {
+        name: spec.name.clone(),
+        podman_arg: i.podman_arg,
+        version: i.version,
+    }))
 }
 
 /// Runs one trial. Anything that goes wrong (the guest did not come up, ssh broke) is a
@@ -153,7 +149,12 @@ pub fn run_one(trial: &Trial, ready: &Ready, run_dir: &Path, events: &Events) ->
         None => {
             let attempt = TrialVm::start(ready, &dir, events).and_then(|vm| {
                 match runtime_for(trial, ready, &vm, events)? {
-                    Err(why) => Ok((Outcome::Skip, why, None)),
+                    Err(runtimes::Unusable(why, version)) => {
+                        if let Some(v) = version {
+                            versions.insert(trial.runtime.clone(), v);
+                        }
+                        Ok((Outcome::Skip, why, None))
+                    }
                     Ok(rt) => {
                         versions.insert(trial.runtime.clone(), rt.version.clone());
                         scenario::run_trial(&vm, &trial.scenario, &rt)

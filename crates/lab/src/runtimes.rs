@@ -321,9 +321,9 @@ pub struct Installed {
 }
 
 /// Why a runtime cannot be used on this guest (too old for its podman, missing glibc):
-/// the trial is skipped with this text.
+/// the trial is skipped with this text. The version, when the binary could tell it.
 #[derive(Debug, Clone)]
-pub struct Unusable(pub String);
+pub struct Unusable(pub String, pub Option<String>);
 
 /// The first line of `RUNTIME --version` as a version (`runc version 1.1.15+ds1` ->
 /// `1.1.15+ds1`, `crun version 1.21` -> `1.21`).
@@ -366,21 +366,17 @@ pub fn install(
                 .lines()
                 .find(|l| l.contains("GLIBC_") && l.contains("not found"));
             if let Some(line) = glibc_missing {
-                return Ok(Err(Unusable(format!(
+                let why = format!(
                     "{spec} needs a newer glibc than the guest's: {}",
                     line.trim()
-                ))));
+                );
+                return Ok(Err(Unusable(why, None)));
             }
-            let needs_libs = ldd.contains("not found");
-            let wrapper = if needs_libs {
-                format!("#!/bin/sh\nLD_LIBRARY_PATH={dir}/lib exec {real} \"$@\"\n")
-            } else {
-                format!("#!/bin/sh\nexec {real} \"$@\"\n")
-            };
             let path = format!("{dir}/{}", spec.name);
-            // runc re-executes /proc/self/exe, so when no library path is needed the
-            // binary itself is the runtime, not a wrapper.
-            if needs_libs {
+            // When the guest's libraries do, the binary itself is the runtime (runc
+            // re-executes /proc/self/exe); otherwise a wrapper adds the suite's libraries.
+            if ldd.contains("not found") {
+                let wrapper = format!("#!/bin/sh\nLD_LIBRARY_PATH={dir}/lib exec {real} \"$@\"\n");
                 guest.write_file(&path, wrapper.as_bytes(), None, 0o755)?;
             } else {
                 guest.root_ok(&format!("ln -sf {real} {path}"), t)?;
@@ -390,10 +386,11 @@ pub fn install(
                 t,
             )?;
             if !check.stdout.trim().is_empty() {
-                return Ok(Err(Unusable(format!(
+                let why = format!(
                     "{spec}: libraries not found even with the suite's own: {}",
                     check.stdout.trim()
-                ))));
+                );
+                return Ok(Err(Unusable(why, None)));
             }
             path
         }
@@ -412,9 +409,8 @@ pub fn install(
             .unwrap_or_default()
             .trim()
             .to_string();
-        return Ok(Err(Unusable(format!(
-            "{spec} {version} cannot run a container with this podman: {err}"
-        ))));
+        let why = format!("{spec} {version} cannot run a container with this podman: {err}");
+        return Ok(Err(Unusable(why, Some(version))));
     }
     Ok(Ok(Installed {
         podman_arg,
