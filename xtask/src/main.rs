@@ -3,6 +3,7 @@
 
 mod bench;
 mod host;
+mod image;
 mod lab;
 mod process;
 mod statics;
@@ -81,6 +82,12 @@ enum Command {
     Bench {
         #[command(subcommand)]
         what: BenchWhat,
+    },
+    /// The echo image as an OCI archive (FROM scratch, static binaries, USER 65534:65534).
+    Image {
+        /// The reference name recorded in the archive.
+        #[arg(long, default_value = "socket-activate-echo:latest")]
+        tag: String,
     },
     /// Build socket-activate-echo and echo-probe statically linked and print their paths.
     BuildStatic,
@@ -194,6 +201,12 @@ fn run(cli: Cli) -> Result<()> {
                 connections,
             },
         ),
+        Command::Image { tag } => {
+            let bins = statics::build(&sh, &root)?;
+            let archive = image::build(&sh, &root, &bins, &tag)?;
+            println!("{}", archive.display());
+            Ok(())
+        }
         Command::BuildStatic => {
             let bins = statics::build(&sh, &root)?;
             println!("{}\n{}", bins.echo.display(), bins.probe.display());

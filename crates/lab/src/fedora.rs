@@ -15,7 +15,7 @@ use crate::cache::{self, Manifest};
 use crate::events::{Event, Events};
 use crate::image;
 use crate::proc;
-use crate::qemu::{self, MachineSpec, Qemu, VmConfig};
+use crate::qemu::{self, Boot, MachineSpec, Qemu, VmConfig};
 use crate::target::{Source, Target};
 
 /// The SHA-256 a Fedora CHECKSUM file gives for `file`. The file lists lines
@@ -123,7 +123,8 @@ pub fn download_verified(
         }
         file.write_all(&buf[..n])?;
         done += n as u64;
-        if let Some(t) = total {
+        // Progress only for downloads worth watching.
+        if let Some(t) = total.filter(|t| *t > 8 << 20) {
             let pct = done * 100 / t.max(1);
             if pct >= next_report {
                 events.emit(Event::Note {
@@ -158,24 +159,26 @@ pub fn download_verified(
 /// packages, `vsock_loopback`; then it powers off. SELinux stays enforcing.
 pub fn user_data(target: &Target, login_pub: &str, host_key: &str, host_pub: &str) -> String {
     let user = &target.user;
-    let packages: String = target
-        .packages
-        .iter()
-        .map(|p| format!("  - {p}\n"))
-        .collect();
     let indent = |s: &str| {
         s.lines()
             .map(|l| format!("      {l}\n"))
             .collect::<String>()
+    };
+    let packages = if target.packages.is_empty() {
+        String::new()
+    } else {
+        let list: String = target
+            .packages
+            .iter()
+            .map(|p| format!("  - {p}\n"))
+            .collect();
+        format!("packages:\n{list}")
     };
     format!(
         "#cloud-config
 hostname: lab
 disable_root: false
 users:
-  - name: root
-    ssh_authorized_keys:
-      - {login}
   - name: {name}
     uid: {uid}
     shell: /bin/bash
@@ -185,15 +188,18 @@ ssh_genkeytypes: []
 ssh_keys:
   ed25519_private: |
 {private}  ed25519_public: {public}
-packages:
 {packages}write_files:
+  - path: /root/.ssh/authorized_keys
+    permissions: '0600'
+    content: |
+      {login}
   - path: /etc/modules-load.d/socket-activation-lab.conf
     content: |
 {modules}runcmd:
   - grep -q '^{name}:' /etc/subuid || echo '{name}:100000:65536' >> /etc/subuid
   - grep -q '^{name}:' /etc/subgid || echo '{name}:100000:65536' >> /etc/subgid
   - mkdir -p /var/lib/systemd/linger && touch /var/lib/systemd/linger/{name}
-  - setenforce 1 || true
+  - if command -v setenforce >/dev/null; then setenforce 1; fi
 power_state:
   mode: poweroff
   timeout: 30
@@ -229,6 +235,59 @@ pub fn make_seed(dir: &Path, user_data: &str) -> Result<PathBuf> {
     Ok(seed)
 }
 
+/// First boot of `dir/disk.qcow2` with a NoCloud seed made from the keys in `dir`:
+/// cloud-init provisions the guest and powers it off. `boot` is for disks that boot by
+/// direct kernel boot (the Debian guest this path is tested with); Fedora's boots itself.
+pub fn provision(target: &Target, dir: &Path, boot: Option<Boot>, events: &Events) -> Result<()> {
+    let read = |n: &str| std::fs::read_to_string(dir.join(n));
+    let seed = make_seed(
+        dir,
+        &user_data(
+            target,
+            &read("id_ed25519.pub")?,
+            &read("host_ed25519")?,
+            &read("host_ed25519.pub")?,
+        ),
+    )?;
+    let machine = MachineSpec {
+        accel: qemu::detect_accel(),
+        memory_mib: target.machine.memory_mib,
+        cpus: target.machine.cpus,
+    };
+    let config = VmConfig {
+        machine,
+        boot,
+        disk: dir.join("disk.qcow2"),
+        ssh_port: qemu::free_port()?,
+        console_log: dir.join("provision-console.log"),
+        qmp_socket: dir.join("qmp.sock"),
+        incoming: None,
+        extra_drives: vec![seed],
+    };
+    let step = events.step(
+        &target.name,
+        "cloud-init provisioning (packages, then power off)",
+    );
+    let mut vm = Qemu::start(config, &dir.join("qemu.log"))?;
+    let limit = Duration::from_secs(1800);
+    let start = std::time::Instant::now();
+    while vm.exited().is_none() {
+        if start.elapsed() > limit {
+            bail!(
+                "cloud-init did not power the guest off within {} s; see {}",
+                limit.as_secs(),
+                dir.join("provision-console.log").display()
+            );
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    step.done();
+    for f in ["seed.img", "user-data", "meta-data", "qmp.sock"] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
+    Ok(())
+}
+
 /// Downloads, verifies and provisions a Fedora target into the base image at `dir`.
 pub fn fetch(target: &Target, dir: &Path, events: &Events) -> Result<Manifest> {
     let Source::Fedora {
@@ -254,16 +313,6 @@ pub fn fetch(target: &Target, dir: &Path, events: &Events) -> Result<Manifest> {
     let stage = cache::stage(dir, &image::base_key(target))?;
     let s = stage.path();
     image::make_keys(s)?;
-    let read = |n: &str| std::fs::read_to_string(s.join(n));
-    let seed = make_seed(
-        s,
-        &user_data(
-            target,
-            &read("id_ed25519.pub")?,
-            &read("host_ed25519")?,
-            &read("host_ed25519.pub")?,
-        ),
-    )?;
     let disk = s.join("disk.qcow2");
     std::fs::copy(&image, &disk)?;
     let mut c = Command::new("qemu-img");
@@ -271,44 +320,7 @@ pub fn fetch(target: &Target, dir: &Path, events: &Events) -> Result<Manifest> {
         .arg(&disk)
         .arg(format!("{}G", target.machine.disk_gib));
     proc::check(c, None, Duration::from_secs(60))?;
-
-    // First boot: cloud-init provisions and powers the guest off.
-    let machine = MachineSpec {
-        accel: qemu::detect_accel(),
-        memory_mib: target.machine.memory_mib,
-        cpus: target.machine.cpus,
-    };
-    let config = VmConfig {
-        machine,
-        boot: None,
-        disk: disk.clone(),
-        ssh_port: qemu::free_port()?,
-        console_log: s.join("provision-console.log"),
-        qmp_socket: s.join("qmp.sock"),
-        incoming: None,
-        extra_drives: vec![seed.clone()],
-    };
-    let step = events.step(
-        &target.name,
-        "cloud-init provisioning (dnf install, then power off)",
-    );
-    let mut vm = Qemu::start(config, &s.join("qemu.log"))?;
-    let limit = Duration::from_secs(1800);
-    let start = std::time::Instant::now();
-    while vm.exited().is_none() {
-        if start.elapsed() > limit {
-            bail!(
-                "cloud-init did not power the guest off within {} s; see {}",
-                limit.as_secs(),
-                s.join("provision-console.log").display()
-            );
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
-    step.done();
-    for f in ["seed.img", "user-data", "meta-data", "qmp.sock"] {
-        let _ = std::fs::remove_file(s.join(f));
-    }
+    provision(target, s, None, events)?;
     let facts = BTreeMap::from([
         ("build_id".to_string(), image::build_id()),
         ("sha256".to_string(), expected),
@@ -357,7 +369,7 @@ mod tests {
             "ssh-ed25519 BBBB host\n",
         );
         assert!(ud.starts_with("#cloud-config\n"));
-        assert!(ud.contains("      - ssh-ed25519 AAAA login\n"));
+        assert!(ud.contains("  - path: /root/.ssh/authorized_keys\n    permissions: '0600'\n    content: |\n      ssh-ed25519 AAAA login\n"));
         assert!(ud.contains("  - name: test\n    uid: 1000\n"));
         assert!(ud.contains(
             "  ed25519_private: |\n      -----BEGIN OPENSSH PRIVATE KEY-----\n      abc\n"

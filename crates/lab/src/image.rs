@@ -151,48 +151,45 @@ pub fn make_keys(stage: &Path) -> Result<()> {
     Ok(())
 }
 
-fn build_debian(
-    target: &Target,
-    dir: &Path,
+/// Builds a Debian root file system with mmdebstrap into `dir/rootfs.tar`. `customize`
+/// is a shell script run on the tree (`$1`) with `dir` as `$2`. Needs root: the tree is
+/// unpacked with its owners by [`tar_to_disk`].
+pub fn debootstrap(
     suite: &str,
     mirror: &str,
-    kernel_package: &str,
+    packages: &[String],
+    customize: Option<&str>,
+    dir: &Path,
+    label: &str,
     events: &Events,
-) -> Result<cache::Manifest> {
+) -> Result<PathBuf> {
     if !crate::is_root() {
         bail!(
             "building a Debian image needs root (mmdebstrap, and mkfs.ext4 -d of a root-owned tree); run as root or fetch a cached image"
         );
     }
-    let key = base_key(target);
-    let stage = cache::stage(dir, &key)?;
-    let s = stage.path();
-    make_keys(s)?;
-    let script = s.join("customize.sh");
-    std::fs::write(&script, customize_script(target))?;
-
-    let mut packages = vec![kernel_package.to_string()];
-    packages.extend(target.packages.iter().cloned());
-    let tar = s.join("rootfs.tar");
+    let tar = dir.join("rootfs.tar");
     let step = events.step(
-        &target.name,
+        label,
         &format!("mmdebstrap {suite} ({} packages)", packages.len()),
     );
     let mut c = Command::new("mmdebstrap");
     // unshare mode: its mounts live in a private namespace and vanish with it, so an
     // interrupted build leaves no mount behind.
     c.args(["--mode=unshare", "--variant=apt", "--format=tar"])
-        .arg(format!("--include={}", packages.join(",")))
-        .arg(format!(
+        .arg(format!("--include={}", packages.join(",")));
+    if let Some(script) = customize {
+        let path = dir.join("customize.sh");
+        std::fs::write(&path, script)?;
+        c.arg(format!(
             "--customize-hook=sh {} \"$1\" {}",
-            script.display(),
-            s.display()
-        ))
-        .args([suite])
-        .arg(&tar)
-        .arg(mirror);
+            path.display(),
+            dir.display()
+        ));
+    }
+    c.arg(suite).arg(&tar).arg(mirror);
     let out = proc::run(c, None, Duration::from_secs(1800))?;
-    std::fs::write(s.join("mmdebstrap.log"), out.combined())?;
+    std::fs::write(dir.join("mmdebstrap.log"), out.combined())?;
     if !out.success() {
         bail!(
             "mmdebstrap {suite} failed ({}):\n{}",
@@ -201,17 +198,28 @@ fn build_debian(
         );
     }
     step.done();
+    Ok(tar)
+}
 
-    let step = events.step(&target.name, "ext4 disk and qcow2");
-    let rootfs = s.join("rootfs");
+/// Turns a root file system tar into `dir/disk.qcow2` (whole-disk ext4) plus `vmlinuz` and
+/// `initrd.img` for direct kernel boot.
+pub fn tar_to_disk(
+    tar: &Path,
+    dir: &Path,
+    disk_gib: u32,
+    label: &str,
+    events: &Events,
+) -> Result<()> {
+    let step = events.step(label, "ext4 disk and qcow2");
+    let rootfs = dir.join("rootfs");
     std::fs::create_dir(&rootfs)?;
     let mut c = Command::new("tar");
     c.args(["--numeric-owner", "-xpf"])
-        .arg(&tar)
+        .arg(tar)
         .arg("-C")
         .arg(&rootfs);
     proc::check(c, None, Duration::from_secs(600))?;
-    std::fs::remove_file(&tar)?;
+    std::fs::remove_file(tar)?;
     let boot = rootfs.join("boot");
     let find = |prefix: &str| -> Result<PathBuf> {
         let mut found: Vec<PathBuf> = std::fs::read_dir(&boot)?
@@ -225,27 +233,53 @@ fn build_debian(
             .collect();
         found.sort();
         found.pop().with_context(|| {
-            format!("no {prefix}* in the image's /boot ({kernel_package} installed?)")
+            format!("no {prefix}* in the image's /boot (is a kernel package installed?)")
         })
     };
-    std::fs::copy(find("vmlinuz-")?, s.join("vmlinuz"))?;
-    std::fs::copy(find("initrd.img-")?, s.join("initrd.img"))?;
-    let raw = s.join("disk.raw");
+    std::fs::copy(find("vmlinuz-")?, dir.join("vmlinuz"))?;
+    std::fs::copy(find("initrd.img-")?, dir.join("initrd.img"))?;
+    let raw = dir.join("disk.raw");
     let mut c = Command::new("mkfs.ext4");
     c.args(["-q", "-F", "-L", "root", "-d"])
         .arg(&rootfs)
         .arg(&raw)
-        .arg(format!("{}G", target.machine.disk_gib));
+        .arg(format!("{disk_gib}G"));
     proc::check(c, None, Duration::from_secs(600))?;
     std::fs::remove_dir_all(&rootfs)?;
     let mut c = Command::new("qemu-img");
     c.args(["convert", "-O", "qcow2"])
         .arg(&raw)
-        .arg(s.join("disk.qcow2"));
+        .arg(dir.join("disk.qcow2"));
     proc::check(c, None, Duration::from_secs(600))?;
     std::fs::remove_file(&raw)?;
     step.done();
+    Ok(())
+}
 
+fn build_debian(
+    target: &Target,
+    dir: &Path,
+    suite: &str,
+    mirror: &str,
+    kernel_package: &str,
+    events: &Events,
+) -> Result<cache::Manifest> {
+    let key = base_key(target);
+    let stage = cache::stage(dir, &key)?;
+    let s = stage.path();
+    make_keys(s)?;
+    let mut packages = vec![kernel_package.to_string()];
+    packages.extend(target.packages.iter().cloned());
+    let tar = debootstrap(
+        suite,
+        mirror,
+        &packages,
+        Some(&customize_script(target)),
+        s,
+        &target.name,
+        events,
+    )?;
+    tar_to_disk(&tar, s, target.machine.disk_gib, &target.name, events)?;
     let facts = BTreeMap::from([
         ("build_id".to_string(), build_id()),
         ("suite".to_string(), suite.to_string()),
