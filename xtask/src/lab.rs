@@ -260,11 +260,16 @@ pub fn ssh(sh: &Shell, root: &Path, target: &str, command: &[String]) -> Result<
     // xshell runs commands with a null stdin; an interactive shell (or a piped file)
     // needs ours, so the xshell command is spawned with inherited stdio.
     let status = if command.is_empty() {
-        eprintln!("guest {} on 127.0.0.1:{}; exit the shell to stop it", target.name, vm.guest.port());
+        eprintln!(
+            "guest {} on 127.0.0.1:{}; exit the shell to stop it",
+            target.name,
+            vm.guest.port()
+        );
         std::process::Command::from(cmd!(sh, "ssh -t {args...} root@127.0.0.1")).status()?
     } else {
         let script = command.join(" ");
-        std::process::Command::from(cmd!(sh, "ssh {args...} root@127.0.0.1 -- {script}")).status()?
+        std::process::Command::from(cmd!(sh, "ssh {args...} root@127.0.0.1 -- {script}"))
+            .status()?
     };
     if !status.success() {
         eprintln!("ssh exited with {status}");

@@ -256,7 +256,11 @@ fn ci(sh: &Shell, root: &Path, no_vm: bool) -> Result<()> {
         return Ok(());
     }
     step("cloud-init provisioning (the Fedora path) against a Debian guest");
-    cmd!(sh, "cargo test --locked -p lab --test cloud_init -- --ignored").run()?;
+    cmd!(
+        sh,
+        "cargo test --locked -p lab --test cloud_init -- --ignored"
+    )
+    .run()?;
     step("VM trials: the scenarios marked ci = true, on debian-13 with crun and runc");
     let ci_scenarios: Vec<String> = ::lab::scenario::load_all(&root.join("tests/scenarios"))?
         .into_iter()

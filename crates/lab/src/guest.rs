@@ -170,6 +170,39 @@ impl Guest {
         }
     }
 
+    /// Runs `remote` over ssh and records it as `shown`, run by `who`. A non-zero exit is
+    /// returned, not an error; ssh's own failure (255: the connection) is an error.
+    fn exec(
+        &self,
+        who: &str,
+        remote: &str,
+        shown: &str,
+        stdin: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<Output> {
+        let result = proc::run(self.ssh_command(remote, &[]), stdin, timeout);
+        self.record(who, shown, &result);
+        let out = result?;
+        if out.code() == Some(255) {
+            bail!(
+                "ssh to the guest failed running `{shown}` as {who}: {}",
+                out.stderr.trim()
+            );
+        }
+        Ok(out)
+    }
+
+    fn succeeded(out: Output, who: &str, shown: &str) -> Result<Output> {
+        if !out.success() {
+            bail!(
+                "`{shown}` failed in the guest as {who} ({}):\n{}",
+                out.status,
+                proc::tail(&out.combined(), 30)
+            );
+        }
+        Ok(out)
+    }
+
     /// Runs `script` with bash as root. A non-zero exit is returned, not an error.
     pub fn root(&self, script: &str, timeout: Duration) -> Result<Output> {
         self.root_stdin(script, None, timeout)
@@ -181,30 +214,12 @@ impl Guest {
         stdin: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<Output> {
-        let result = proc::run(self.ssh_command(script, &[]), stdin, timeout);
-        self.record("root", script, &result);
-        let out = result?;
-        // 255 is ssh's own failure (connection lost), never the command's.
-        if out.code() == Some(255) {
-            bail!(
-                "ssh to the guest failed running `{script}`: {}",
-                out.stderr.trim()
-            );
-        }
-        Ok(out)
+        self.exec("root", script, script, stdin, timeout)
     }
 
     /// Like [`Guest::root`], but a non-zero exit is an error carrying the output.
     pub fn root_ok(&self, script: &str, timeout: Duration) -> Result<Output> {
-        let out = self.root(script, timeout)?;
-        if !out.success() {
-            bail!(
-                "`{script}` failed in the guest ({}):\n{}",
-                out.status,
-                proc::tail(&out.combined(), 30)
-            );
-        }
-        Ok(out)
+        Self::succeeded(self.root(script, timeout)?, "root", script)
     }
 
     /// The shell prefix that runs a command as the test user in its user manager's
@@ -218,31 +233,19 @@ impl Guest {
         )
     }
 
+    /// Runs `script` as the test user. A non-zero exit is returned, not an error.
     pub fn user(&self, script: &str, timeout: Duration) -> Result<Output> {
-        let result = proc::run(self.ssh_command(&self.as_user(script), &[]), None, timeout);
-        self.record(&self.user.name, script, &result);
-        let out = result?;
-        if out.code() == Some(255) {
-            bail!(
-                "ssh to the guest failed running `{script}` as {}: {}",
-                self.user.name,
-                out.stderr.trim()
-            );
-        }
-        Ok(out)
+        self.exec(
+            &self.user.name,
+            &self.as_user(script),
+            script,
+            None,
+            timeout,
+        )
     }
 
     pub fn user_ok(&self, script: &str, timeout: Duration) -> Result<Output> {
-        let out = self.user(script, timeout)?;
-        if !out.success() {
-            bail!(
-                "`{script}` failed in the guest as {} ({}):\n{}",
-                self.user.name,
-                out.status,
-                proc::tail(&out.combined(), 30)
-            );
-        }
-        Ok(out)
+        Self::succeeded(self.user(script, timeout)?, &self.user.name, script)
     }
 
     /// Writes `content` to `path` in the guest, owned by `owner` (root when `None`),
