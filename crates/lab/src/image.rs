@@ -25,7 +25,9 @@ const CUSTOMIZE: &str = r#"#!/bin/sh
 set -eu
 R="$1"; STAGE="$2"
 echo lab > "$R/etc/hostname"
-echo '127.0.1.1 lab' >> "$R/etc/hosts"
+# A whole hosts file: bookworm's mmdebstrap leaves none, and without `localhost` a pull
+# fails in name resolution before it ever opens a socket.
+printf '127.0.0.1\tlocalhost\n127.0.1.1\tlab\n::1\tlocalhost ip6-localhost ip6-loopback\n' > "$R/etc/hosts"
 echo '/dev/vda / ext4 rw,discard,errors=remount-ro 0 1' > "$R/etc/fstab"
 mkdir -p "$R/etc/systemd/network"
 printf '[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n' > "$R/etc/systemd/network/20-wired.network"
