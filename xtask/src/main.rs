@@ -281,11 +281,11 @@ fn ci(sh: &Shell, root: &Path, no_vm: bool) -> Result<()> {
             ..Default::default()
         },
     )?;
-    step("VM trial with a runtime from another suite: echo-tcp4 with crun@bookworm");
+    step("VM trial with a runtime from another suite: sockets-3 with runc@bookworm");
     let other_suite = ::lab::run::Selection {
-        filters: vec!["echo-tcp4::".into()],
+        filters: vec!["sockets-3::".into()],
         targets: vec!["debian-13".into()],
-        runtimes: vec!["crun@bookworm".into()],
+        runtimes: vec!["runc@bookworm".into()],
     };
     lab::test(
         sh,
