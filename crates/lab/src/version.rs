@@ -4,7 +4,7 @@
 use std::cmp::Ordering;
 
 /// Numeric components, then a pre-release flag: `1.0.0~rc93` < `1.0.0`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Version {
     parts: Vec<u64>,
     pre: Option<String>,
@@ -47,6 +47,15 @@ impl Ord for Version {
     }
 }
 
+// Equality follows the ordering: `1.21` equals `1.21.0`.
+impl PartialEq for Version {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Version {}
+
 impl PartialOrd for Version {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
@@ -72,7 +81,7 @@ pub fn in_range(version: &str, range: &str) -> Result<bool, String> {
             "<=" => v <= b,
             ">" => v > b,
             ">=" => v >= b,
-            _ => v.cmp(&b) == Ordering::Equal,
+            _ => v == b,
         };
         if !ok {
             return Ok(false);
