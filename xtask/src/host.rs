@@ -50,12 +50,38 @@ pub const LAB: &[Tool] = &[
         command: "ssh-keygen",
         package: "openssh-client",
     },
+    // The cloud-init NoCloud seed disk of Fedora targets (and its tests).
+    Tool {
+        command: "mkfs.vfat",
+        package: "dosfstools",
+    },
+    Tool {
+        command: "mcopy",
+        package: "mtools",
+    },
+    // Signatures: Debian InRelease (runtimes from other suites) and Fedora CHECKSUM; gpg
+    // makes the test key of the signature test.
+    Tool {
+        command: "gpgv",
+        package: "gpgv",
+    },
+    Tool {
+        command: "gpg",
+        package: "gnupg",
+    },
+    // Unpacking runtime packages of other suites.
+    Tool {
+        command: "xz",
+        package: "xz-utils",
+    },
+    Tool {
+        command: "dpkg-deb",
+        package: "dpkg",
+    },
 ];
 
 pub fn on_path(command: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|dir| dir.join(command).is_file()))
-        .unwrap_or(false)
+    lab::proc::on_path(command)
 }
 
 pub fn is_root() -> bool {

@@ -288,19 +288,50 @@ pub fn provision(target: &Target, dir: &Path, boot: Option<Boot>, events: &Event
     Ok(())
 }
 
+/// Checks the clear-signed CHECKSUM `text` with gpgv against `keyring`; an error names
+/// the key file and says what gpgv said.
+pub fn verify_signature(text: &str, keyring: &Path) -> Result<()> {
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), text)?;
+    let mut c = Command::new("gpgv");
+    c.arg("--keyring").arg(keyring).arg(file.path());
+    let out = proc::run(c, None, Duration::from_secs(60))?;
+    if !out.success() {
+        bail!(
+            "the CHECKSUM signature does not verify with {}:\n{}",
+            keyring.display(),
+            out.combined().trim()
+        );
+    }
+    Ok(())
+}
+
 /// Downloads, verifies and provisions a Fedora target into the base image at `dir`.
 pub fn fetch(target: &Target, dir: &Path, events: &Events) -> Result<Manifest> {
     let Source::Fedora {
         image_url,
         checksum_url,
+        checksum_key,
         ..
     } = &target.source
     else {
         bail!("{} is not a Fedora target", target.name);
     };
     let file = image_url.rsplit('/').next().unwrap_or("image.qcow2");
-    let expected = checksum_for(&fetch_text(checksum_url)?, file)
-        .with_context(|| format!("CHECKSUM {checksum_url}"))?;
+    let checksum_text = fetch_text(checksum_url)?;
+    match checksum_key {
+        Some(key) if crate::proc::on_path("gpgv") => {
+            let keyring = target.file.parent().unwrap_or(Path::new(".")).join(key);
+            verify_signature(&checksum_text, &keyring).with_context(|| format!("CHECKSUM {checksum_url}"))?;
+        }
+        Some(_) => events.emit(crate::events::Event::Note {
+            target: target.name.clone(),
+            text: "gpgv is not installed: the CHECKSUM signature is not checked (its SHA-256 still is)".into(),
+        }),
+        None => {}
+    }
+    let expected =
+        checksum_for(&checksum_text, file).with_context(|| format!("CHECKSUM {checksum_url}"))?;
     let downloads = cache::root().join("downloads");
     std::fs::create_dir_all(&downloads)?;
     let image = downloads.join(file);

@@ -144,6 +144,12 @@ pub fn wait_deadline(child: &mut Child, timeout: Duration) -> Option<ExitStatus>
     }
 }
 
+/// Whether `command` is an executable on PATH.
+pub fn on_path(command: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|dir| dir.join(command).is_file()))
+}
+
 /// The last `lines` lines of `text`.
 pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();

@@ -49,6 +49,10 @@ pub enum Source {
         release: u32,
         image_url: String,
         checksum_url: String,
+        /// The release key (a binary keyring, relative to the target file) that signs the
+        /// CHECKSUM file; checked with gpgv where it is installed.
+        #[serde(default)]
+        checksum_key: Option<String>,
     },
 }
 

@@ -256,3 +256,79 @@ fn seed_disk_is_a_cidata_vfat() {
         .unwrap();
     assert!(String::from_utf8_lossy(&label.stdout).contains("CIDATA"));
 }
+
+/// A clear-signed CHECKSUM verifies with the signer's keyring and fails when tampered
+/// with, or with another key (the shipped Fedora 44 key).
+#[test]
+fn checksum_signature_is_checked_with_gpgv() {
+    let home = tempfile::tempdir().unwrap();
+    let gpg = |args: &[&str], stdin: Option<&str>| {
+        use std::io::Write;
+        let mut child = std::process::Command::new("gpg")
+            .arg("--homedir")
+            .arg(home.path())
+            .args([
+                "--batch",
+                "--yes",
+                "--pinentry-mode",
+                "loopback",
+                "--passphrase",
+                "",
+            ])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("gpg (package gnupg) is needed to make a test key");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.unwrap_or("").as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "gpg {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    gpg(
+        &[
+            "--quick-gen-key",
+            "lab test <lab@example.invalid>",
+            "ed25519",
+            "sign",
+            "never",
+        ],
+        None,
+    );
+    let checksum = format!("SHA256 ({NAME}) = {}\n", "ab".repeat(32));
+    let signed = String::from_utf8(gpg(&["--clearsign"], Some(&checksum))).unwrap();
+    let keyring = home.path().join("signer.gpg");
+    std::fs::write(&keyring, gpg(&["--export"], None)).unwrap();
+
+    fedora::verify_signature(&signed, &keyring).unwrap();
+    assert_eq!(
+        fedora::checksum_for(&signed, NAME).unwrap(),
+        "ab".repeat(32)
+    );
+
+    let tampered = signed.replace(&"ab".repeat(32), &"cd".repeat(32));
+    let e = fedora::verify_signature(&tampered, &keyring)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("does not verify") && e.contains("signer.gpg"),
+        "{e}"
+    );
+
+    let fedora_key =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../vm/keys/fedora-44.gpg");
+    let e = fedora::verify_signature(&signed, &fedora_key)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not verify"), "{e}");
+}
