@@ -157,7 +157,7 @@ pub fn run_one(trial: &Trial, ready: &Ready, run_dir: &Path, events: &Events) ->
                     }
                     Ok(rt) => {
                         versions.insert(trial.runtime.clone(), rt.version.clone());
-                        scenario::run_trial(&vm, &trial.scenario, &rt)
+                        scenario::run_trial(&vm, &trial.scenario, &rt, &versions)
                     }
                 }
             });

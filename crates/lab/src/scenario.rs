@@ -274,7 +274,13 @@ pub enum ExpectedOutcome {
 #[derive(Debug, Clone, Deserialize, PartialEq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KnownBug {
-    pub runtime: String,
+    /// The runtime (`runc`, `crun`) whose versions carry the bug...
+    #[serde(default)]
+    pub runtime: Option<String>,
+    /// ...or another component read from the guest (`container-selinux`, `podman`). A bug
+    /// of a component the guest does not have (no SELinux on Debian) does not apply.
+    #[serde(default)]
+    pub tool: Option<String>,
     pub versions: String,
     pub issue: String,
     pub pattern: String,
@@ -322,7 +328,13 @@ impl Scenario {
         }
         for b in &s.known_bug {
             version::in_range("1.0", &b.versions)
-                .map_err(|e| anyhow::anyhow!("{p}: known_bug for {}: {e}", b.runtime))?;
+                .map_err(|e| anyhow::anyhow!("{p}: known_bug {}: {e}", b.issue))?;
+            if b.runtime.is_some() == b.tool.is_some() {
+                bail!(
+                    "{p}: known_bug {} needs exactly one of `runtime` and `tool`",
+                    b.issue
+                );
+            }
         }
         // Render once so a bad unit is a load error, not a trial failure.
         if let Some(u) = s.socket_unit() {
@@ -584,25 +596,51 @@ pub fn run_trial(
     vm: &TrialVm,
     scenario: &Scenario,
     runtime: &RuntimeUse,
+    versions: &BTreeMap<String, String>,
 ) -> Result<(Outcome, String, Option<String>)> {
     install(vm, scenario, &runtime.podman_arg)?;
     let failure = run_steps(vm, scenario, &runtime.podman_arg)?;
     let units = scenario.journal_units();
     let journal = journal(vm, scenario, &units);
     std::fs::write(vm.dir.join("journal.txt"), &journal)?;
-    Ok(judge(
-        scenario,
-        &runtime.name,
-        &runtime.version,
-        failure,
-        &journal,
-    ))
+    Ok(judge(scenario, runtime, versions, failure, &journal))
+}
+
+/// The known bugs that apply to this runtime and these guest versions.
+fn applicable<'a>(
+    scenario: &'a Scenario,
+    runtime: &RuntimeUse,
+    versions: &BTreeMap<String, String>,
+) -> Vec<&'a KnownBug> {
+    scenario
+        .known_bug
+        .iter()
+        .filter(|b| {
+            let version = match (&b.runtime, &b.tool) {
+                (Some(r), _) if *r == runtime.name => Some(runtime.version.as_str()),
+                (_, Some(t)) => versions
+                    .get(t)
+                    .map(String::as_str)
+                    .filter(|v| !v.is_empty()),
+                _ => None,
+            };
+            version.is_some_and(|v| version::in_range(v, &b.versions).unwrap_or(false))
+        })
+        .collect()
+}
+
+/// What a known bug is about on this guest: `crun 1.21`, `container-selinux 2.180.0`.
+fn affected(b: &KnownBug, runtime: &RuntimeUse, versions: &BTreeMap<String, String>) -> String {
+    match &b.tool {
+        Some(t) => format!("{t} {}", versions.get(t).map(String::as_str).unwrap_or("?")),
+        None => format!("{} {}", runtime.name, runtime.version),
+    }
 }
 
 fn judge(
     scenario: &Scenario,
-    runtime: &str,
-    runtime_version: &str,
+    runtime: &RuntimeUse,
+    versions: &BTreeMap<String, String>,
     failure: Option<StepFailure>,
     journal: &str,
 ) -> (Outcome, String, Option<String>) {
@@ -610,20 +648,15 @@ fn judge(
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
         lines[lines.len().saturating_sub(15)..].join("\n")
     };
-    let bugs: Vec<&KnownBug> = scenario
-        .known_bug
-        .iter()
-        .filter(|b| {
-            b.runtime == runtime && version::in_range(runtime_version, &b.versions).unwrap_or(false)
-        })
-        .collect();
+    let bugs = applicable(scenario, runtime, versions);
     match failure {
         None => {
             if let Some(b) = bugs.first() {
                 return (
                     Outcome::Xpass,
                     format!(
-                        "known bug did not reproduce on {runtime} {runtime_version} (listed for {})",
+                        "known bug did not reproduce on {} (listed for {})",
+                        affected(b, runtime, versions),
                         b.versions
                     ),
                     Some(b.issue.clone()),
@@ -1066,6 +1099,58 @@ mod tests {
         Scenario::load(&p).unwrap()
     }
 
+    fn judge_rt(
+        s: &Scenario,
+        name: &str,
+        version: &str,
+        f: Option<StepFailure>,
+        journal: &str,
+    ) -> (Outcome, String, Option<String>) {
+        let rt = RuntimeUse {
+            name: name.into(),
+            podman_arg: name.into(),
+            version: version.into(),
+        };
+        judge(s, &rt, &BTreeMap::new(), f, journal)
+    }
+
+    #[test]
+    fn tool_bugs_apply_only_where_the_tool_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("se.toml");
+        std::fs::write(
+            &p,
+            "description = \"d\"\n[[steps]]\ndo = \"reboot\"\n[[known_bug]]\ntool = \"container-selinux\"\nversions = \"<2.183.0\"\nissue = \"u\"\npattern = \"avc:  denied\"\n",
+        )
+        .unwrap();
+        let s = Scenario::load(&p).unwrap();
+        let rt = RuntimeUse {
+            name: "crun".into(),
+            podman_arg: "crun".into(),
+            version: "1.21".into(),
+        };
+        let old = BTreeMap::from([("container-selinux".to_string(), "2.180.0".to_string())]);
+        let new = BTreeMap::from([("container-selinux".to_string(), "2.190.0".to_string())]);
+        let denied = || failure("type=AVC msg=audit: avc:  denied { read write }");
+        assert_eq!(judge(&s, &rt, &old, denied(), "").0, Outcome::Xfail);
+        assert_eq!(judge(&s, &rt, &old, None, "").0, Outcome::Xpass);
+        assert_eq!(judge(&s, &rt, &new, None, "").0, Outcome::Pass);
+        // No SELinux on the guest: the bug does not apply.
+        assert_eq!(judge(&s, &rt, &BTreeMap::new(), None, "").0, Outcome::Pass);
+    }
+
+    #[test]
+    fn known_bug_needs_runtime_or_tool() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("b.toml");
+        std::fs::write(&p, "description = \"d\"\n[[steps]]\ndo = \"reboot\"\n[[known_bug]]\nversions = \"<1\"\nissue = \"u\"\npattern = \"x\"\n").unwrap();
+        let e = format!("{:#}", Scenario::load(&p).unwrap_err());
+        assert!(
+            e.contains("needs exactly one of `runtime` and `tool`"),
+            "{e}"
+        );
+    }
+
     fn failure(text: &str) -> Option<StepFailure> {
         Some(StepFailure {
             step: "probe".into(),
@@ -1075,7 +1160,7 @@ mod tests {
 
     #[test]
     fn known_bug_reproduced_is_xfail() {
-        let (o, _, issue) = judge(
+        let (o, _, issue) = judge_rt(
             &scenario_with_bug(),
             "runc",
             "1.0.0~rc93",
@@ -1088,22 +1173,25 @@ mod tests {
 
     #[test]
     fn known_bug_not_reproduced_is_xpass() {
-        let (o, detail, _) = judge(&scenario_with_bug(), "runc", "1.1.2", None, "");
+        let (o, detail, _) = judge_rt(&scenario_with_bug(), "runc", "1.1.2", None, "");
         assert_eq!(o, Outcome::Xpass, "{detail}");
     }
 
     #[test]
     fn fixed_version_passes_and_other_failures_fail() {
         let s = scenario_with_bug();
-        assert_eq!(judge(&s, "runc", "1.1.15+ds1", None, "").0, Outcome::Pass);
+        assert_eq!(
+            judge_rt(&s, "runc", "1.1.15+ds1", None, "").0,
+            Outcome::Pass
+        );
         // In the bug's range but failing for another reason: a plain failure.
         assert_eq!(
-            judge(&s, "runc", "1.1.2", failure("connection refused"), "").0,
+            judge_rt(&s, "runc", "1.1.2", failure("connection refused"), "").0,
             Outcome::Fail
         );
         // The pattern on another runtime is not this bug.
         assert_eq!(
-            judge(&s, "crun", "1.1.2", failure("_LIBCONTAINER_LOGPIPE"), "").0,
+            judge_rt(&s, "crun", "1.1.2", failure("_LIBCONTAINER_LOGPIPE"), "").0,
             Outcome::Fail
         );
     }

@@ -208,9 +208,17 @@ fn provision(guest: &Guest, bins: &Binaries) -> Result<BTreeMap<String, String>>
         ("systemd", "systemctl --version | awk 'NR==1{print $2}'"),
         ("kernel", "uname -r"),
         ("os", ". /etc/os-release && echo \"$PRETTY_NAME\""),
+        // Only on SELinux guests (Fedora); known bugs of a component a guest lacks do not apply.
+        (
+            "container-selinux",
+            "rpm -q --qf '%{VERSION}' container-selinux 2>/dev/null || true",
+        ),
     ] {
         let out = guest.root(script, t)?;
-        versions.insert(name.to_string(), out.stdout.trim().to_string());
+        let value = out.stdout.trim();
+        if !value.is_empty() && !value.contains("not installed") {
+            versions.insert(name.to_string(), value.to_string());
+        }
     }
     guest.root_ok("sync", t)?;
     Ok(versions)
