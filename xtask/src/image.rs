@@ -11,7 +11,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use xshell::{Shell, cmd};
 
-use crate::statics::StaticBinaries;
+use lab::vm::Binaries;
 
 fn sha256_hex(data: &[u8]) -> String {
     Sha256::digest(data)
@@ -27,7 +27,7 @@ fn blob(layout: &Path, data: &[u8]) -> Result<(String, usize)> {
     Ok((format!("sha256:{hex}"), data.len()))
 }
 
-pub fn build(sh: &Shell, root: &Path, bins: &StaticBinaries, tag: &str) -> Result<PathBuf> {
+pub fn build(sh: &Shell, root: &Path, bins: &Binaries, tag: &str) -> Result<PathBuf> {
     let version = env!("CARGO_PKG_VERSION");
     let out_dir = root.join("target/image");
     let work = out_dir.join("layout");

@@ -15,14 +15,6 @@ fn events() -> Events {
     Events::new(vec![Box::new(ConsoleReporter::new())])
 }
 
-fn binaries(sh: &Shell, root: &Path) -> Result<Binaries> {
-    let b = statics::build(sh, root)?;
-    Ok(Binaries {
-        echo: b.echo,
-        probe: b.probe,
-    })
-}
-
 /// Runs the trial matrix through its libtest harness (`tests/matrix.rs`), so filters,
 /// `--list` and `--exact` behave as in any `cargo test`.
 pub fn test(sh: &Shell, root: &Path, selection: Selection, options: &TestOptions) -> Result<()> {
@@ -90,7 +82,7 @@ fn run_matrix(
         bail!("no trial matches the filters {wanted:?} (see cargo xtask test --list)");
     }
     host::ensure(sh, host::LAB)?;
-    let bins = binaries(sh, root)?;
+    let bins = statics::build(sh, root)?;
     let run_dir = run::new_run_dir(root)?;
     let _bins_env = (
         sh.push_env("SAL_ECHO_BIN", &bins.echo),
@@ -200,7 +192,7 @@ pub struct TestOptions {
 pub fn build(sh: &Shell, root: &Path, target: &str) -> Result<()> {
     host::ensure(sh, host::LAB)?;
     let target = lab::target::find(&root.join("vm"), target)?;
-    let bins = binaries(sh, root)?;
+    let bins = statics::build(sh, root)?;
     let ready = vm::ensure_ready(&target, &bins, &events())?;
     println!("{} ready in {}", target.name, ready.dir.display());
     for (k, v) in &ready.versions {
@@ -250,7 +242,7 @@ pub fn clean() -> Result<()> {
 pub fn ssh(sh: &Shell, root: &Path, target: &str, command: &[String]) -> Result<()> {
     host::ensure(sh, host::LAB)?;
     let target = lab::target::find(&root.join("vm"), target)?;
-    let bins = binaries(sh, root)?;
+    let bins = statics::build(sh, root)?;
     let ready = vm::ensure_ready(&target, &bins, &events())?;
     let dir = tempfile::Builder::new()
         .prefix("vm-ssh-")

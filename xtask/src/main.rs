@@ -234,13 +234,7 @@ fn ci(sh: &Shell, root: &Path, no_vm: bool) -> Result<()> {
     step("cargo test");
     cmd!(sh, "cargo test --workspace --locked").run()?;
     step("static build");
-    let bins = statics::build(sh, root)?;
-    eprintln!(
-        "static ({}): {} {}",
-        bins.target,
-        bins.echo.display(),
-        bins.probe.display()
-    );
+    statics::build(sh, root)?;
     step("workflow lint: actionlint and zizmor");
     host::ensure_pypi(
         sh,

@@ -1,20 +1,15 @@
 //! Static builds of socket-activate-echo and echo-probe: what goes into a `FROM scratch`
 //! image and into a guest, whatever libc the guest has.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use lab::vm::Binaries;
 
 use anyhow::{Context, Result, bail};
 use xshell::{Shell, cmd};
 
 const MUSL: &str = "x86_64-unknown-linux-musl";
 const GNU: &str = "x86_64-unknown-linux-gnu";
-
-#[derive(Debug, Clone)]
-pub struct StaticBinaries {
-    pub echo: PathBuf,
-    pub probe: PathBuf,
-    pub target: &'static str,
-}
 
 fn musl_available(sh: &Shell) -> bool {
     let installed = cmd!(sh, "rustup target list --installed")
@@ -30,7 +25,7 @@ fn musl_available(sh: &Shell) -> bool {
 
 /// Builds both binaries statically linked (musl, or glibc with `+crt-static` when the musl
 /// target cannot be installed), in release mode, and checks they really are static.
-pub fn build(sh: &Shell, root: &Path) -> Result<StaticBinaries> {
+pub fn build(sh: &Shell, root: &Path) -> Result<Binaries> {
     let target = if musl_available(sh) { MUSL } else { GNU };
     let mut build = cmd!(
         sh,
@@ -42,14 +37,18 @@ pub fn build(sh: &Shell, root: &Path) -> Result<StaticBinaries> {
     }
     build.run().context("static build")?;
     let dir = root.join("target").join(target).join("release");
-    let bins = StaticBinaries {
+    let bins = Binaries {
         echo: dir.join("socket-activate-echo"),
         probe: dir.join("echo-probe"),
-        target,
     };
     for bin in [&bins.echo, &bins.probe] {
         ensure_static(bin)?;
     }
+    eprintln!(
+        "static ({target}): {} {}",
+        bins.echo.display(),
+        bins.probe.display()
+    );
     Ok(bins)
 }
 
