@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 use lab::events::{ConsoleReporter, Events};
 use lab::run::{self, Selection};
 use lab::scenario::Outcome;
-use lab::vm::{self, Binaries, TrialVm};
+use lab::vm::{self, TrialVm};
 use xshell::{Shell, cmd};
 
 use crate::{host, statics};
