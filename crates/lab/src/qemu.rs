@@ -207,7 +207,8 @@ impl Qemu {
         Ok(())
     }
 
-    fn shutdown(&mut self) {
+    /// Quits QEMU and waits for it (killing it after 5 s); later calls do nothing.
+    pub fn shutdown(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = self.qmp.execute("quit", None);
             if proc::wait_deadline(&mut child, Duration::from_secs(5)).is_none() {

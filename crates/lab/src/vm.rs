@@ -284,9 +284,8 @@ impl TrialVm {
 
 impl Drop for TrialVm {
     fn drop(&mut self) {
-        // Fields drop after this: remove the overlay once QEMU is gone.
-        let _ = self.qemu.qmp.execute("quit", None);
-        std::thread::sleep(Duration::from_millis(100));
+        // QEMU first (it holds the overlay), then its files.
+        self.qemu.shutdown();
         let _ = std::fs::remove_file(&self.overlay);
         crate::cleanup::unregister(&self.overlay);
         let _ = std::fs::remove_file(self.dir.join("qmp.sock"));
