@@ -78,6 +78,16 @@ pub const LAB: &[Tool] = &[
         command: "dpkg-deb",
         package: "dpkg",
     },
+    // Fedora runtime versions (NAME@VERSION): package signatures are checked with
+    // rpmkeys; the dnf test builds and signs a fixture repository.
+    Tool {
+        command: "rpmkeys",
+        package: "rpm",
+    },
+    Tool {
+        command: "createrepo_c",
+        package: "createrepo-c",
+    },
 ];
 
 pub fn on_path(command: &str) -> bool {

@@ -290,9 +290,7 @@ pub fn matrix(root: &Path, targets: &[String], runtimes: &[String]) -> Result<St
         };
         for r in axis {
             let spec: lab::runtimes::RuntimeSpec = r.parse()?;
-            if !target.runtimes.contains(&spec.name)
-                || (spec.suite.is_some() && !target.is_debian())
-            {
+            if spec.refusal(target).is_some() {
                 continue;
             }
             include.push(serde_json::json!({ "target": target.name, "runtime": r }));

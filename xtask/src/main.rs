@@ -64,13 +64,16 @@ enum Command {
         #[arg(long = "runtime", value_name = "NAME")]
         runtimes: Vec<String>,
     },
-    /// One scenario across a runtime's versions from Debian suites: where does it change?
+    /// One scenario across a runtime's versions: where does the outcome change?
     Bisect {
         scenario: String,
         #[arg(long)]
         runtime: String,
+        /// Debian suites (Debian targets) or package versions (Fedora targets, installed
+        /// with dnf), comma-separated: each is tried as RUNTIME@VALUE.
         #[arg(
             long,
+            alias = "versions",
             value_delimiter = ',',
             default_value = "bullseye,bookworm,trixie,sid"
         )]
@@ -234,7 +237,7 @@ fn ci(sh: &Shell, root: &Path, no_vm: bool) -> Result<()> {
     step("cargo test");
     cmd!(sh, "cargo test --workspace --locked").run()?;
     step("static build");
-    statics::build(sh, root)?;
+    let bins = statics::build(sh, root)?;
     step("workflow lint: actionlint and zizmor");
     host::ensure_pypi(
         sh,
@@ -255,6 +258,16 @@ fn ci(sh: &Shell, root: &Path, no_vm: bool) -> Result<()> {
         "cargo test --locked -p lab --test cloud_init -- --ignored"
     )
     .run()?;
+    step("NAME@VERSION runtimes with dnf (the Fedora path) against a Debian guest with dnf");
+    {
+        let _echo = sh.push_env("SAL_ECHO_BIN", &bins.echo);
+        let _probe = sh.push_env("SAL_PROBE_BIN", &bins.probe);
+        cmd!(
+            sh,
+            "cargo test --locked -p lab --test dnf_runtime -- --ignored"
+        )
+        .run()?;
+    }
     step("VM trials: the scenarios marked ci = true, on debian-13 with crun and runc");
     let ci_scenarios: Vec<String> = ::lab::scenario::load_all(&root.join("tests/scenarios"))?
         .into_iter()

@@ -260,7 +260,6 @@ pub fn provision(target: &Target, dir: &Path, boot: Option<Boot>, events: &Event
         disk: dir.join("disk.qcow2"),
         ssh_port: qemu::free_port()?,
         console_log: dir.join("provision-console.log"),
-        qmp_socket: dir.join("qmp.sock"),
         incoming: None,
         extra_drives: vec![seed],
     };
@@ -282,7 +281,7 @@ pub fn provision(target: &Target, dir: &Path, boot: Option<Boot>, events: &Event
         std::thread::sleep(Duration::from_secs(1));
     }
     step.done();
-    for f in ["seed.img", "user-data", "meta-data", "qmp.sock"] {
+    for f in ["seed.img", "user-data", "meta-data"] {
         let _ = std::fs::remove_file(dir.join(f));
     }
     Ok(())
@@ -320,8 +319,8 @@ pub fn fetch(target: &Target, dir: &Path, events: &Events) -> Result<Manifest> {
     let file = image_url.rsplit('/').next().unwrap_or("image.qcow2");
     let checksum_text = fetch_text(checksum_url)?;
     match checksum_key {
-        Some(key) if crate::proc::on_path("gpgv") => {
-            let keyring = target.file.parent().unwrap_or(Path::new(".")).join(key);
+        Some(_) if crate::proc::on_path("gpgv") => {
+            let keyring = target.package_key().expect("a Fedora target with a key");
             verify_signature(&checksum_text, &keyring).with_context(|| format!("CHECKSUM {checksum_url}"))?;
         }
         Some(_) => events.emit(crate::events::Event::Note {

@@ -284,6 +284,28 @@ impl Guest {
         self.write_file(remote, &data, None, mode)
     }
 
+    /// Copies a guest file to the host, byte for byte.
+    pub fn copy_out(&self, remote: &str, local: &Path, timeout: Duration) -> Result<()> {
+        let shown = format!("cat {}", quote(remote));
+        let file = std::fs::File::create(local)
+            .with_context(|| format!("creating {}", local.display()))?;
+        let result = proc::run_to_file(self.ssh_command(&shown, &[]), file, timeout);
+        self.record(
+            "root",
+            &format!("{shown} > (host) {}", local.display()),
+            &result,
+        );
+        let out = result?;
+        if !out.success() {
+            let _ = std::fs::remove_file(local);
+            bail!(
+                "copying {remote} out of the guest failed: {}",
+                out.stderr.trim()
+            );
+        }
+        Ok(())
+    }
+
     /// The kernel's boot id: changes with every boot.
     pub fn boot_id(&self) -> Result<String> {
         Ok(self

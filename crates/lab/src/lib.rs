@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod cleanup;
+pub mod dnf;
 pub mod events;
 pub mod fedora;
 pub mod guest;

@@ -64,14 +64,30 @@ pub fn display(cmd: &Command) -> String {
 
 /// Runs `cmd` to completion, feeding `stdin`, with a deadline. A timeout is an error that
 /// names the command and the limit.
-pub fn run(mut cmd: Command, stdin: Option<&[u8]>, timeout: Duration) -> Result<Output> {
+pub fn run(cmd: Command, stdin: Option<&[u8]>, timeout: Duration) -> Result<Output> {
+    run_with(cmd, stdin, None, timeout)
+}
+
+/// Like [`run`], but stdout goes to `file` byte for byte (binary data, large copies); the
+/// returned `stdout` is empty.
+pub fn run_to_file(cmd: Command, file: std::fs::File, timeout: Duration) -> Result<Output> {
+    run_with(cmd, None, Some(file), timeout)
+}
+
+fn run_with(
+    mut cmd: Command,
+    stdin: Option<&[u8]>,
+    stdout: Option<std::fs::File>,
+    timeout: Duration,
+) -> Result<Output> {
     let shown = display(&cmd);
+    let to_file = stdout.is_some();
     cmd.stdin(if stdin.is_some() {
         Stdio::piped()
     } else {
         Stdio::null()
     })
-    .stdout(Stdio::piped())
+    .stdout(stdout.map_or_else(Stdio::piped, Stdio::from))
     .stderr(Stdio::piped());
     die_with_parent(&mut cmd);
     let start = Instant::now();
@@ -83,7 +99,8 @@ pub fn run(mut cmd: Command, stdin: Option<&[u8]>, timeout: Duration) -> Result<
             let _ = pipe.write_all(&data);
         })
     });
-    let out_reader = reader(child.stdout.take().expect("piped stdout"));
+    let out_reader = child.stdout.take().map(reader);
+    debug_assert_eq!(out_reader.is_none(), to_file);
     let err_reader = reader(child.stderr.take().expect("piped stderr"));
     let status = wait_deadline(&mut child, timeout);
     let Some(status) = status else {
@@ -99,7 +116,9 @@ pub fn run(mut cmd: Command, stdin: Option<&[u8]>, timeout: Duration) -> Result<
     }
     Ok(Output {
         status,
-        stdout: out_reader.join().unwrap_or_default(),
+        stdout: out_reader
+            .map(|r| r.join().unwrap_or_default())
+            .unwrap_or_default(),
         stderr: err_reader.join().unwrap_or_default(),
         elapsed: start.elapsed(),
     })
@@ -185,6 +204,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("`sleep 30` did not finish within 0 s"), "{e}");
+    }
+
+    #[test]
+    fn stdout_to_a_file_keeps_binary_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        let mut c = Command::new("printf");
+        c.arg("a\\377\\000b");
+        let file = std::fs::File::create(&path).unwrap();
+        let o = run_to_file(c, file, Duration::from_secs(5)).unwrap();
+        assert!(o.success() && o.stdout.is_empty());
+        assert_eq!(std::fs::read(&path).unwrap(), b"a\xff\x00b");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 use crate::proc;
 use crate::qmp::Qmp;
@@ -50,7 +50,6 @@ pub struct VmConfig {
     pub disk: PathBuf,
     pub ssh_port: u16,
     pub console_log: PathBuf,
-    pub qmp_socket: PathBuf,
     /// Load a saved state instead of booting.
     pub incoming: Option<PathBuf>,
     /// Extra drives, e.g. a cloud-init seed.
@@ -144,14 +143,14 @@ pub fn incoming_args(state: Option<&Path>) -> Vec<String> {
     }
 }
 
-pub fn args(c: &VmConfig) -> Vec<String> {
+pub fn args(c: &VmConfig, qmp_socket: &Path) -> Vec<String> {
     let mut a = machine_args(&c.machine);
     if let Some(b) = &c.boot {
         a.extend(kernel_args(b));
     }
     a.extend(drive_args(&c.disk, &c.extra_drives));
     a.extend(net_args(c.ssh_port));
-    a.extend(console_args(&c.console_log, &c.qmp_socket));
+    a.extend(console_args(&c.console_log, qmp_socket));
     a.extend(incoming_args(c.incoming.as_deref()));
     a.push("-no-user-config".into());
     a
@@ -162,20 +161,57 @@ pub struct Qemu {
     child: Option<Child>,
     pub qmp: Qmp,
     pub config: VmConfig,
+    /// Holds the QMP socket; removed after QEMU is gone (fields drop after `Drop::drop`).
+    _socket_dir: SocketDir,
+}
+
+/// A short private directory for QEMU's unix sockets: a socket path must fit in 107 bytes,
+/// which a run or cache directory under a workspace (`/home/runner/work/...`) does not.
+struct SocketDir(tempfile::TempDir);
+
+impl SocketDir {
+    fn new() -> Result<SocketDir> {
+        let dir = tempfile::Builder::new()
+            .prefix("sal-qemu-")
+            .tempdir()
+            .context("creating a directory for QEMU's sockets")?;
+        crate::cleanup::register(dir.path());
+        let probe = dir.path().join("qmp.sock");
+        let len = probe.as_os_str().len();
+        if len > 107 {
+            bail!(
+                "the QMP socket path {} is {len} bytes; unix sockets allow 107: set TMPDIR to a shorter directory",
+                probe.display()
+            );
+        }
+        Ok(SocketDir(dir))
+    }
+
+    fn qmp(&self) -> PathBuf {
+        self.0.path().join("qmp.sock")
+    }
+}
+
+impl Drop for SocketDir {
+    fn drop(&mut self) {
+        crate::cleanup::unregister(self.0.path());
+    }
 }
 
 impl Qemu {
     /// Starts QEMU; it is also killed if this process dies. Its stderr goes to `log`.
     pub fn start(config: VmConfig, log: &Path) -> Result<Qemu> {
+        let socket_dir = SocketDir::new()?;
+        let qmp_socket = socket_dir.qmp();
         let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args(args(&config));
+        cmd.args(args(&config, &qmp_socket));
         let log_file = std::fs::File::create(log)?;
         cmd.stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);
         proc::die_with_parent(&mut cmd);
         let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
-        let qmp = match Qmp::connect(&config.qmp_socket, Duration::from_secs(20)) {
+        let qmp = match Qmp::connect(&qmp_socket, Duration::from_secs(20)) {
             Ok(q) => q,
             Err(e) => {
                 let _ = child.kill();
@@ -191,6 +227,7 @@ impl Qemu {
             child: Some(child),
             qmp,
             config,
+            _socket_dir: socket_dir,
         })
     }
 
@@ -323,7 +360,6 @@ mod tests {
             disk: "/r/disk.qcow2".into(),
             ssh_port: 2222,
             console_log: "/r/console.log".into(),
-            qmp_socket: "/r/qmp.sock".into(),
             incoming: None,
             extra_drives: vec![],
         }
@@ -356,7 +392,7 @@ mod tests {
     #[test]
     fn full_command_line() {
         let mut c = config();
-        let a = args(&c);
+        let a = args(&c, Path::new("/r/qmp.sock"));
         let p = pairs(&a);
         assert!(p.contains(&("-kernel".into(), "/c/vmlinuz".into())));
         assert!(p.contains(&("-append".into(), "root=/dev/vda rw".into())));
@@ -365,7 +401,7 @@ mod tests {
         assert!(!a.contains(&"-incoming".to_string()));
         c.incoming = Some("/cache/state mig".into());
         c.boot = None;
-        let a = args(&c);
+        let a = args(&c, Path::new("/r/qmp.sock"));
         assert!(pairs(&a).contains(&("-incoming".into(), "exec:cat '/cache/state mig'".into())));
         assert!(!a.contains(&"-kernel".to_string()));
     }

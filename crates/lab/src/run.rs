@@ -6,8 +6,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
+use crate::dnf;
 use crate::events::{Event, Events};
-use crate::runtimes::{self, RuntimeSpec};
+use crate::runtimes::{self, Origin, RuntimeSpec};
 use crate::scenario::{self, ECHO_IMAGE, Outcome, RuntimeUse, Scenario, TrialResult};
 use crate::target::{self, Source, Target};
 use crate::vm::{Ready, TrialVm};
@@ -60,19 +61,8 @@ pub fn plan(workspace: &Path, selection: &Selection) -> Result<Vec<Trial>> {
         };
         for r in &runtimes {
             let spec: RuntimeSpec = r.parse()?;
-            if !target.runtimes.contains(&spec.name) {
-                bail!(
-                    "target {} has no runtime {:?}; it has {}",
-                    target.name,
-                    spec.name,
-                    target.runtimes.join(", ")
-                );
-            }
-            if spec.suite.is_some() && !target.is_debian() {
-                bail!(
-                    "runtime {r}: packages of Debian suites go only into Debian targets, not {}",
-                    target.name
-                );
+            if let Some(why) = spec.refusal(&target) {
+                bail!("{why}");
             }
         }
         for s in &scenarios {
@@ -115,20 +105,37 @@ fn runtime_for(
     events: &Events,
 ) -> Result<std::result::Result<RuntimeUse, runtimes::Unusable>> {
     let spec: RuntimeSpec = trial.runtime.parse()?;
-    if spec.suite.is_none() {
-        let version = ready.versions.get(&spec.name).cloned().unwrap_or_default();
-        return Ok(Ok(RuntimeUse {
-            name: spec.name.clone(),
-            podman_arg: spec.name,
-            version,
-        }));
-    }
-    let Source::Debian { mirror, .. } = &trial.target.source else {
-        bail!("{} is not a Debian target", trial.target.name);
+    let installed = match (&spec.origin, &trial.target.source) {
+        (Origin::Target, _) => {
+            let version = ready.versions.get(&spec.name).cloned().unwrap_or_default();
+            return Ok(Ok(RuntimeUse {
+                name: spec.name.clone(),
+                podman_arg: spec.name,
+                version,
+            }));
+        }
+        (Origin::Suite(_), Source::Debian { mirror, .. }) => {
+            let fetched = runtimes::fetch(&spec, mirror, events)
+                .with_context(|| format!("fetching {spec}"))?;
+            runtimes::install(&vm.guest, &spec, Some(&fetched), ECHO_IMAGE)?
+        }
+        (Origin::Version(_), Source::Fedora { .. }) => {
+            let key = trial
+                .target
+                .package_key()
+                .with_context(|| format!("{}: dnf packages need the release key (`checksum_key`) to check their signatures", trial.target.name))?;
+            let fetched = dnf::fetch(&vm.guest, &trial.target.name, &spec, &key, events)
+                .with_context(|| format!("fetching {spec} with dnf"))?;
+            dnf::install(&vm.guest, &fetched, ECHO_IMAGE)?
+        }
+        _ => bail!(
+            "{}",
+            spec.refusal(&trial.target).unwrap_or_else(|| format!(
+                "runtime {spec} cannot be used on {}",
+                trial.target.name
+            ))
+        ),
     };
-    let fetched =
-        runtimes::fetch(&spec, mirror, events).with_context(|| format!("fetching {spec}"))?;
-    let installed = runtimes::install(&vm.guest, &spec, Some(&fetched), ECHO_IMAGE)?;
     Ok(installed.map(|i| RuntimeUse {
         name: spec.name.clone(),
         podman_arg: i.podman_arg,

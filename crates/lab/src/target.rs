@@ -50,7 +50,8 @@ pub enum Source {
         image_url: String,
         checksum_url: String,
         /// The release key (a binary keyring, relative to the target file) that signs the
-        /// CHECKSUM file; checked with gpgv where it is installed.
+        /// CHECKSUM file (checked with gpgv where it is installed) and the release's
+        /// packages (checked with rpmkeys for `NAME@VERSION` runtimes).
         #[serde(default)]
         checksum_key: Option<String>,
     },
@@ -149,6 +150,17 @@ impl Target {
 
     pub fn is_debian(&self) -> bool {
         matches!(self.source, Source::Debian { .. })
+    }
+
+    /// The key that signs this target's packages, as a path: a Fedora release key.
+    pub fn package_key(&self) -> Option<PathBuf> {
+        match &self.source {
+            Source::Fedora {
+                checksum_key: Some(key),
+                ..
+            } => Some(self.file.parent().unwrap_or(Path::new(".")).join(key)),
+            _ => None,
+        }
     }
 }
 

@@ -89,7 +89,6 @@ fn vm_config(
         disk: disk.to_path_buf(),
         ssh_port: qemu::free_port()?,
         console_log: dir.join("console.log"),
-        qmp_socket: dir.join("qmp.sock"),
         incoming,
         extra_drives: Vec::new(),
     })
@@ -165,7 +164,6 @@ fn make_ready(
     qemu.qmp
         .save_state(&s.join("state.mig"), Duration::from_secs(300))?;
     qemu.quit()?;
-    let _ = std::fs::remove_file(s.join("qmp.sock"));
     step.done();
     stage.publish(versions)
 }
@@ -288,6 +286,5 @@ impl Drop for TrialVm {
         self.qemu.shutdown();
         let _ = std::fs::remove_file(&self.overlay);
         crate::cleanup::unregister(&self.overlay);
-        let _ = std::fs::remove_file(self.dir.join("qmp.sock"));
     }
 }
