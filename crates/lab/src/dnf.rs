@@ -33,6 +33,34 @@ pub struct Fetched {
     pub rpms: Vec<PathBuf>,
 }
 
+/// dnf 4 (Debian's, older Fedora) or dnf5 (Fedora 41 and later): a few options differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    Dnf4,
+    Dnf5,
+}
+
+impl Flavor {
+    /// From the first line of `dnf --version`: `dnf5 version 5.2.16.0` or `4.23.0`.
+    pub fn from_version(output: &str) -> Flavor {
+        if output.lines().next().unwrap_or_default().contains("dnf5") {
+            Flavor::Dnf5
+        } else {
+            Flavor::Dnf4
+        }
+    }
+
+    /// The command that installs local package files and nothing from the repositories,
+    /// without dnf's own signature check (the host checked them; see the module doc).
+    pub fn install_local(self, files: &str) -> String {
+        let (no_repos, no_gpg) = match self {
+            Flavor::Dnf4 => ("--disablerepo='*'", "--nogpgcheck"),
+            Flavor::Dnf5 => ("--disable-repo='*'", "--no-gpgchecks"),
+        };
+        format!("dnf -q -y {no_repos} {no_gpg} --setopt=install_weak_deps=False install {files}")
+    }
+}
+
 /// The non-empty lines of a `repoquery --queryformat '...\n'` (dnf4 adds a newline of its
 /// own after each entry, dnf5 does not).
 pub fn query_lines(output: &str) -> Vec<String> {
@@ -195,7 +223,7 @@ pub fn fetch(
     let t = Duration::from_secs(900);
     guest.root_ok(
         &format!(
-            "rm -rf {GUEST_DIR} && mkdir -p {GUEST_DIR} && dnf -q -y download --resolve --arch={ARCHES} --destdir {GUEST_DIR} {nevra}"
+            "rm -rf {GUEST_DIR} && mkdir -p {GUEST_DIR} && dnf -q -y download --resolve --destdir {GUEST_DIR} {nevra}"
         ),
         t,
     )?;
@@ -231,14 +259,11 @@ pub fn install(
         let name = rpm.file_name().unwrap_or_default().to_string_lossy();
         guest.copy_in(rpm, &format!("{GUEST_DIR}/{name}"), 0o644)?;
     }
+    let version = guest.root_ok("dnf --version", t)?;
+    let flavor = Flavor::from_version(&version.stdout);
     // Signatures were checked on the host against the key in vm/keys; dnf installs from
     // the local files alone, so what runs is what was checked.
-    let out = guest.root(
-        &format!(
-            "dnf -q -y --disablerepo='*' --nogpgcheck --setopt=install_weak_deps=False install {GUEST_DIR}/*.rpm"
-        ),
-        t,
-    )?;
+    let out = guest.root(&flavor.install_local(&format!("{GUEST_DIR}/*.rpm")), t)?;
     if !out.success() {
         let why = format!(
             "{spec}: dnf cannot install {} on this guest: {}",
@@ -284,6 +309,25 @@ mod tests {
     #[case("", false)]
     fn checksig_output(#[case] out: &str, #[case] ok: bool) {
         assert_eq!(signature_ok(out), ok);
+    }
+
+    #[rstest]
+    #[case("dnf5 version 5.2.16.0\ndnf5 plugin API version 2.0\n", Flavor::Dnf5)]
+    #[case("4.23.0\n  Installed: dnf-0:4.23.0-1.noarch\n", Flavor::Dnf4)]
+    fn dnf_flavors(#[case] out: &str, #[case] flavor: Flavor) {
+        assert_eq!(Flavor::from_version(out), flavor);
+    }
+
+    #[test]
+    fn local_installs_use_each_flavors_options() {
+        assert_eq!(
+            Flavor::Dnf4.install_local("/d/*.rpm"),
+            "dnf -q -y --disablerepo='*' --nogpgcheck --setopt=install_weak_deps=False install /d/*.rpm"
+        );
+        assert_eq!(
+            Flavor::Dnf5.install_local("/d/*.rpm"),
+            "dnf -q -y --disable-repo='*' --no-gpgchecks --setopt=install_weak_deps=False install /d/*.rpm"
+        );
     }
 
     #[test]
