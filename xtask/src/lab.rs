@@ -296,5 +296,70 @@ pub fn matrix(root: &Path, targets: &[String], runtimes: &[String]) -> Result<St
             include.push(serde_json::json!({ "target": target.name, "runtime": r }));
         }
     }
+    if include.is_empty() {
+        bail!(
+            "no target in vm/ can run {} (a Debian suite needs a Debian target, a version a Fedora one)",
+            runtimes.join(", ")
+        );
+    }
     Ok(serde_json::json!({ "include": include }).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> &'static Path {
+        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+    }
+
+    fn jobs(targets: &[&str], runtimes: &[&str]) -> Result<Vec<(String, String)>> {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let json: serde_json::Value =
+            serde_json::from_str(&matrix(root(), &s(targets), &s(runtimes))?)?;
+        Ok(json["include"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| {
+                (
+                    j["target"].as_str().unwrap().to_string(),
+                    j["runtime"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect())
+    }
+
+    #[test]
+    fn suites_go_to_debian_targets_and_versions_to_fedora_ones() {
+        let j = jobs(&[], &["runc@bookworm", "crun@1.24"]).unwrap();
+        assert!(
+            j.contains(&("debian-13".into(), "runc@bookworm".into())),
+            "{j:?}"
+        );
+        assert!(
+            j.contains(&("fedora-43".into(), "crun@1.24".into())),
+            "{j:?}"
+        );
+        assert!(
+            !j.iter()
+                .any(|(t, r)| t.starts_with("fedora") && r == "runc@bookworm"),
+            "{j:?}"
+        );
+        assert!(
+            !j.iter()
+                .any(|(t, r)| t.starts_with("debian") && r == "crun@1.24"),
+            "{j:?}"
+        );
+    }
+
+    #[test]
+    fn an_empty_matrix_is_an_error() {
+        let e = jobs(&["debian-13"], &["crun@1.24"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no target in vm/ can run crun@1.24"), "{e}");
+        let e = jobs(&["nope"], &[]).unwrap_err().to_string();
+        assert!(e.contains("no target \"nope\""), "{e}");
+    }
 }
