@@ -170,3 +170,51 @@ pub fn echo(sh: &Shell, root: &Path, opts: &EchoBenchOptions) -> Result<()> {
     println!("\ntable written to {}", out_dir.join("echo.md").display());
     Ok(())
 }
+
+/// `cargo xtask bench methods`: the inbound networking methods in one guest (see
+/// `lab::netbench`). Writes `summary.md` and `samples.json` beside the guest's logs.
+pub fn methods(
+    sh: &Shell,
+    root: &Path,
+    target: &str,
+    runtime: &str,
+    opts: &lab::netbench::Options,
+) -> Result<()> {
+    host::ensure(sh, host::LAB)?;
+    let target = lab::target::find(&root.join("vm"), target)?;
+    if !target.runtimes.iter().any(|r| r == runtime) {
+        anyhow::bail!(
+            "target {} has no runtime {runtime:?}; it has {}",
+            target.name,
+            target.runtimes.join(", ")
+        );
+    }
+    lab::cleanup::install_handler();
+    let bins = statics::build(sh, root)?;
+    let events = lab::events::Events::new(vec![Box::new(lab::events::ConsoleReporter::new())]);
+    let ready = lab::vm::ensure_ready(&target, &bins, &events)?;
+    let dir = lab::run::new_run_dir(root)?.join("bench-methods");
+    let vm = lab::vm::TrialVm::start(&ready, &dir, &events)?;
+    let samples = lab::netbench::run(&vm, runtime, opts, &events)
+        .with_context(|| format!("the benchmark failed; logs in {}", dir.display()))?;
+    drop(vm);
+    let version = |k: &str| ready.versions.get(k).cloned().unwrap_or_else(|| "?".into());
+    let context = format!(
+        "{} under {}, {runtime} {}, podman {}",
+        target.name,
+        lab::qemu::detect_accel().name(),
+        version(runtime),
+        version("podman")
+    );
+    let table = lab::netbench::table(&samples, opts, &context);
+    std::fs::write(dir.join("summary.md"), &table)?;
+    std::fs::write(
+        dir.join("samples.json"),
+        serde_json::to_string_pretty(&samples)?,
+    )?;
+    println!(
+        "\n{table}\n(written to {})",
+        dir.join("summary.md").display()
+    );
+    Ok(())
+}

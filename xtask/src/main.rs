@@ -127,6 +127,25 @@ enum BenchWhat {
         #[arg(long, value_delimiter = ',', default_value = "1,16")]
         connections: Vec<usize>,
     },
+    /// Article 003's performance column: echo round trips from a client namespace to the
+    /// echo server behind each rootless inbound method (socket activation, host, pasta,
+    /// slirp4netns with each port handler), as ratios to the server run directly on the
+    /// guest.
+    Methods {
+        #[arg(long, default_value = "debian-13")]
+        target: String,
+        /// The target's own runc or crun.
+        #[arg(long, default_value = "crun")]
+        runtime: String,
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 16384)]
+        size: usize,
+        #[arg(long, default_value_t = 1)]
+        connections: usize,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
 }
 
 fn project_root() -> PathBuf {
@@ -202,6 +221,28 @@ fn run(cli: Cli) -> Result<()> {
                 size,
                 rounds: rounds.max(1),
                 connections,
+            },
+        ),
+        Command::Bench {
+            what:
+                BenchWhat::Methods {
+                    target,
+                    runtime,
+                    seconds,
+                    size,
+                    connections,
+                    rounds,
+                },
+        } => bench::methods(
+            &sh,
+            &root,
+            &target,
+            &runtime,
+            &::lab::netbench::Options {
+                seconds,
+                size,
+                connections: connections.max(1),
+                rounds: rounds.max(1),
             },
         ),
         Command::Image { tag } => {

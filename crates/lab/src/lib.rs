@@ -8,6 +8,7 @@ pub mod events;
 pub mod fedora;
 pub mod guest;
 pub mod image;
+pub mod netbench;
 pub mod proc;
 pub mod qemu;
 pub mod qmp;

@@ -736,6 +736,24 @@ fn systemctl(vm: &TrialVm, scope: Scope, args: &str) -> Result<crate::proc::Outp
     }
 }
 
+/// The guest address a client in the `client` namespace reaches the guest at.
+pub const CLIENT_NETNS_SERVER: &str = "192.0.2.1";
+
+/// A network namespace `client` on a veth pair: the guest end is
+/// [`CLIENT_NETNS_SERVER`]/24, the client end 192.0.2.10/24, so a client there arrives
+/// from outside the guest's loopback, as a remote client would.
+pub fn add_client_netns(g: &crate::guest::Guest) -> Result<()> {
+    g.root_ok(
+        &format!(
+            "set -e; ip netns add client; ip link add lab0 type veth peer name lab1; ip link set lab1 netns client; \
+             ip addr add {CLIENT_NETNS_SERVER}/24 dev lab0; ip link set lab0 up; ip -n client addr add 192.0.2.10/24 dev lab1; \
+             ip -n client link set lab1 up; ip -n client link set lo up; ip -n client route add default via {CLIENT_NETNS_SERVER}"
+        ),
+        Duration::from_secs(120),
+    )?;
+    Ok(())
+}
+
 fn install(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> Result<()> {
     let g = &vm.guest;
     let t = Duration::from_secs(120);
@@ -758,12 +776,7 @@ fn install(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> Result<()> {
         )?;
     }
     if scenario.prepare.client_netns {
-        g.root_ok(
-            "set -e; ip netns add client; ip link add lab0 type veth peer name lab1; ip link set lab1 netns client; \
-             ip addr add 192.0.2.1/24 dev lab0; ip link set lab0 up; ip -n client addr add 192.0.2.10/24 dev lab1; \
-             ip -n client link set lab1 up; ip -n client link set lo up; ip -n client route add default via 192.0.2.1",
-            t,
-        )?;
+        add_client_netns(g)?;
     }
     let (dir, owner) = unit_dir(vm, scenario.scope);
     let write = |name: &str, text: &str, dir: &str| -> Result<()> {

@@ -1,0 +1,430 @@
+//! Article 003's "native performance" column, measured. One guest serves the echo server
+//! behind each rootless inbound method (socket activation, pasta, slirp4netns with each
+//! port handler, host networking) and, as the baseline, directly on the guest without a
+//! container. A client in the `client` network namespace (a veth pair, so its traffic
+//! arrives from outside the guest's loopback, as a remote client's does) runs the same
+//! `echo-probe bench` against each, in rounds whose order rotates; the report is medians
+//! and their ratios to the baseline, all from one run (absolute numbers from different
+//! runs, or from TCG and KVM, are not comparable).
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::events::{Event, Events};
+use crate::scenario::{CLIENT_NETNS_SERVER, ECHO_IMAGE, add_client_netns};
+use crate::units::{Listen, ServiceUnit, SocketUnit};
+use crate::vm::TrialVm;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Direct,
+    SocketActivation,
+    Host,
+    Pasta,
+    SlirpRootlesskit,
+    SlirpSlirp,
+}
+
+/// One inbound method: how its server starts and the port the client reaches it on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Method {
+    pub kind: Kind,
+    pub name: &'static str,
+    pub port: u16,
+    /// What article 003 says: "no slowdown compared to running directly on the host".
+    pub article_native: Option<bool>,
+}
+
+pub const BASELINE: &str = "directly on the guest";
+
+pub const METHODS: [Method; 6] = [
+    Method {
+        kind: Kind::Direct,
+        name: BASELINE,
+        port: 4100,
+        article_native: None,
+    },
+    Method {
+        kind: Kind::SocketActivation,
+        name: "socket activation (user service)",
+        port: 4101,
+        article_native: Some(true),
+    },
+    Method {
+        kind: Kind::Host,
+        name: "host",
+        port: 4102,
+        article_native: Some(true),
+    },
+    Method {
+        kind: Kind::Pasta,
+        name: "pasta",
+        port: 4103,
+        article_native: Some(false),
+    },
+    Method {
+        kind: Kind::SlirpRootlesskit,
+        name: "slirp4netns port_handler=rootlesskit",
+        port: 4104,
+        article_native: Some(false),
+    },
+    Method {
+        kind: Kind::SlirpSlirp,
+        name: "slirp4netns port_handler=slirp4netns",
+        port: 4105,
+        article_native: Some(false),
+    },
+];
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub seconds: f64,
+    pub size: usize,
+    pub connections: usize,
+    pub rounds: usize,
+}
+
+/// What `echo-probe bench --json` reports (the fields used here).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Measurement {
+    pub mib_per_s: f64,
+    pub round_trips_per_s: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    #[serde(default)]
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Sample {
+    pub method: String,
+    pub round: usize,
+    pub measurement: Measurement,
+}
+
+const UNIT: &str = "bench-echo";
+
+/// The socket and service of the socket-activation method: the lab's usual
+/// `podman run --network=none` service behind a TCP listener.
+fn socket_activation_units(runtime: &str, port: u16) -> Result<(String, String)> {
+    let socket = SocketUnit {
+        description: "socket-activation-lab bench echo".into(),
+        listen: vec![Listen {
+            stream: Some(format!("0.0.0.0:{port}")),
+            datagram: None,
+            seqpacket: None,
+        }],
+        options: vec![],
+    };
+    let service = ServiceUnit {
+        description: "socket-activation-lab bench echo".into(),
+        socket: Some(format!("{UNIT}.socket")),
+        unit_options: vec![],
+        service_options: vec![
+            ("Type".into(), "notify".into()),
+            ("NotifyAccess".into(), "all".into()),
+        ],
+        exec_start: [
+            "/usr/bin/podman",
+            "run",
+            "--rm",
+            "--replace",
+            "--name",
+            UNIT,
+            "--cgroups=no-conmon",
+            "--sdnotify=conmon",
+            "--runtime",
+            runtime,
+            "--network=none",
+            "--pull=never",
+            ECHO_IMAGE,
+        ]
+        .map(String::from)
+        .to_vec(),
+    };
+    Ok((
+        socket.render().map_err(anyhow::Error::msg)?,
+        service.render().map_err(anyhow::Error::msg)?,
+    ))
+}
+
+/// The command (as the test user) that starts `method`'s server.
+pub fn start_command(method: &Method, runtime: &str) -> String {
+    let p = method.port;
+    let run = |net: &str, publish: bool| {
+        let (publish, listen) = if publish {
+            (format!(" -p {p}:3000"), "tcp:0.0.0.0:3000".to_string())
+        } else {
+            (String::new(), format!("tcp:0.0.0.0:{p}"))
+        };
+        format!(
+            "podman run -d --name bench-{p} --runtime {runtime} --pull=never --network={net}{publish} {ECHO_IMAGE} --listen {listen}"
+        )
+    };
+    match method.kind {
+        Kind::Direct => format!(
+            "systemd-run --user --quiet --collect --unit=bench-direct /usr/local/bin/socket-activate-echo --listen tcp:0.0.0.0:{p}"
+        ),
+        // The port is in the socket unit.
+        Kind::SocketActivation => {
+            format!("systemctl --user daemon-reload && systemctl --user start {UNIT}.socket")
+        }
+        Kind::Host => run("host", false),
+        Kind::Pasta => run("pasta", true),
+        Kind::SlirpRootlesskit => run("slirp4netns:port_handler=rootlesskit", true),
+        Kind::SlirpSlirp => run("slirp4netns:port_handler=slirp4netns", true),
+    }
+}
+
+/// Rounds of methods, each round in a different order, so that no method is always
+/// measured first or last (a warm or tired guest).
+pub fn schedule(methods: &[Method], rounds: usize) -> Vec<(usize, Method)> {
+    let mut out = Vec::new();
+    for r in 0..rounds {
+        for i in 0..methods.len() {
+            out.push((r + 1, methods[(i + r) % methods.len()]));
+        }
+    }
+    out
+}
+
+/// Starts every method's server in `vm` and checks each answers from the client namespace.
+fn start_all(vm: &TrialVm, runtime: &str, events: &Events) -> Result<()> {
+    let g = &vm.guest;
+    let t = Duration::from_secs(180);
+    add_client_netns(g)?;
+    let port = METHODS
+        .iter()
+        .find(|m| m.kind == Kind::SocketActivation)
+        .map_or(0, |m| m.port);
+    let (socket, service) = socket_activation_units(runtime, port)?;
+    let dir = format!("/home/{}/.config/systemd/user", g.user.name);
+    let owner = Some(g.user.name.as_str());
+    g.write_file(
+        &format!("{dir}/{UNIT}.socket"),
+        socket.as_bytes(),
+        owner,
+        0o644,
+    )?;
+    g.write_file(
+        &format!("{dir}/{UNIT}.service"),
+        service.as_bytes(),
+        owner,
+        0o644,
+    )?;
+    for m in &METHODS {
+        let step = events.step(m.name, "starting the server");
+        g.user_ok(&start_command(m, runtime), t)
+            .with_context(|| format!("starting {}", m.name))?;
+        // The first connection also starts the socket-activated container; forwarders
+        // take a moment to listen.
+        let warm = format!(
+            "for i in $(seq 60); do ip netns exec client echo-probe tcp4:{CLIENT_NETNS_SERVER}:{} --send warm --timeout 20 >/dev/null && exit 0; sleep 1; done; exit 1",
+            m.port
+        );
+        g.root_ok(&warm, Duration::from_secs(1500))
+            .with_context(|| format!("{} never answered on port {}", m.name, m.port))?;
+        step.done();
+    }
+    Ok(())
+}
+
+/// Runs the benchmark in `vm` (restored from the ready state; the caller owns it).
+pub fn run(vm: &TrialVm, runtime: &str, opts: &Options, events: &Events) -> Result<Vec<Sample>> {
+    start_all(vm, runtime, events)?;
+    let mut samples = Vec::new();
+    for (round, m) in schedule(&METHODS, opts.rounds) {
+        let cmd = format!(
+            "ip netns exec client echo-probe bench tcp4:{CLIENT_NETNS_SERVER}:{} --connections {} --seconds {} --size {} --json",
+            m.port, opts.connections, opts.seconds, opts.size
+        );
+        let out = vm
+            .guest
+            .root_ok(&cmd, Duration::from_secs_f64(opts.seconds + 120.0))?;
+        let measurement: Measurement = serde_json::from_str(out.stdout.trim())
+            .with_context(|| format!("echo-probe bench printed {:?}", out.stdout))?;
+        if !measurement.errors.is_empty() {
+            bail!(
+                "{} (round {round}): the benchmark's connections failed: {}",
+                m.name,
+                measurement.errors.join("; ")
+            );
+        }
+        events.emit(Event::Note {
+            target: m.name.into(),
+            text: format!(
+                "round {round}: {:.1} MiB/s, {:.0} round trips/s, p99 {:.0} µs",
+                measurement.mib_per_s, measurement.round_trips_per_s, measurement.p99_us
+            ),
+        });
+        samples.push(Sample {
+            method: m.name.into(),
+            round,
+            measurement,
+        });
+    }
+    Ok(samples)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// The report: per method, the medians over rounds and throughput as a ratio to the
+/// baseline, beside what the article claims.
+pub fn table(samples: &[Sample], opts: &Options, context: &str) -> String {
+    let mut by_method: BTreeMap<&str, Vec<&Measurement>> = BTreeMap::new();
+    for s in samples {
+        by_method
+            .entry(s.method.as_str())
+            .or_default()
+            .push(&s.measurement);
+    }
+    let med = |name: &str, f: fn(&Measurement) -> f64| {
+        median(
+            by_method
+                .get(name)
+                .map(|v| v.iter().map(|m| f(m)).collect())
+                .unwrap_or_default(),
+        )
+    };
+    let base = med(BASELINE, |m| m.mib_per_s);
+    let mut s = String::new();
+    writeln!(
+        s,
+        "## Inbound methods: echo round trips from a client namespace\n\n{context}; {} connection(s), {} B per round trip, {} s per measurement, {} rounds in rotating order; medians.\n",
+        opts.connections, opts.size, opts.seconds, opts.rounds
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "| method | article 003: native performance | MiB/s | vs directly on the guest | round trips/s | p50 µs | p99 µs |\n|---|---|---|---|---|---|---|"
+    )
+    .unwrap();
+    for m in &METHODS {
+        if !by_method.contains_key(m.name) {
+            continue;
+        }
+        let mib = med(m.name, |x| x.mib_per_s);
+        let claim = match m.article_native {
+            None => "(baseline)",
+            Some(true) => "yes",
+            Some(false) => "no",
+        };
+        writeln!(
+            s,
+            "| {} | {claim} | {mib:.1} | {:.2}x | {:.0} | {:.0} | {:.0} |",
+            m.name,
+            mib / base,
+            med(m.name, |x| x.round_trips_per_s),
+            med(m.name, |x| x.p50_us),
+            med(m.name, |x| x.p99_us),
+        )
+        .unwrap();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_round_has_every_method_and_the_first_rotates() {
+        let s = schedule(&METHODS, 3);
+        assert_eq!(s.len(), 18);
+        for r in 1..=3 {
+            let names: std::collections::BTreeSet<_> = s
+                .iter()
+                .filter(|(x, _)| *x == r)
+                .map(|(_, m)| m.name)
+                .collect();
+            assert_eq!(names.len(), METHODS.len());
+        }
+        let firsts: Vec<_> = (0..3).map(|r| s[r * 6].1.name).collect();
+        assert_eq!(firsts, [METHODS[0].name, METHODS[1].name, METHODS[2].name]);
+    }
+
+    #[test]
+    fn servers_listen_where_the_client_connects() {
+        for m in METHODS.iter().filter(|m| m.kind != Kind::SocketActivation) {
+            let c = start_command(m, "crun");
+            assert!(c.contains(&m.port.to_string()), "{c}");
+        }
+        assert!(start_command(&METHODS[3], "runc").contains("--network=pasta -p 4103:3000"));
+        assert!(
+            start_command(&METHODS[5], "runc")
+                .contains("--network=slirp4netns:port_handler=slirp4netns -p 4105:3000")
+        );
+        let (socket, service) = socket_activation_units("crun", 4101).unwrap();
+        assert!(socket.contains("ListenStream=0.0.0.0:4101"), "{socket}");
+        assert!(
+            service.contains("--runtime crun --network=none"),
+            "{service}"
+        );
+    }
+
+    fn sample(method: &str, round: usize, mib: f64) -> Sample {
+        Sample {
+            method: method.into(),
+            round,
+            measurement: Measurement {
+                mib_per_s: mib,
+                round_trips_per_s: mib * 64.0,
+                p50_us: 100.0,
+                p99_us: 300.0,
+                errors: vec![],
+            },
+        }
+    }
+
+    #[test]
+    fn table_reports_medians_as_ratios_to_the_baseline() {
+        let samples = vec![
+            sample(BASELINE, 1, 10.0),
+            sample(BASELINE, 2, 30.0),
+            sample(BASELINE, 3, 20.0),
+            sample("pasta", 1, 5.0),
+            sample("pasta", 2, 4.0),
+            sample("pasta", 3, 100.0),
+        ];
+        let opts = Options {
+            seconds: 3.0,
+            size: 16384,
+            connections: 1,
+            rounds: 3,
+        };
+        let t = table(&samples, &opts, "debian-13, crun 1.21, tcg");
+        assert!(
+            t.contains("| directly on the guest | (baseline) | 20.0 | 1.00x | 1280 |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| pasta | no | 5.0 | 0.25x | 320 | 100 | 300 |"),
+            "{t}"
+        );
+        assert!(
+            !t.contains("host |"),
+            "methods without samples are left out: {t}"
+        );
+        assert!(
+            t.contains("debian-13, crun 1.21, tcg; 1 connection(s), 16384 B"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn medians_of_even_counts_average_the_middle_two() {
+        assert_eq!(median(vec![1.0, 4.0, 2.0, 3.0]), 2.5);
+        assert!(median(vec![]).is_nan());
+    }
+}
