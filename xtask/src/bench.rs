@@ -195,7 +195,7 @@ pub fn methods(
     let ready = lab::vm::ensure_ready(&target, &bins, &events)?;
     let dir = lab::run::new_run_dir(root)?.join("bench-methods");
     let vm = lab::vm::TrialVm::start(&ready, &dir, &events)?;
-    let samples = lab::netbench::run(&vm, runtime, opts, &events)
+    let results = lab::netbench::run(&vm, runtime, opts, &events)
         .with_context(|| format!("the benchmark failed; logs in {}", dir.display()))?;
     drop(vm);
     let version = |k: &str| ready.versions.get(k).cloned().unwrap_or_else(|| "?".into());
@@ -206,11 +206,11 @@ pub fn methods(
         version(runtime),
         version("podman")
     );
-    let table = lab::netbench::table(&samples, opts, &context);
+    let table = lab::netbench::table(&results, opts, &context);
     std::fs::write(dir.join("summary.md"), &table)?;
     std::fs::write(
         dir.join("samples.json"),
-        serde_json::to_string_pretty(&samples)?,
+        serde_json::to_string_pretty(&results)?,
     )?;
     println!(
         "\n{table}\n(written to {})",

@@ -192,8 +192,17 @@ pub fn schedule(methods: &[Method], rounds: usize) -> Vec<(usize, Method)> {
     out
 }
 
-/// Starts every method's server in `vm` and checks each answers from the client namespace.
-fn start_all(vm: &TrialVm, runtime: &str, events: &Events) -> Result<()> {
+/// A method whose server could not start on this guest (pasta needs podman >= 4.4), with
+/// the error.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Unavailable {
+    pub method: String,
+    pub why: String,
+}
+
+/// Starts every method's server in `vm` and checks each answers from the client
+/// namespace; returns the methods that did not.
+fn start_all(vm: &TrialVm, runtime: &str, events: &Events) -> Result<Vec<Unavailable>> {
     let g = &vm.guest;
     let t = Duration::from_secs(180);
     add_client_netns(g)?;
@@ -216,28 +225,56 @@ fn start_all(vm: &TrialVm, runtime: &str, events: &Events) -> Result<()> {
         owner,
         0o644,
     )?;
+    let mut unavailable = Vec::new();
     for m in &METHODS {
         let step = events.step(m.name, "starting the server");
-        g.user_ok(&start_command(m, runtime), t)
-            .with_context(|| format!("starting {}", m.name))?;
+        let started = g.user(&start_command(m, runtime), t)?;
+        if !started.success() {
+            let why = crate::proc::tail(started.combined().trim(), 3);
+            events.emit(Event::Note {
+                target: m.name.into(),
+                text: format!("unavailable on this guest: {why}"),
+            });
+            unavailable.push(Unavailable {
+                method: m.name.into(),
+                why,
+            });
+            continue;
+        }
         // The first connection also starts the socket-activated container; forwarders
         // take a moment to listen.
         let warm = format!(
             "for i in $(seq 60); do ip netns exec client echo-probe tcp4:{CLIENT_NETNS_SERVER}:{} --send warm --timeout 20 >/dev/null && exit 0; sleep 1; done; exit 1",
             m.port
         );
+        // A server that started but never answers is a failure, not an absence.
         g.root_ok(&warm, Duration::from_secs(1500))
-            .with_context(|| format!("{} never answered on port {}", m.name, m.port))?;
+            .with_context(|| format!("{} started but never answered on port {}", m.name, m.port))?;
         step.done();
     }
-    Ok(())
+    Ok(unavailable)
+}
+
+/// What a run measured.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Results {
+    pub samples: Vec<Sample>,
+    pub unavailable: Vec<Unavailable>,
 }
 
 /// Runs the benchmark in `vm` (restored from the ready state; the caller owns it).
-pub fn run(vm: &TrialVm, runtime: &str, opts: &Options, events: &Events) -> Result<Vec<Sample>> {
-    start_all(vm, runtime, events)?;
+pub fn run(vm: &TrialVm, runtime: &str, opts: &Options, events: &Events) -> Result<Results> {
+    let unavailable = start_all(vm, runtime, events)?;
+    if unavailable.iter().any(|u| u.method == BASELINE) {
+        bail!("the baseline server did not start: {unavailable:?}");
+    }
+    let available: Vec<Method> = METHODS
+        .iter()
+        .filter(|m| !unavailable.iter().any(|u| u.method == m.name))
+        .copied()
+        .collect();
     let mut samples = Vec::new();
-    for (round, m) in schedule(&METHODS, opts.rounds) {
+    for (round, m) in schedule(&available, opts.rounds) {
         let cmd = format!(
             "ip netns exec client echo-probe bench tcp4:{CLIENT_NETNS_SERVER}:{} --connections {} --seconds {} --size {} --json",
             m.port, opts.connections, opts.seconds, opts.size
@@ -267,7 +304,10 @@ pub fn run(vm: &TrialVm, runtime: &str, opts: &Options, events: &Events) -> Resu
             measurement,
         });
     }
-    Ok(samples)
+    Ok(Results {
+        samples,
+        unavailable,
+    })
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -281,9 +321,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// The report: per method, the medians over rounds and throughput as a ratio to the
 /// baseline, beside what the article claims.
-pub fn table(samples: &[Sample], opts: &Options, context: &str) -> String {
+pub fn table(results: &Results, opts: &Options, context: &str) -> String {
     let mut by_method: BTreeMap<&str, Vec<&Measurement>> = BTreeMap::new();
-    for s in samples {
+    for s in &results.samples {
         by_method
             .entry(s.method.as_str())
             .or_default()
@@ -311,15 +351,20 @@ pub fn table(samples: &[Sample], opts: &Options, context: &str) -> String {
     )
     .unwrap();
     for m in &METHODS {
-        if !by_method.contains_key(m.name) {
-            continue;
-        }
-        let mib = med(m.name, |x| x.mib_per_s);
         let claim = match m.article_native {
             None => "(baseline)",
             Some(true) => "yes",
             Some(false) => "no",
         };
+        if let Some(u) = results.unavailable.iter().find(|u| u.method == m.name) {
+            let why = u.why.replace('\n', " ").replace('|', "\\|");
+            writeln!(s, "| {} | {claim} | unavailable: {why} | | | | |", m.name).unwrap();
+            continue;
+        }
+        if !by_method.contains_key(m.name) {
+            continue;
+        }
+        let mib = med(m.name, |x| x.mib_per_s);
         writeln!(
             s,
             "| {} | {claim} | {mib:.1} | {:.2}x | {:.0} | {:.0} | {:.0} |",
@@ -403,11 +448,27 @@ mod tests {
             connections: 1,
             rounds: 3,
         };
-        let t = table(&samples, &opts, "debian-13, crun 1.21, tcg");
+        let results = Results {
+            samples,
+            unavailable: vec![Unavailable {
+                method: "pasta".into(),
+                why: "Error: unknown network mode | pasta".into(),
+            }],
+        };
+        let t = table(&results, &opts, "debian-13, crun 1.21, tcg");
         assert!(
             t.contains("| directly on the guest | (baseline) | 20.0 | 1.00x | 1280 |"),
             "{t}"
         );
+        assert!(
+            t.contains("| pasta | no | unavailable: Error: unknown network mode \\| pasta |"),
+            "{t}"
+        );
+        let measured = Results {
+            samples: results.samples.clone(),
+            unavailable: vec![],
+        };
+        let t = table(&measured, &opts, "x");
         assert!(
             t.contains("| pasta | no | 5.0 | 0.25x | 320 | 100 | 300 |"),
             "{t}"
@@ -417,7 +478,7 @@ mod tests {
             "methods without samples are left out: {t}"
         );
         assert!(
-            t.contains("debian-13, crun 1.21, tcg; 1 connection(s), 16384 B"),
+            t.contains("x; 1 connection(s), 16384 B per round trip"),
             "{t}"
         );
     }
