@@ -73,8 +73,11 @@ fn main() -> anyhow::Result<()> {
         std::fs::create_dir_all(&run_dir)?;
     }
     let events = Events::new(vec![Box::new(ConsoleReporter::new())]);
-    // One ready state per target per process, made at the first trial that needs it.
-    let readies: Arc<Mutex<HashMap<String, Arc<Ready>>>> = Arc::default();
+    // One ready state per target per process, made at the first trial that needs it. A
+    // failure is remembered too: the target's other trials fail at once with it instead
+    // of building the image again.
+    type Readies = HashMap<String, Result<Arc<Ready>, String>>;
+    let readies: Arc<Mutex<Readies>> = Arc::default();
 
     let trials: Vec<Trial> = planned
         .into_iter()
@@ -94,16 +97,31 @@ fn main() -> anyhow::Result<()> {
                     let mut map = readies
                         .lock()
                         .map_err(|_| Failed::from("ready-state lock poisoned"))?;
-                    match map.get(&trial.target.name) {
-                        Some(r) => r.clone(),
-                        None => {
-                            let r = Arc::new(
-                                vm::ensure_ready(&trial.target, &bins, &events).map_err(|e| {
-                                    Failed::from(format!("preparing {}: {e:#}", trial.target.name))
-                                })?,
-                            );
-                            map.insert(trial.target.name.clone(), r.clone());
-                            r
+                    let name = &trial.target.name;
+                    let fresh = !map.contains_key(name);
+                    let r = map.entry(name.clone()).or_insert_with(|| {
+                        vm::ensure_ready(&trial.target, &bins, &events)
+                            .map(Arc::new)
+                            .map_err(|e| format!("preparing {name}: {e:#}"))
+                    });
+                    match r {
+                        Ok(r) => r.clone(),
+                        Err(e) => {
+                            // The first trial gets the whole error; the rest refer to it.
+                            let why = if fresh {
+                                e.clone()
+                            } else {
+                                let mut lines = e.lines().filter(|l| !l.trim().is_empty());
+                                let first = lines.next().unwrap_or_default();
+                                let last = lines.last().unwrap_or_default();
+                                format!(
+                                    "{first} ... {last} (failed earlier in this run; the first trial of {name} has the whole error)"
+                                )
+                            };
+                            let result = run::not_started(&trial, &run_dir, &why);
+                            lab::report::write_trial(&result)
+                                .map_err(|e| Failed::from(format!("{e:#}")))?;
+                            return Err(Failed::from(why));
                         }
                     }
                 };

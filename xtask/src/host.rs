@@ -165,3 +165,117 @@ pub fn ensure_pypi(sh: &Shell, tools: &[(&str, &str)]) -> Result<()> {
     }
     Ok(())
 }
+
+/// `cargo xtask doctor`: reports, never installs. Fails when something the lab cannot
+/// work without is missing and `cargo xtask test` would not fix it by itself.
+pub fn doctor(sh: &Shell) -> Result<()> {
+    let mut blocking = Vec::new();
+    let root = is_root();
+    println!(
+        "root:          {}",
+        if root {
+            "yes (missing host packages are installed with apt-get when needed)"
+        } else {
+            "no (mmdebstrap and apt-get need root: run the lab with sudo)"
+        }
+    );
+    if !root {
+        blocking.push("not root");
+    }
+    let accel = lab::qemu::detect_accel();
+    println!(
+        "accelerator:   {} ({})",
+        accel.name(),
+        lab::qemu::accel_reason(accel)
+    );
+    let missing: Vec<String> = LAB
+        .iter()
+        .chain([&SOCKET_ACTIVATE])
+        .filter(|t| !on_path(t.command))
+        .map(|t| format!("{} (package {})", t.command, t.package))
+        .collect();
+    if missing.is_empty() {
+        println!("host tools:    all {} present", LAB.len() + 1);
+    } else {
+        println!("host tools:    missing {}", missing.join(", "));
+        if !root {
+            blocking.push("host tools missing");
+        }
+    }
+    let targets = cmd!(sh, "rustup target list --installed")
+        .quiet()
+        .ignore_stderr()
+        .read()
+        .unwrap_or_default();
+    println!(
+        "static build:  {}",
+        if targets
+            .lines()
+            .any(|l| l.trim() == "x86_64-unknown-linux-musl")
+        {
+            "x86_64-unknown-linux-musl installed"
+        } else {
+            "x86_64-unknown-linux-musl missing (added with rustup when needed; else glibc +crt-static)"
+        }
+    );
+    let cache = lab::cache::root();
+    let entries = lab::cache::entries().unwrap_or_default();
+    let size: u64 = entries.iter().map(|(_, s, _)| s).sum();
+    let incomplete = entries.iter().filter(|(_, _, ok)| !ok).count();
+    println!(
+        "cache:         {} ({:.1} GiB in {} entries{})",
+        cache.display(),
+        size as f64 / (1u64 << 30) as f64,
+        entries.len(),
+        if incomplete > 0 {
+            format!(", {incomplete} incomplete: rebuilt on use")
+        } else {
+            String::new()
+        }
+    );
+    let existing = cache
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(std::path::Path::new("/"))
+        .to_path_buf();
+    let avail = cmd!(sh, "df -B1 --output=avail {existing}")
+        .quiet()
+        .read()
+        .ok()
+        .and_then(|out| {
+            out.lines()
+                .nth(1)
+                .and_then(|l| l.trim().parse::<u64>().ok())
+        });
+    match avail {
+        Some(bytes) => {
+            let gib = bytes as f64 / (1u64 << 30) as f64;
+            // An image and its ready state take about 1.5 GiB; every trial adds an overlay.
+            let note = if gib < 5.0 {
+                " (low: a target needs ~1.5 GiB, a run a few more)"
+            } else {
+                ""
+            };
+            println!(
+                "free disk:     {gib:.1} GiB at {}{note}",
+                existing.display()
+            );
+        }
+        None => println!(
+            "free disk:     unknown (df failed on {})",
+            existing.display()
+        ),
+    }
+    let tmp = std::env::temp_dir();
+    println!(
+        "socket dir:    {} (QEMU's QMP socket path: {} of 107 bytes)",
+        tmp.display(),
+        tmp.join("sal-qemu-XXXXXX/qmp.sock").as_os_str().len()
+    );
+    if blocking.is_empty() {
+        println!("\nthe lab can run here");
+        Ok(())
+    } else {
+        bail!("the lab cannot run here: {}", blocking.join("; "))
+    }
+}

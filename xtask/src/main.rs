@@ -55,6 +55,9 @@ enum Command {
         #[arg(long)]
         no_vm: bool,
     },
+    /// What this host can do for the lab: root, accelerator, host tools, static target,
+    /// cache and free disk. Changes nothing.
+    Doctor,
     /// The GitHub Actions job matrix as JSON: one job per (target, runtime).
     Matrix {
         /// Only these targets (default: every file in vm/).
@@ -205,6 +208,7 @@ fn run(cli: Cli) -> Result<()> {
             VmWhat::Ssh { target, command } => lab::ssh(&sh, &root, &target, &command),
         },
         Command::Ci { no_vm } => ci(&sh, &root, no_vm),
+        Command::Doctor => host::doctor(&sh),
         Command::Bench {
             what:
                 BenchWhat::Echo {
@@ -342,6 +346,19 @@ fn ci(sh: &Shell, root: &Path, no_vm: bool) -> Result<()> {
         &lab::TestOptions {
             jobs: 1,
             ..Default::default()
+        },
+    )?;
+    step("bench methods, one short round (it must run; its numbers are not judged)");
+    bench::methods(
+        sh,
+        root,
+        "debian-13",
+        "crun",
+        &::lab::netbench::Options {
+            seconds: 1.0,
+            size: 16384,
+            connections: 1,
+            rounds: 1,
         },
     )?;
     eprintln!(

@@ -189,18 +189,39 @@ pub fn debootstrap(
             dir.display()
         ));
     }
+    let allow_expired = allow_expired_release();
+    if allow_expired {
+        // A frozen mirror's sid or testing InRelease is past its Valid-Until; the
+        // signature is still checked.
+        c.arg("--aptopt=Acquire::Check-Valid-Until \"false\"");
+    }
     c.arg(suite).arg(&tar).arg(mirror);
     let out = proc::run(c, None, Duration::from_secs(1800))?;
     std::fs::write(dir.join("mmdebstrap.log"), out.combined())?;
     if !out.success() {
+        let hint = if out.combined().contains("is expired") && !allow_expired {
+            format!(
+                "\nThe mirror serves an expired {suite} InRelease (a frozen mirror or snapshot?). \
+                 Set {ALLOW_EXPIRED_RELEASE}=1 to accept it; its signature is still checked."
+            )
+        } else {
+            String::new()
+        };
         bail!(
-            "mmdebstrap {suite} failed ({}):\n{}",
+            "mmdebstrap {suite} failed ({}):\n{}{hint}",
             out.status,
             proc::tail(&out.combined(), 30)
         );
     }
     step.done();
     Ok(tar)
+}
+
+/// The environment variable that accepts a Debian InRelease past its Valid-Until.
+pub const ALLOW_EXPIRED_RELEASE: &str = "SAL_ALLOW_EXPIRED_RELEASE";
+
+fn allow_expired_release() -> bool {
+    std::env::var(ALLOW_EXPIRED_RELEASE).is_ok_and(|v| v == "1")
 }
 
 /// Turns a root file system tar into `dir/disk.qcow2` (whole-disk ext4) plus `vmlinuz` and

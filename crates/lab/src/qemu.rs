@@ -262,6 +262,26 @@ impl Drop for Qemu {
     }
 }
 
+/// Why [`detect_accel`] chose what it chose, in words.
+pub fn accel_reason(accel: Accel) -> &'static str {
+    if std::env::var_os("SAL_ACCEL").is_some() {
+        return "forced by SAL_ACCEL";
+    }
+    match accel {
+        Accel::Kvm => "/dev/kvm runs a guest",
+        Accel::Tcg
+            if std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/kvm")
+                .is_err() =>
+        {
+            "no /dev/kvm this user can open (guests are 10-20x slower under TCG)"
+        }
+        Accel::Tcg => "/dev/kvm opens but QEMU could not run a guest with it",
+    }
+}
+
 /// KVM only if it really runs a guest: the host here has `/dev/kvm` but QEMU aborts on
 /// the first vCPU run (`failed to set MSR`), so a brief real run decides. Cached per process.
 pub fn detect_accel() -> Accel {

@@ -143,6 +143,25 @@ fn runtime_for(
     }))
 }
 
+/// The FAIL of a trial whose guest could not be prepared (the image did not build), so
+/// that the reports count it.
+pub fn not_started(trial: &Trial, run_dir: &Path, why: &str) -> TrialResult {
+    let name = trial.name();
+    let log_dir = run_dir.join(name.replace("::", "--"));
+    TrialResult {
+        name,
+        scenario: trial.scenario.name.clone(),
+        target: trial.target.name.clone(),
+        runtime: trial.runtime.clone(),
+        outcome: Outcome::Fail,
+        elapsed_s: 0.0,
+        versions: Default::default(),
+        issue: None,
+        detail: why.to_string(),
+        log_dir,
+    }
+}
+
 /// Runs one trial. Anything that goes wrong (the guest did not come up, ssh broke) is a
 /// FAIL with the error, never a crash of the run.
 pub fn run_one(trial: &Trial, ready: &Ready, run_dir: &Path, events: &Events) -> TrialResult {
