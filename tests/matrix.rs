@@ -113,7 +113,7 @@ fn main() -> anyhow::Result<()> {
                             } else {
                                 let mut lines = e.lines().filter(|l| !l.trim().is_empty());
                                 let first = lines.next().unwrap_or_default();
-                                let last = lines.last().unwrap_or_default();
+                                let last = lines.next_back().unwrap_or_default();
                                 format!(
                                     "{first} ... {last} (failed earlier in this run; the first trial of {name} has the whole error)"
                                 )
