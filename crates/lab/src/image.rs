@@ -220,7 +220,7 @@ pub fn debootstrap(
 /// The environment variable that accepts a Debian InRelease past its Valid-Until.
 pub const ALLOW_EXPIRED_RELEASE: &str = "SAL_ALLOW_EXPIRED_RELEASE";
 
-fn allow_expired_release() -> bool {
+pub fn allow_expired_release() -> bool {
     std::env::var(ALLOW_EXPIRED_RELEASE).is_ok_and(|v| v == "1")
 }
 

@@ -120,6 +120,32 @@ impl fmt::Display for RuntimeSpec {
     }
 }
 
+/// Refuses an InRelease past its `Valid-Until` (sid and testing carry one; a frozen mirror
+/// serves an expired one), unless `SAL_ALLOW_EXPIRED_RELEASE=1`: the same rule
+/// mmdebstrap applies to the guests' own packages.
+pub fn check_valid_until(inrelease: &str, now: std::time::SystemTime) -> Result<()> {
+    let Some(value) = inrelease
+        .lines()
+        .take_while(|l| !l.starts_with("-----BEGIN PGP SIGNATURE"))
+        .find_map(|l| l.strip_prefix("Valid-Until:"))
+    else {
+        return Ok(());
+    };
+    // httpdate reads RFC 1123 dates in GMT; Debian writes UTC.
+    let text = value.trim().replace(" UTC", " GMT");
+    let until = httpdate::parse_http_date(&text)
+        .with_context(|| format!("unreadable Valid-Until: {}", value.trim()))?;
+    if until < now && !crate::image::allow_expired_release() {
+        let days = now.duration_since(until).unwrap_or_default().as_secs() / 86400;
+        bail!(
+            "the InRelease expired {days} days ago (Valid-Until: {}); a frozen mirror or snapshot? Set {}=1 to accept it (its signature is still checked)",
+            value.trim(),
+            crate::image::ALLOW_EXPIRED_RELEASE
+        );
+    }
+    Ok(())
+}
+
 /// One stanza of a Packages index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Package {
@@ -237,6 +263,8 @@ fn index(
             text: format!("{KEYRING} missing (package debian-archive-keyring): InRelease signature not checked"),
         });
     }
+    check_valid_until(&inrelease, std::time::SystemTime::now())
+        .with_context(|| inrelease_url.clone())?;
     let rel = "main/binary-amd64/Packages.xz";
     let sha = release_sha256(&inrelease, rel)
         .with_context(|| format!("{inrelease_url} lists no SHA256 for {rel}"))?;
@@ -564,6 +592,26 @@ mod tests {
             p["crun"].filename,
             "pool/main/c/crun/crun_1.8.1-1+deb12u1_amd64.deb"
         );
+    }
+
+    #[test]
+    fn inrelease_valid_until() {
+        let t = |s: &str| httpdate::parse_http_date(s).unwrap();
+        let sid = "-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA256\n\nOrigin: Debian\nDate: Fri, 30 Oct 2026 08:08:01 UTC\nValid-Until: Fri, 06 Nov 2026 08:08:01 UTC\n\n-----BEGIN PGP SIGNATURE-----\n";
+        check_valid_until(sid, t("Thu, 05 Nov 2026 00:00:00 GMT")).unwrap();
+        let e = check_valid_until(sid, t("Mon, 23 Nov 2026 12:00:00 GMT"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("expired 17 days ago (Valid-Until: Fri, 06 Nov 2026 08:08:01 UTC)")
+                && e.contains("SAL_ALLOW_EXPIRED_RELEASE=1"),
+            "{e}"
+        );
+        // Stable suites have no Valid-Until.
+        let bookworm = "Origin: Debian\nDate: Sat, 11 Jul 2026 10:16:37 UTC\n";
+        check_valid_until(bookworm, t("Mon, 23 Nov 2026 12:00:00 GMT")).unwrap();
+        let bad = "Valid-Until: tomorrow\n";
+        assert!(check_valid_until(bad, t("Mon, 23 Nov 2026 12:00:00 GMT")).is_err());
     }
 
     #[test]
