@@ -73,10 +73,15 @@ fn customize_script(target: &Target) -> String {
         .replace("@USER@", &target.user.name)
 }
 
+/// Packages every Debian image gets whatever its target lists: what the customize script
+/// itself runs. `passwd` (useradd) is no longer pulled in by sid's essential set.
+pub const BUILDER_PACKAGES: [&str; 1] = ["passwd"];
+
 pub fn base_key(target: &Target) -> String {
     cache::key(&[
         ("target", target.file_text.as_bytes()),
         ("recipe", RECIPE_VERSION.as_bytes()),
+        ("builder_packages", BUILDER_PACKAGES.join(",").as_bytes()),
         ("customize", customize_script(target).as_bytes()),
     ])
 }
@@ -292,6 +297,7 @@ fn build_debian(
     let s = stage.path();
     make_keys(s)?;
     let mut packages = vec![kernel_package.to_string()];
+    packages.extend(BUILDER_PACKAGES.map(String::from));
     packages.extend(target.packages.iter().cloned());
     let tar = debootstrap(
         suite,
