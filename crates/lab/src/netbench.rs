@@ -15,7 +15,9 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::events::{Event, Events};
-use crate::scenario::{CLIENT_NETNS_SERVER, ECHO_IMAGE, add_client_netns};
+use crate::scenario::{
+    CLIENT_NETNS_SERVER, ECHO_IMAGE, add_client_netns, notify_service_options, podman_run_exec,
+};
 use crate::units::{Listen, ServiceUnit, SocketUnit};
 use crate::vm::TrialVm;
 
@@ -124,27 +126,11 @@ fn socket_activation_units(runtime: &str, port: u16) -> Result<(String, String)>
         description: "socket-activation-lab bench echo".into(),
         socket: Some(format!("{UNIT}.socket")),
         unit_options: vec![],
-        service_options: vec![
-            ("Type".into(), "notify".into()),
-            ("NotifyAccess".into(), "all".into()),
-        ],
-        exec_start: [
-            "/usr/bin/podman",
-            "run",
-            "--rm",
-            "--replace",
-            "--name",
-            UNIT,
-            "--cgroups=no-conmon",
-            "--sdnotify=conmon",
-            "--runtime",
-            runtime,
-            "--network=none",
-            "--pull=never",
-            ECHO_IMAGE,
-        ]
-        .map(String::from)
-        .to_vec(),
+        service_options: notify_service_options(),
+        exec_start: podman_run_exec(UNIT, runtime)
+            .into_iter()
+            .chain(["--network=none", "--pull=never", ECHO_IMAGE].map(String::from))
+            .collect(),
     };
     Ok((
         socket.render().map_err(anyhow::Error::msg)?,

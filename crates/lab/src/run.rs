@@ -143,11 +143,16 @@ fn runtime_for(
     }))
 }
 
+/// A trial's log directory in the run directory.
+fn trial_dir(run_dir: &Path, name: &str) -> PathBuf {
+    run_dir.join(name.replace("::", "--"))
+}
+
 /// The FAIL of a trial whose guest could not be prepared (the image did not build), so
 /// that the reports count it.
 pub fn not_started(trial: &Trial, run_dir: &Path, why: &str) -> TrialResult {
     let name = trial.name();
-    let log_dir = run_dir.join(name.replace("::", "--"));
+    let log_dir = trial_dir(run_dir, &name);
     TrialResult {
         name,
         scenario: trial.scenario.name.clone(),
@@ -168,7 +173,7 @@ pub fn run_one(trial: &Trial, ready: &Ready, run_dir: &Path, events: &Events) ->
     let name = trial.name();
     events.emit(Event::TrialStart { name: name.clone() });
     let started = Instant::now();
-    let dir = run_dir.join(name.replace("::", "--"));
+    let dir = trial_dir(run_dir, &name);
     let mut versions = ready.versions.clone();
     let (outcome, detail, issue) = match scenario::skip_reason(&trial.scenario, &ready.versions) {
         Some(reason) => (Outcome::Skip, reason, None),

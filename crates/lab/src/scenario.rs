@@ -360,25 +360,11 @@ impl Scenario {
 
     pub fn service_unit(&self, runtime: &str) -> Option<ServiceUnit> {
         let spec = self.service.as_ref()?;
-        let mut exec = vec![
-            "/usr/bin/podman".to_string(),
-            "run".into(),
-            "--rm".into(),
-            "--replace".into(),
-            "--name".into(),
-            self.unit.clone(),
-            "--cgroups=no-conmon".into(),
-            "--sdnotify=conmon".into(),
-            "--runtime".into(),
-            runtime.into(),
-        ];
+        let mut exec = podman_run_exec(&self.unit, runtime);
         exec.extend(spec.podman_args.iter().cloned());
         exec.push(spec.image.clone());
         exec.extend(spec.args.iter().cloned());
-        let mut service_options = vec![
-            ("Type".to_string(), "notify".to_string()),
-            ("NotifyAccess".into(), "all".into()),
-        ];
+        let mut service_options = notify_service_options();
         service_options.extend(spec.options.clone());
         Some(ServiceUnit {
             description: format!("socket-activation-lab {}", self.name),
@@ -734,6 +720,33 @@ fn systemctl(vm: &TrialVm, scope: Scope, args: &str) -> Result<crate::proc::Outp
         Scope::User => vm.guest.user(&format!("systemctl --user {args}"), t),
         Scope::System => vm.guest.root(&format!("systemctl {args}"), t),
     }
+}
+
+/// The start of a socket-activated service's `ExecStart=`: `podman run` of a container
+/// named `name` that replaces any leftover, with conmon relaying sd_notify.
+pub fn podman_run_exec(name: &str, runtime: &str) -> Vec<String> {
+    [
+        "/usr/bin/podman",
+        "run",
+        "--rm",
+        "--replace",
+        "--name",
+        name,
+        "--cgroups=no-conmon",
+        "--sdnotify=conmon",
+        "--runtime",
+        runtime,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// `Type=notify` with `NotifyAccess=all`: READY=1 comes from conmon, not the main PID.
+pub fn notify_service_options() -> Vec<(String, String)> {
+    vec![
+        ("Type".into(), "notify".into()),
+        ("NotifyAccess".into(), "all".into()),
+    ]
 }
 
 /// The guest address a client in the `client` namespace reaches the guest at.
