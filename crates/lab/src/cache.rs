@@ -150,6 +150,29 @@ pub fn lock(dir: &Path) -> Result<EntryLock> {
     Ok(EntryLock { _file: file })
 }
 
+/// A stamp names the entry last resolved for a name whose entry key is only known after
+/// a query (a suite's current package version, a repository's newest release), so a
+/// later run reuses it without asking again. `vm clean` forgets both.
+pub struct Stamp(PathBuf);
+
+impl Stamp {
+    pub fn new(path: PathBuf) -> Stamp {
+        Stamp(path)
+    }
+
+    /// The stamped entry and its manifest, if the stamp names a complete one.
+    pub fn entry(&self) -> Option<(PathBuf, Manifest)> {
+        let dir = PathBuf::from(std::fs::read_to_string(&self.0).ok()?.trim());
+        let m = lookup(&dir)?;
+        Some((dir, m))
+    }
+
+    pub fn set(&self, dir: &Path) -> Result<()> {
+        std::fs::write(&self.0, dir.display().to_string())
+            .with_context(|| format!("writing {}", self.0.display()))
+    }
+}
+
 /// The verified entry at `dir`, or `None` after removing a broken one. Call with the lock
 /// held.
 pub fn lookup(dir: &Path) -> Option<Manifest> {

@@ -202,12 +202,10 @@ pub fn fetch(
 ) -> Result<Fetched> {
     version_of(spec)?;
     let root = cache_dir(target);
-    let stamp = root.join(format!("{spec}.current"));
     // Reuse what was fetched before; `vm clean` forgets it (and so picks up new updates).
-    if let Ok(dir) = std::fs::read_to_string(&stamp)
-        && let Some(m) = cache::lookup(Path::new(dir.trim()))
-    {
-        return Ok(loaded(spec, Path::new(dir.trim()), &m));
+    let stamp = cache::Stamp::new(root.join(format!("{spec}.current")));
+    if let Some((dir, m)) = stamp.entry() {
+        return Ok(loaded(spec, &dir, &m));
     }
     std::fs::create_dir_all(&root)?;
     let step = events.step(target, &format!("fetching {spec} with dnf"));
@@ -215,7 +213,7 @@ pub fn fetch(
     let dir = root.join(nevra.replace([':', '~', '^'], "_"));
     let _lock = cache::lock(&dir)?;
     if let Some(m) = cache::lookup(&dir) {
-        std::fs::write(&stamp, dir.display().to_string())?;
+        stamp.set(&dir)?;
         step.done();
         return Ok(loaded(spec, &dir, &m));
     }
@@ -240,7 +238,7 @@ pub fn fetch(
     }
     verify_signatures(&rpms, key)?;
     let m = stage.publish(BTreeMap::from([("nevra".to_string(), nevra)]))?;
-    std::fs::write(&stamp, dir.display().to_string())?;
+    stamp.set(&dir)?;
     step.done();
     Ok(loaded(spec, &dir, &m))
 }

@@ -289,12 +289,10 @@ pub fn fetch(spec: &RuntimeSpec, mirror: &str, events: &Events) -> Result<Fetche
         .suite()
         .context("only NAME@SUITE runtimes are fetched from the Debian archive")?;
     let root = cache::root().join("runtimes");
-    let stamp = root.join(format!("{spec}.current"));
     // Reuse what was fetched before; `vm clean` forgets it (and so picks up new uploads).
-    if let Ok(dir) = std::fs::read_to_string(&stamp)
-        && let Some(m) = cache::lookup(Path::new(dir.trim()))
-    {
-        return Ok(loaded(spec, Path::new(dir.trim()), &m));
+    let stamp = cache::Stamp::new(root.join(format!("{spec}.current")));
+    if let Some((dir, m)) = stamp.entry() {
+        return Ok(loaded(spec, &dir, &m));
     }
     std::fs::create_dir_all(&root)?;
     let scratch = tempfile::Builder::new()
@@ -312,7 +310,7 @@ pub fn fetch(spec: &RuntimeSpec, mirror: &str, events: &Events) -> Result<Fetche
     ));
     let _lock = cache::lock(&dir)?;
     if let Some(m) = cache::lookup(&dir) {
-        std::fs::write(&stamp, dir.display().to_string())?;
+        stamp.set(&dir)?;
         step.done();
         return Ok(loaded(spec, &dir, &m));
     }
@@ -382,7 +380,7 @@ pub fn fetch(spec: &RuntimeSpec, mirror: &str, events: &Events) -> Result<Fetche
     std::fs::remove_dir_all(&lib_dir)?;
     let facts = BTreeMap::from([("debian_version".to_string(), pkg.version.clone())]);
     let m = stage.publish(facts)?;
-    std::fs::write(&stamp, dir.display().to_string())?;
+    stamp.set(&dir)?;
     step.done();
     Ok(loaded(spec, &dir, &m))
 }
