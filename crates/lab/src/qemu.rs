@@ -176,15 +176,16 @@ impl SocketDir {
             .tempdir()
             .context("creating a directory for QEMU's sockets")?;
         crate::cleanup::register(dir.path());
-        let probe = dir.path().join("qmp.sock");
-        let len = probe.as_os_str().len();
+        let socket_dir = SocketDir(dir);
+        let qmp = socket_dir.qmp();
+        let len = qmp.as_os_str().len();
         if len > 107 {
             bail!(
                 "the QMP socket path {} is {len} bytes; unix sockets allow 107: set TMPDIR to a shorter directory",
-                probe.display()
+                qmp.display()
             );
         }
-        Ok(SocketDir(dir))
+        Ok(socket_dir)
     }
 
     fn qmp(&self) -> PathBuf {
@@ -262,6 +263,15 @@ impl Drop for Qemu {
     }
 }
 
+/// Whether this user can open `/dev/kvm` read-write (necessary, not sufficient).
+fn kvm_opens() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
 /// Why [`detect_accel`] chose what it chose, in words.
 pub fn accel_reason(accel: Accel) -> &'static str {
     if std::env::var_os("SAL_ACCEL").is_some() {
@@ -269,13 +279,7 @@ pub fn accel_reason(accel: Accel) -> &'static str {
     }
     match accel {
         Accel::Kvm => "/dev/kvm runs a guest",
-        Accel::Tcg
-            if std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/kvm")
-                .is_err() =>
-        {
+        Accel::Tcg if !kvm_opens() => {
             "no /dev/kvm this user can open (guests are 10-20x slower under TCG)"
         }
         Accel::Tcg => "/dev/kvm opens but QEMU could not run a guest with it",
@@ -294,12 +298,7 @@ pub fn detect_accel() -> Accel {
                 Accel::Tcg
             };
         }
-        if std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/kvm")
-            .is_err()
-        {
+        if !kvm_opens() {
             return Accel::Tcg;
         }
         if kvm_runs_a_guest() {
