@@ -182,16 +182,16 @@ pub fn methods(
 ) -> Result<()> {
     host::ensure(sh, host::LAB)?;
     let target = lab::target::find(&root.join("vm"), target)?;
-    if !target.runtimes.iter().any(|r| r == runtime) {
-        anyhow::bail!(
-            "target {} has no runtime {runtime:?}; it has {}",
-            target.name,
-            target.runtimes.join(", ")
-        );
+    let spec: lab::runtimes::RuntimeSpec = runtime.parse()?;
+    if let Some(why) = spec.refusal(&target) {
+        anyhow::bail!("{why}");
+    }
+    if spec.origin != lab::runtimes::Origin::Target {
+        anyhow::bail!("bench methods runs the target's own runtime (runc or crun), not {spec}");
     }
     lab::cleanup::install_handler();
     let bins = statics::build(sh, root)?;
-    let events = lab::events::Events::new(vec![Box::new(lab::events::ConsoleReporter::new())]);
+    let events = crate::lab::events();
     let ready = lab::vm::ensure_ready(&target, &bins, &events)?;
     let dir = lab::run::new_run_dir(root)?.join("bench-methods");
     let vm = lab::vm::TrialVm::start(&ready, &dir, &events)?;

@@ -11,7 +11,7 @@ use xshell::{Shell, cmd};
 
 use crate::{host, statics};
 
-fn events() -> Events {
+pub(crate) fn events() -> Events {
     Events::new(vec![Box::new(ConsoleReporter::new())])
 }
 
