@@ -1,7 +1,7 @@
 //! `NAME@VERSION` runtimes of Fedora targets, installed with dnf. Fedora's repositories
 //! cannot be reached here, so the guest is a Debian one with dnf installed
 //! (`tests/fixtures/debian-13-dnf.toml`), and its repository is a real local one: runc
-//! from Debian sid repackaged as an RPM named like Fedora's, signed with a throwaway key,
+//! from Debian trixie repackaged as an RPM named like Fedora's, signed with a throwaway key,
 //! indexed with createrepo_c and served over HTTP by this test. The production fetch and
 //! install run against it: repoquery, download, the signature check on the host, the
 //! cache, dnf install, the version read back, and a socket-activated echo trial.
@@ -241,9 +241,11 @@ fn dnf_installs_a_runtime_version_from_the_targets_repositories() {
     eprintln!("logs: {}", dir.display());
     let d = dir.as_path();
 
-    // The repository: runc from Debian sid, under Fedora-like names; 1.0.0 left unsigned.
-    let sid: RuntimeSpec = "runc@sid".parse().unwrap();
-    let runc = lab::runtimes::fetch(&sid, "http://deb.debian.org/debian", &events).unwrap();
+    // The repository: runc from Debian trixie, under Fedora-like names; 1.0.0 left
+    // unsigned. A stable suite, because its InRelease carries no Valid-Until: sid's does,
+    // and a frozen mirror's sid expires, so a test taking it passes only from a cache.
+    let trixie: RuntimeSpec = "runc@trixie".parse().unwrap();
+    let runc = lab::runtimes::fetch(&trixie, "http://deb.debian.org/debian", &events).unwrap();
     let version = upstream_version(&runc.debian_version);
     let key = make_key(d, "lab-fixture");
     make_rpm(d, "runc", &version, &runc.binary, Some(&key));
