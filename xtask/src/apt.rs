@@ -4,13 +4,15 @@
 //! there: on a Debian 12 machine with `qemu-utils` from bookworm-backports, installing
 //! `qemu-system-x86` picks bookworm's 7.2 and removes the backported `qemu-utils`. So the
 //! install is planned and simulated first (`apt-get -s`). When the simulation removes or
-//! downgrades an installed package, the missing packages built from the same source are
-//! pinned to the installed package's version, found in the configured suites or, for a
-//! `~bpoNN` version, in the release's backports suite. A suite the machine does not have
-//! configured is used through a private apt state (a copy of the source list parts and of
-//! the package lists in a temporary directory), so the machine's own apt configuration and
+//! downgrades an installed package, that package's source is pinned (an apt preferences
+//! entry `Package: src:NAME`) to the installed version, found in the configured suites
+//! or, for a `~bpoNN` version, in the release's backports suite, and the whole set is
+//! simulated again as one transaction (two transactions do not work: `-t backports` for
+//! qemu alone pulls libelf1 from backports, and bookworm's libdw1 then cannot install).
+//! Pins and added suites live in a private apt state (a copy of the source list parts and
+//! package lists in a temporary directory), so the machine's own apt configuration and
 //! lists are never changed. A plan that still removes or downgrades anything is refused
-//! with the plan and the exact commands.
+//! with the plan and the exact command.
 //!
 //! The parsers are pure functions with unit tests; `Apt` runs apt through xshell.
 
@@ -24,10 +26,6 @@ use xshell::{Shell, cmd};
 pub struct Transaction {
     /// Package names, `NAME=VERSION` where the version is pinned.
     pub packages: Vec<String>,
-    /// `-t RELEASE`: the suite whose versions the pinned packages' dependencies take.
-    pub target_release: Option<String>,
-    /// Why this transaction is separate (shown in the plan).
-    pub why: Option<String>,
 }
 
 /// What `apt-get -s install` says it would do.
@@ -71,6 +69,30 @@ pub fn parse_simulation(text: &str) -> Simulation {
         }
     }
     sim
+}
+
+/// The dependencies apt could not satisfy with its candidates, from its refusal:
+/// ` qemu-system-x86 : Depends: seabios (> 1.16.3-1~) but 1.16.2-1 is to be installed`
+/// gives `seabios`. (apt does not backtrack to a non-candidate version by itself.)
+pub fn parse_unmet(text: &str) -> Vec<String> {
+    let mut deps = Vec::new();
+    for line in text.lines() {
+        let Some((_, rest)) = line
+            .split_once(" : Depends: ")
+            .or_else(|| line.trim_start().strip_prefix("Depends: ").map(|r| ("", r)))
+        else {
+            continue;
+        };
+        if !rest.contains(" is to be installed") {
+            continue;
+        }
+        if let Some(dep) = rest.split_whitespace().next()
+            && !deps.iter().any(|d| d == dep)
+        {
+            deps.push(dep.to_string());
+        }
+    }
+    deps
 }
 
 /// One paragraph of `apt-cache show NAME`.
@@ -159,12 +181,15 @@ pub struct Installed {
     pub source_version: String,
 }
 
-/// The planned install: suites used through a private apt state, and the transactions
-/// with what their simulation said.
+/// The planned install: suites and pins used through a private apt state, and the
+/// transaction with what its simulation said.
 #[derive(Debug)]
 pub struct Plan {
     pub added_suites: Vec<(String, String)>,
-    pub steps: Vec<(Transaction, Simulation)>,
+    /// `(package or src:NAME, pin, why)`.
+    pub pins: Vec<(String, String, String)>,
+    pub transaction: Transaction,
+    pub simulation: Simulation,
     /// Removals and downgrades no pin could avoid: the plan is refused when not empty.
     pub refused: Vec<String>,
 }
@@ -174,9 +199,10 @@ pub struct Apt<'a> {
     sh: &'a Shell,
     codename: String,
     allow_expired: bool,
-    /// Holds `sources.list.d/` and `lists/` of the private state.
+    /// Holds `sources.list.d/`, `preferences.d/` and `lists/` of the private state.
     private: Option<tempfile::TempDir>,
     added: Vec<(String, String)>,
+    pins: Vec<(String, String, String)>,
 }
 
 impl<'a> Apt<'a> {
@@ -193,6 +219,7 @@ impl<'a> Apt<'a> {
             allow_expired: std::env::var_os("SAL_ALLOW_EXPIRED_RELEASE").is_some_and(|v| v == "1"),
             private: None,
             added: Vec::new(),
+            pins: Vec::new(),
         })
     }
 
@@ -206,9 +233,16 @@ impl<'a> Apt<'a> {
                 dir.path().join("sources.list.d").display()
             ));
             opts.push(format!(
+                "-oDir::Etc::PreferencesParts={}",
+                dir.path().join("preferences.d").display()
+            ));
+            opts.push(format!(
                 "-oDir::State::Lists={}",
                 dir.path().join("lists").display()
             ));
+            // No binary caches, so the machine's own are never rebuilt from these lists.
+            opts.push("-oDir::Cache::pkgcache=".into());
+            opts.push("-oDir::Cache::srcpkgcache=".into());
         }
         if self.allow_expired {
             opts.push("-oAcquire::Check-Valid-Until=false".into());
@@ -290,9 +324,6 @@ impl<'a> Apt<'a> {
         args.push(if simulate { "-s" } else { "-y" }.into());
         args.extend(["-q".into(), "--no-install-recommends".into()]);
         args.extend(self.options());
-        if let Some(r) = &t.target_release {
-            args.extend(["-t".into(), r.clone()]);
-        }
         args.extend(t.packages.iter().cloned());
         args
     }
@@ -303,6 +334,12 @@ impl<'a> Apt<'a> {
     }
 
     pub fn simulate(&self, t: &Transaction) -> Result<Simulation> {
+        self.try_simulate(t)?
+            .map_err(|why| anyhow::anyhow!("apt cannot install {}:\n{why}", t.packages.join(" ")))
+    }
+
+    /// The simulation, or apt's own words for why it cannot make one.
+    fn try_simulate(&self, t: &Transaction) -> Result<std::result::Result<Simulation, String>> {
         let args = self.install_args(t, true);
         let out = cmd!(self.sh, "apt-get {args...}")
             .quiet()
@@ -310,14 +347,13 @@ impl<'a> Apt<'a> {
             .output()?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         if !out.status.success() {
-            bail!(
-                "apt cannot install {}:\n{}{}",
-                t.packages.join(" "),
+            return Ok(Err(format!(
+                "{}\n{}",
                 stdout.trim(),
                 String::from_utf8_lossy(&out.stderr).trim()
-            );
+            )));
         }
-        Ok(parse_simulation(&stdout))
+        Ok(Ok(parse_simulation(&stdout)))
     }
 
     pub fn install(&self, t: &Transaction) -> Result<()> {
@@ -348,18 +384,30 @@ impl<'a> Apt<'a> {
         bad
     }
 
+    /// From now on, apt reads and writes a private state: a copy of the machine's source
+    /// list parts and package lists in a temporary directory. Nothing apt does through
+    /// it changes the machine's apt configuration or lists.
+    pub fn go_private(&mut self) -> Result<()> {
+        if self.private.is_some() {
+            return Ok(());
+        }
+        let dir = tempfile::Builder::new().prefix("sal-apt-").tempdir()?;
+        let parts = dir.path().join("sources.list.d");
+        let lists = dir.path().join("lists");
+        std::fs::create_dir_all(lists.join("partial"))?;
+        std::fs::create_dir_all(&parts)?;
+        copy_dir_files(Path::new("/etc/apt/sources.list.d"), &parts)?;
+        let prefs = dir.path().join("preferences.d");
+        std::fs::create_dir_all(&prefs)?;
+        copy_dir_files(Path::new("/etc/apt/preferences.d"), &prefs)?;
+        copy_dir_files(Path::new("/var/lib/apt/lists"), &lists)?;
+        self.private = Some(dir);
+        Ok(())
+    }
+
     /// Adds `suite` from `uri` through the private state and reads its package list.
     fn add_suite(&mut self, uri: &str, suite: &str) -> Result<()> {
-        if self.private.is_none() {
-            let dir = tempfile::Builder::new().prefix("sal-apt-").tempdir()?;
-            let parts = dir.path().join("sources.list.d");
-            let lists = dir.path().join("lists");
-            std::fs::create_dir_all(lists.join("partial"))?;
-            std::fs::create_dir_all(&parts)?;
-            copy_dir_files(Path::new("/etc/apt/sources.list.d"), &parts)?;
-            copy_dir_files(Path::new("/var/lib/apt/lists"), &lists)?;
-            self.private = Some(dir);
-        }
+        self.go_private()?;
         let dir = self.private.as_ref().expect("made above").path();
         let keyring = "/usr/share/keyrings/debian-archive-keyring.gpg";
         std::fs::write(
@@ -397,24 +445,33 @@ impl<'a> Apt<'a> {
         Ok(suite.map(|s| (record.version, s)))
     }
 
-    /// Plans installing `packages` (none of them installed) so that nothing installed is
-    /// removed or downgraded.
+    /// Writes an apt preferences entry into the private state: `package` is `src:NAME`
+    /// or a binary package name, `pin` a `Pin:` value.
+    fn pin(&mut self, package: &str, pin: &str, why: String) -> Result<()> {
+        self.go_private()?;
+        let dir = self.private.as_ref().expect("made above").path();
+        let file = format!("preferences.d/sal-{}.pref", package.replace(':', "-"));
+        std::fs::write(
+            dir.join(file),
+            format!("Package: {package}\nPin: {pin}\nPin-Priority: 990\n"),
+        )?;
+        self.pins.push((package.into(), pin.into(), why));
+        Ok(())
+    }
+
+    /// Plans installing `packages` (none of them installed) as one transaction that
+    /// removes and downgrades nothing.
     pub fn plan(&mut self, packages: &[String]) -> Result<Plan> {
-        let all = Transaction {
+        let mut transaction = Transaction {
             packages: packages.to_vec(),
-            target_release: None,
-            why: None,
         };
-        let sim = self.simulate(&all)?;
+        let sim = self.simulate(&transaction)?;
         let harm = self.harm(&sim);
         if harm.is_empty() {
-            return Ok(Plan {
-                added_suites: self.added.clone(),
-                steps: vec![(all, sim)],
-                refused: Vec::new(),
-            });
+            return Ok(self.plan_of(transaction, sim, Vec::new()));
         }
-        // Pin each missing package that shares its source with a harmed installed one.
+        // Each missing package that shares its source with a harmed installed one is
+        // pinned to that one's version.
         let mut pinned: Vec<(String, Installed)> = Vec::new();
         for (harmed, _) in &harm {
             let Some(inst) = self.installed(harmed)? else {
@@ -431,11 +488,10 @@ impl<'a> Apt<'a> {
             }
         }
         if pinned.is_empty() {
-            return Ok(self.refusal(vec![(all, sim)], &harm));
+            let refused = harm.into_iter().map(|(_, why)| why).collect();
+            return Ok(self.plan_of(transaction, sim, refused));
         }
-        let mut pins = Vec::new();
-        let mut release = None;
-        let mut why = Vec::new();
+        let mut pinned_suite = None;
         for (p, inst) in &pinned {
             let mut found = self.find_built_from(p, &inst.source_version)?;
             if found.is_none()
@@ -463,54 +519,69 @@ impl<'a> Apt<'a> {
                     inst.package
                 );
             };
-            pins.push(format!("{p}={version}"));
-            why.push(format!(
-                "{p} like the installed {} {}",
-                inst.package, inst.version
-            ));
-            release = Some(suite);
+            let source = format!("src:{}", inst.source);
+            if !self.pins.iter().any(|(s, _, _)| *s == source) {
+                let why = format!(
+                    "{p} from {suite}, like the installed {} {}",
+                    inst.package, inst.version
+                );
+                // binNMUs of the source version end in +bN.
+                self.pin(&source, &format!("version {}*", inst.source_version), why)?;
+            }
+            pinned_suite = Some(suite);
+            for q in transaction.packages.iter_mut().filter(|q| *q == p) {
+                *q = format!("{p}={version}");
+            }
         }
-        let mut steps = Vec::new();
-        let first = Transaction {
-            packages: pins,
-            target_release: release,
-            why: Some(format!("same source, same version: {}", why.join(", "))),
-        };
-        let sim = self.simulate(&first)?;
-        steps.push((first, sim));
-        let rest: Vec<String> = packages
-            .iter()
-            .filter(|p| !pinned.iter().any(|(q, _)| q == *p))
-            .cloned()
-            .collect();
-        if !rest.is_empty() {
-            let t = Transaction {
-                packages: rest,
-                target_release: None,
-                why: None,
+        // A pinned package may need newer dependencies than the candidates (qemu 10
+        // needs backports' seabios): each one apt names is taken from the same suite, a
+        // bounded number of times, every pin shown in the plan.
+        let suite = pinned_suite.expect("at least one package was pinned");
+        for _ in 0..16 {
+            let why = match self.try_simulate(&transaction)? {
+                Ok(sim) => {
+                    let refused = self.harm(&sim).into_iter().map(|(_, why)| why).collect();
+                    return Ok(self.plan_of(transaction, sim, refused));
+                }
+                Err(why) => why,
             };
-            let sim = self.simulate(&t)?;
-            steps.push((t, sim));
+            let new: Vec<String> = parse_unmet(&why)
+                .into_iter()
+                .filter(|d| !self.pins.iter().any(|(p, _, _)| p == d))
+                .collect();
+            if new.is_empty() {
+                bail!(
+                    "apt cannot install {}:\n{why}",
+                    transaction.packages.join(" ")
+                );
+            }
+            for dep in new {
+                let why = format!("a dependency of the pinned packages, from {suite}");
+                self.pin(&dep, &format!("release n={suite}"), why)?;
+            }
         }
-        let harm: Vec<(String, String)> = steps.iter().flat_map(|(_, s)| self.harm(s)).collect();
-        let mut plan = Plan {
-            added_suites: self.added.clone(),
-            steps,
-            refused: Vec::new(),
-        };
-        plan.refused = harm.into_iter().map(|(_, why)| why).collect();
-        Ok(plan)
+        bail!(
+            "apt still cannot install {} after pinning 16 rounds of dependencies",
+            transaction.packages.join(" ")
+        )
     }
 
-    fn refusal(&self, steps: Vec<(Transaction, Simulation)>, harm: &[(String, String)]) -> Plan {
+    fn plan_of(
+        &self,
+        transaction: Transaction,
+        simulation: Simulation,
+        refused: Vec<String>,
+    ) -> Plan {
         Plan {
             added_suites: self.added.clone(),
-            steps,
-            refused: harm.iter().map(|(_, why)| why.clone()).collect(),
+            pins: self.pins.clone(),
+            transaction,
+            simulation,
+            refused,
         }
     }
 
-    /// The plan as a person reads it: suites, then each command with what it does.
+    /// The plan as a person reads it: added suites, pins, the command and what it does.
     pub fn describe(&self, plan: &Plan) -> String {
         let mut out = String::new();
         for (suite, uri) in &plan.added_suites {
@@ -518,18 +589,17 @@ impl<'a> Apt<'a> {
                 "  suite {suite} from {uri}, for this install only (a private apt state; this machine's sources stay as they are)\n"
             ));
         }
-        for (i, (t, sim)) in plan.steps.iter().enumerate() {
-            out.push_str(&format!("  {}. {}\n", i + 1, self.command_line(t)));
-            if let Some(why) = &t.why {
-                out.push_str(&format!("     ({why})\n"));
-            }
-            let new = sim.installs.iter().filter(|(_, o, _)| o.is_none()).count();
-            let upgraded = sim.installs.len() - new;
-            out.push_str(&format!(
-                "     installs {new} new packages, upgrades {upgraded}, removes {}\n",
-                sim.removals.len()
-            ));
+        for (source, version, why) in &plan.pins {
+            out.push_str(&format!("  pin {source} to {version}: {why}\n"));
         }
+        let sim = &plan.simulation;
+        let new = sim.installs.iter().filter(|(_, o, _)| o.is_none()).count();
+        out.push_str(&format!(
+            "  {}\n  installs {new} new packages, upgrades {}, removes {}\n",
+            self.command_line(&plan.transaction),
+            sim.installs.len() - new,
+            sim.removals.len()
+        ));
         for r in &plan.refused {
             out.push_str(&format!("  REFUSED: {r}\n"));
         }
@@ -621,6 +691,17 @@ Conf qemu-system-x86 (1:7.2+dfsg-7+deb12u18+b3 Debian:12.15/oldstable [amd64])
         assert_eq!(o[0].suite, "bookworm-backports");
         assert_eq!(o[0].uri, "http://deb.debian.org/debian");
         assert_eq!(o[1].suite, "bookworm-security");
+    }
+
+    #[test]
+    fn unmet_dependencies_from_apt_refusal() {
+        let text = "The following packages have unmet dependencies:
+ qemu-system-x86 : Depends: seabios (> 1.16.3-1~) but 1.16.2-1 is to be installed
+                   Depends: ipxe-qemu (>= 1.21) but 1.0.0 is to be installed
+ libdw1 : Depends: libelf1 (= 0.188-2.1) but 0.192-4~bpo12+1 is to be installed
+ foo : Depends: bar but it is not installable
+E: Unable to correct problems, you have held broken packages.";
+        assert_eq!(parse_unmet(text), ["seabios", "ipxe-qemu", "libelf1"]);
     }
 
     #[test]

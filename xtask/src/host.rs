@@ -159,8 +159,8 @@ pub fn ensure(sh: &Shell, tools: &[Tool]) -> Result<()> {
     Ok(())
 }
 
-/// Installs `packages` as one agreeing set: `apt-get update`, the plan simulated, refused
-/// when it would remove or downgrade anything, then each step re-simulated and run.
+/// Installs `packages` as one agreeing set: `apt-get update`, the plan simulated and
+/// refused when it would remove or downgrade anything, then run.
 pub fn install(sh: &Shell, packages: &[String]) -> Result<()> {
     if !is_root() {
         bail!(
@@ -184,17 +184,7 @@ pub fn install(sh: &Shell, packages: &[String]) -> Result<()> {
         );
     }
     eprintln!("xtask: installing host packages:\n{described}");
-    for (t, _) in &plan.steps {
-        // The plan was simulated against the machine before any step ran; each step is
-        // checked again against the machine as the earlier steps left it.
-        let harm = apt.harm(&apt.simulate(t)?);
-        if !harm.is_empty() {
-            let harm: Vec<String> = harm.into_iter().map(|(_, why)| why).collect();
-            bail!("refusing {}: {}", apt.command_line(t), harm.join("; "));
-        }
-        apt.install(t)?;
-    }
-    Ok(())
+    apt.install(&plan.transaction)
 }
 
 /// The PyPI packages of the workflow linters, pinned so a new release of a linter does
@@ -267,7 +257,8 @@ pub fn host(sh: &Shell, dry_run: bool, linters: bool) -> Result<()> {
     Ok(())
 }
 
-/// What installing the missing host packages would do, without doing it.
+/// What installing the missing host packages would do, without doing it: planned on
+/// freshly read package lists in a private apt state.
 fn print_plan(sh: &Shell, tools: &[Tool]) {
     let packages = missing_packages(tools);
     if packages.is_empty() {
@@ -275,12 +266,14 @@ fn print_plan(sh: &Shell, tools: &[Tool]) {
         return;
     }
     let planned = Apt::new(sh).and_then(|mut apt| {
+        apt.go_private()?;
+        apt.update()?;
         let plan = apt.plan(&packages)?;
         Ok((apt.describe(&plan), plan.refused.is_empty()))
     });
     match planned {
         Ok((text, ok)) => println!(
-            "install plan:  {} (from the current package lists){}\n{text}",
+            "install plan:  {}{}\n{text}",
             packages.join(" "),
             if ok { "" } else { "; it would be REFUSED" }
         ),

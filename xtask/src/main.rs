@@ -306,6 +306,14 @@ fn ci(sh: &Shell, root: &Path, no_vm: bool) -> Result<()> {
         );
         return Ok(());
     }
+    step(
+        "the host step on a clean Debian 12 root with backported qemu-utils (mmdebstrap + chroot)",
+    );
+    cmd!(
+        sh,
+        "cargo test --locked -p xtask --test host_install -- --ignored"
+    )
+    .run()?;
     step("cloud-init provisioning (the Fedora path) against a Debian guest");
     cmd!(
         sh,
