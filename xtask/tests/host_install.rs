@@ -126,6 +126,45 @@ fn host_step_on_a_clean_bookworm_root_with_backported_qemu_utils() {
     );
     assert!(!before.contains_key("qemu-system-x86"));
 
+    // A package the plan cannot keep (it conflicts with mtools, which the lab needs):
+    // the host step refuses, says what and how, and changes nothing.
+    let blocker = dir.path().join("sal-blocker");
+    std::fs::create_dir_all(blocker.join("DEBIAN")).unwrap();
+    std::fs::write(
+        blocker.join("DEBIAN/control"),
+        "Package: sal-blocker\nVersion: 1.0\nArchitecture: all\nMaintainer: lab <lab@localhost>\n\
+         Conflicts: mtools\nDescription: test fixture: conflicts with a package the lab needs\n",
+    )
+    .unwrap();
+    let deb = root.join("sal-blocker.deb");
+    cmd!(sh, "dpkg-deb --build {blocker} {deb}")
+        .quiet()
+        .run()
+        .unwrap();
+    cmd!(sh, "chroot {root} dpkg -i /sal-blocker.deb")
+        .quiet()
+        .run()
+        .unwrap();
+    let blocked = packages(&sh, &root);
+    let (ok, refused) = xtask_in(&sh, &root, &["host"]);
+    assert!(!ok, "{refused}");
+    assert!(
+        refused.contains("REFUSED: sal-blocker 1.0 would be removed")
+            && refused.contains("apt-get install -y -q --no-install-recommends")
+            && refused.contains("mtools"),
+        "{refused}"
+    );
+    assert_eq!(
+        packages(&sh, &root),
+        blocked,
+        "a refused plan changed packages"
+    );
+    cmd!(sh, "chroot {root} dpkg -r sal-blocker")
+        .quiet()
+        .run()
+        .unwrap();
+    std::fs::remove_file(&deb).unwrap();
+
     // The plan alone: pinned to the backported version, nothing removed, nothing done.
     let (ok, plan) = xtask_in(&sh, &root, &["host", "--dry-run"]);
     assert!(ok, "{plan}");
