@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use lab::events::{ConsoleReporter, Events};
 use lab::run::{self, Selection};
@@ -75,9 +75,11 @@ fn main() -> anyhow::Result<()> {
     let events = Events::new(vec![Box::new(ConsoleReporter::new())]);
     // One ready state per target per process, made at the first trial that needs it. A
     // failure is remembered too: the target's other trials fail at once with it instead
-    // of building the image again.
-    type Readies = HashMap<String, Result<Arc<Ready>, String>>;
-    let readies: Arc<Mutex<Readies>> = Arc::default();
+    // of building the image again. Each target has its own cell, so with --jobs N a
+    // trial of one target does not wait on another target's build, and a panic while
+    // building one leaves the others (and a later retry of it) free.
+    type ReadyCell = Arc<OnceLock<Result<Arc<Ready>, String>>>;
+    let readies: Arc<Mutex<HashMap<String, ReadyCell>>> = Arc::default();
 
     let trials: Vec<Trial> = planned
         .into_iter()
@@ -93,36 +95,37 @@ fn main() -> anyhow::Result<()> {
             Trial::test(name, move || {
                 let bins =
                     bins.ok_or_else(|| Failed::from("no binaries: run through cargo xtask test"))?;
-                let ready = {
-                    let mut map = readies
-                        .lock()
-                        .map_err(|_| Failed::from("ready-state lock poisoned"))?;
-                    let name = &trial.target.name;
-                    let fresh = !map.contains_key(name);
-                    let r = map.entry(name.clone()).or_insert_with(|| {
-                        vm::ensure_ready(&trial.target, &bins, &events)
-                            .map(Arc::new)
-                            .map_err(|e| format!("preparing {name}: {e:#}"))
-                    });
-                    match r {
-                        Ok(r) => r.clone(),
-                        Err(e) => {
-                            // The first trial gets the whole error; the rest refer to it.
-                            let why = if fresh {
-                                e.clone()
-                            } else {
-                                let mut lines = e.lines().filter(|l| !l.trim().is_empty());
-                                let first = lines.next().unwrap_or_default();
-                                let last = lines.next_back().unwrap_or_default();
-                                format!(
-                                    "{first} ... {last} (failed earlier in this run; the first trial of {name} has the whole error)"
-                                )
-                            };
-                            let result = run::not_started(&trial, &run_dir, &why);
-                            lab::report::write_trial(&result)
-                                .map_err(|e| Failed::from(format!("{e:#}")))?;
-                            return Err(Failed::from(why));
-                        }
+                let name = &trial.target.name;
+                let cell = readies
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .entry(name.clone())
+                    .or_default()
+                    .clone();
+                let mut made_here = false;
+                let ready = match cell.get_or_init(|| {
+                    made_here = true;
+                    vm::ensure_ready(&trial.target, &bins, &events)
+                        .map(Arc::new)
+                        .map_err(|e| format!("preparing {name}: {e:#}"))
+                }) {
+                    Ok(r) => r.clone(),
+                    Err(e) => {
+                        // The first trial gets the whole error; the rest refer to it.
+                        let why = if made_here {
+                            e.clone()
+                        } else {
+                            let mut lines = e.lines().filter(|l| !l.trim().is_empty());
+                            let first = lines.next().unwrap_or_default();
+                            let last = lines.next_back().unwrap_or_default();
+                            format!(
+                                "{first} ... {last} (failed earlier in this run; the first trial of {name} has the whole error)"
+                            )
+                        };
+                        let result = run::not_started(&trial, &run_dir, &why);
+                        lab::report::write_trial(&result)
+                            .map_err(|e| Failed::from(format!("{e:#}")))?;
+                        return Err(Failed::from(why));
                     }
                 };
                 let result = run::run_one(&trial, &ready, &run_dir, &events);

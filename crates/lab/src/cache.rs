@@ -189,6 +189,22 @@ pub fn lookup(dir: &Path) -> Option<Manifest> {
     }
 }
 
+/// Like [`lookup`], and the manifest must have been written for `key`: an entry whose
+/// manifest names another key (copied, renamed, or from another recipe) is removed.
+pub fn lookup_keyed(dir: &Path, key: &str) -> Option<Manifest> {
+    let m = lookup(dir)?;
+    if m.key == key {
+        return Some(m);
+    }
+    eprintln!(
+        "cache entry unusable, rebuilding: {}: its manifest is for key {}, not {key}",
+        dir.display(),
+        m.key
+    );
+    let _ = std::fs::remove_dir_all(dir);
+    None
+}
+
 /// A fresh staging directory for the entry at `dir` (same filesystem, so the final rename
 /// is atomic). Removed on drop unless published.
 pub fn stage(dir: &Path, key: &str) -> Result<Staging> {

@@ -212,7 +212,7 @@ pub fn fetch(
     let nevra = resolve(guest, target, spec)?;
     let dir = root.join(nevra.replace([':', '~', '^'], "_"));
     let _lock = cache::lock(&dir)?;
-    if let Some(m) = cache::lookup(&dir) {
+    if let Some(m) = cache::lookup_keyed(&dir, &nevra) {
         stamp.set(&dir)?;
         step.done();
         return Ok(loaded(spec, &dir, &m));

@@ -113,7 +113,7 @@ fn load(dir: &Path, manifest: cache::Manifest) -> BaseImage {
 pub fn ensure_base(target: &Target, events: &Events) -> Result<BaseImage> {
     let dir = base_dir(target);
     let _lock = cache::lock(&dir)?;
-    if let Some(m) = cache::lookup(&dir) {
+    if let Some(m) = cache::lookup_keyed(&dir, &base_key(target)) {
         return Ok(load(&dir, m));
     }
     match &target.source {

@@ -245,9 +245,11 @@ impl Qemu {
         Ok(())
     }
 
-    /// Quits QEMU and waits for it (killing it after 5 s); later calls do nothing.
+    /// Quits QEMU and waits for it (killing it after 5 s); later calls do nothing. A
+    /// stopped or hung QEMU does not answer QMP: the quit waits 5 s for a reply, not 30.
     pub fn shutdown(&mut self) {
         if let Some(mut child) = self.child.take() {
+            self.qmp.set_timeout(Duration::from_secs(5));
             let _ = self.qmp.execute("quit", None);
             if proc::wait_deadline(&mut child, Duration::from_secs(5)).is_none() {
                 let _ = child.kill();
@@ -261,6 +263,27 @@ impl Drop for Qemu {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// The first line of `qemu-system-x86_64 --version`, read once per process: a saved
+/// state is only loaded by the QEMU that saved it.
+pub fn version() -> Result<String> {
+    static VERSION: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+    VERSION
+        .get_or_init(|| {
+            let out = std::process::Command::new("qemu-system-x86_64")
+                .arg("--version")
+                .output()
+                .map_err(|e| format!("running qemu-system-x86_64 --version: {e}"))?;
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .next()
+                .map(|l| l.trim().to_string())
+                .filter(|l| out.status.success() && !l.is_empty())
+                .ok_or_else(|| "qemu-system-x86_64 --version printed no version".to_string())
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
 }
 
 /// Whether this user can open `/dev/kvm` read-write (necessary, not sufficient).

@@ -42,6 +42,11 @@ impl Qmp {
         Ok(qmp)
     }
 
+    /// How long a reply may take from now on.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        let _ = self.writer.set_read_timeout(Some(timeout));
+    }
+
     fn read_message(&mut self) -> Result<Value> {
         let mut line = String::new();
         let n = self

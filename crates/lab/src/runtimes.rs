@@ -309,7 +309,7 @@ pub fn fetch(spec: &RuntimeSpec, mirror: &str, events: &Events) -> Result<Fetche
         pkg.version.replace([':', '~', '+'], "_")
     ));
     let _lock = cache::lock(&dir)?;
-    if let Some(m) = cache::lookup(&dir) {
+    if let Some(m) = cache::lookup_keyed(&dir, &pkg.version) {
         stamp.set(&dir)?;
         step.done();
         return Ok(loaded(spec, &dir, &m));

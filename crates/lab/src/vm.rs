@@ -53,12 +53,22 @@ pub struct Ready {
     pub versions: BTreeMap<String, String>,
 }
 
-fn ready_key(base: &BaseImage, machine: &MachineSpec, bins: &Binaries) -> Result<String> {
+/// The fact under which a ready state records the QEMU that saved it: a migration
+/// stream loads only into a QEMU that can read it, so another version means another state.
+const QEMU_FACT: &str = "qemu";
+
+fn ready_key(
+    base: &BaseImage,
+    machine: &MachineSpec,
+    qemu_version: &str,
+    bins: &Binaries,
+) -> Result<String> {
     let base_manifest = serde_json::to_string(&base.manifest)?;
     Ok(cache::key(&[
         ("base", base_manifest.as_bytes()),
         ("recipe", READY_RECIPE.as_bytes()),
         ("machine", format!("{machine:?}").as_bytes()),
+        ("qemu", qemu_version.as_bytes()),
         ("echo", cache::sha256_file(&bins.echo)?.as_bytes()),
         ("probe", cache::sha256_file(&bins.probe)?.as_bytes()),
     ]))
@@ -99,23 +109,39 @@ pub fn ensure_ready(target: &Target, bins: &Binaries, events: &Events) -> Result
     crate::cleanup::install_handler();
     let base = image::ensure_base(target, events)?;
     let machine = machine_for(target);
-    let key = ready_key(&base, &machine, bins)?;
+    let qemu_version = qemu::version()?;
+    let key = ready_key(&base, &machine, &qemu_version, bins)?;
     let dir = cache::root().join("images").join(format!(
         "{}-ready-{}-{key}",
         target.name,
         machine.accel.name()
     ));
     let _lock = cache::lock(&dir)?;
-    let manifest = match cache::lookup(&dir) {
+    let usable = cache::lookup_keyed(&dir, &key).filter(|m| {
+        let saved_by = m.facts.get(QEMU_FACT);
+        let same = saved_by == Some(&qemu_version);
+        if !same {
+            eprintln!(
+                "{}: the ready state was saved by {}, this is {qemu_version}: rebuilding it",
+                dir.display(),
+                saved_by.map_or("an unrecorded QEMU", String::as_str)
+            );
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        same
+    });
+    let manifest = match usable {
         Some(m) => m,
         None => make_ready(target, &base, &machine, bins, &dir, &key, events)?,
     };
+    let mut versions = manifest.facts;
+    versions.remove(QEMU_FACT);
     Ok(Ready {
         target: target.clone(),
         base,
         dir,
         machine,
-        versions: manifest.facts,
+        versions,
     })
 }
 
@@ -165,7 +191,9 @@ fn make_ready(
         .save_state(&s.join("state.mig"), Duration::from_secs(300))?;
     qemu.quit()?;
     step.done();
-    stage.publish(versions)
+    let mut facts = versions;
+    facts.insert(QEMU_FACT.into(), qemu::version()?);
+    stage.publish(facts)
 }
 
 /// Brings a freshly booted guest to the ready state and reads its versions.
@@ -222,25 +250,46 @@ fn provision(guest: &Guest, bins: &Binaries) -> Result<BTreeMap<String, String>>
     Ok(versions)
 }
 
+/// A trial's overlay disk: registered for Ctrl-C from before it exists, removed when
+/// dropped, so a start that fails at any step (QEMU, the saved state, ssh, the clock)
+/// leaves no overlay behind.
+struct Overlay(PathBuf);
+
+impl Overlay {
+    fn create(backing: &Path, path: PathBuf) -> Result<Overlay> {
+        crate::cleanup::register(&path);
+        let overlay = Overlay(path);
+        image::overlay(backing, &overlay.0)?;
+        Ok(overlay)
+    }
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+        crate::cleanup::unregister(&self.0);
+    }
+}
+
 /// A trial's guest: a QEMU restored from the ready state on its own overlay.
 /// Dropping it closes ssh, quits QEMU and deletes the overlay (logs stay).
 pub struct TrialVm {
+    // Fields drop in this order after `Drop::drop`: ssh, QEMU, then the overlay QEMU held.
     pub guest: Guest,
     pub qemu: Qemu,
     pub dir: PathBuf,
-    overlay: PathBuf,
+    _overlay: Overlay,
 }
 
 impl TrialVm {
     pub fn start(ready: &Ready, dir: &Path, events: &Events) -> Result<TrialVm> {
         std::fs::create_dir_all(dir)?;
-        let overlay = dir.join("disk.qcow2");
-        crate::cleanup::register(&overlay);
-        image::overlay(&ready.dir.join("disk.qcow2"), &overlay)?;
+        // Declared before QEMU, so on an early return QEMU is dropped first.
+        let overlay = Overlay::create(&ready.dir.join("disk.qcow2"), dir.join("disk.qcow2"))?;
         let config = vm_config(
             &ready.base,
             &ready.machine,
-            &overlay,
+            &overlay.0,
             dir,
             Some(ready.dir.join("state.mig")),
         )?;
@@ -271,7 +320,7 @@ impl TrialVm {
             guest,
             qemu,
             dir: dir.to_path_buf(),
-            overlay,
+            _overlay: overlay,
         })
     }
 
@@ -282,9 +331,7 @@ impl TrialVm {
 
 impl Drop for TrialVm {
     fn drop(&mut self) {
-        // QEMU first (it holds the overlay), then its files.
+        // QEMU first (it holds the overlay); the overlay goes when its field drops.
         self.qemu.shutdown();
-        let _ = std::fs::remove_file(&self.overlay);
-        crate::cleanup::unregister(&self.overlay);
     }
 }
