@@ -202,7 +202,7 @@ pub fn methods(
     let context = format!(
         "{} under {}, {runtime} {}, podman {}",
         target.name,
-        lab::qemu::detect_accel().name(),
+        ready.machine.accel.name(),
         version(runtime),
         version("podman")
     );

@@ -297,7 +297,16 @@ pub fn doctor(sh: &Shell) -> Result<()> {
     if !root {
         blocking.push("not root");
     }
-    let accel = lab::qemu::detect_accel();
+    // A kernel of a cached base image, if there is one, decides KVM for real.
+    let kernel = lab::cache::entries()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(dir, _, _)| dir.join("vmlinuz"))
+        .find(|k| k.is_file());
+    let accel = match &kernel {
+        Some(k) => lab::qemu::decide_accel(k),
+        None => lab::qemu::detect_accel(),
+    };
     println!(
         "accelerator:   {} ({})",
         accel.name(),

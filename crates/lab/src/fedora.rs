@@ -250,7 +250,10 @@ pub fn provision(target: &Target, dir: &Path, boot: Option<Boot>, events: &Event
         ),
     )?;
     let machine = MachineSpec {
-        accel: qemu::detect_accel(),
+        accel: match &boot {
+            Some(b) => qemu::decide_accel(&b.kernel),
+            None => qemu::detect_accel(),
+        },
         memory_mib: target.machine.memory_mib,
         cpus: target.machine.cpus,
     };

@@ -295,46 +295,81 @@ fn kvm_opens() -> bool {
         .is_ok()
 }
 
+/// The accelerator decided for this process and why, once a kernel has been booted
+/// with KVM (or KVM was ruled out without one).
+static DECIDED: OnceLock<(Accel, String)> = OnceLock::new();
+
 /// Why [`detect_accel`] chose what it chose, in words.
-pub fn accel_reason(accel: Accel) -> &'static str {
-    if std::env::var_os("SAL_ACCEL").is_some() {
-        return "forced by SAL_ACCEL";
+pub fn accel_reason(accel: Accel) -> String {
+    if let Some((_, why)) = DECIDED.get() {
+        return why.clone();
     }
     match accel {
-        Accel::Kvm => "/dev/kvm runs a guest",
-        Accel::Tcg if !kvm_opens() => {
-            "no /dev/kvm this user can open (guests are 10-20x slower under TCG)"
+        Accel::Kvm => {
+            "/dev/kvm opens; not yet checked with a kernel (the first boot of a target does)".into()
         }
-        Accel::Tcg => "/dev/kvm opens but QEMU could not run a guest with it",
+        Accel::Tcg => tcg_without_probe().unwrap_or_default(),
     }
 }
 
-/// KVM only if it really runs a guest: the host here has `/dev/kvm` but QEMU aborts on
-/// the first vCPU run (`failed to set MSR`), so a brief real run decides. Cached per process.
-pub fn detect_accel() -> Accel {
-    static ACCEL: OnceLock<Accel> = OnceLock::new();
-    *ACCEL.get_or_init(|| {
-        if let Ok(forced) = std::env::var("SAL_ACCEL") {
-            return if forced == "kvm" {
-                Accel::Kvm
-            } else {
-                Accel::Tcg
-            };
+/// `Some(reason)` when TCG is certain without booting anything.
+fn tcg_without_probe() -> Option<String> {
+    match std::env::var("SAL_ACCEL") {
+        Ok(forced) if forced == "kvm" => None,
+        Ok(_) => Some("forced by SAL_ACCEL".into()),
+        Err(_) if !kvm_opens() => {
+            Some("no /dev/kvm this user can open (guests are 10-20x slower under TCG)".into())
         }
-        if !kvm_opens() {
-            return Accel::Tcg;
-        }
-        if kvm_runs_a_guest() {
-            Accel::Kvm
-        } else {
-            Accel::Tcg
-        }
-    })
+        Err(_) => None,
+    }
 }
 
-fn kvm_runs_a_guest() -> bool {
+/// The accelerator for guests: the one decided by [`decide_accel`] in this process, else
+/// TCG when KVM is unavailable or KVM when `/dev/kvm` opens (unconfirmed: only the
+/// Fedora provisioning boot, which has no kernel file to probe with, uses it so).
+pub fn detect_accel() -> Accel {
+    if let Some((a, _)) = DECIDED.get() {
+        return *a;
+    }
+    if tcg_without_probe().is_some() {
+        Accel::Tcg
+    } else {
+        Accel::Kvm
+    }
+}
+
+/// Decides the accelerator for this process by booting `kernel` under KVM, without an
+/// initrd: a working KVM runs it to its panic ("VFS: Unable to mount root fs") and, with
+/// `panic=-1 -no-reboot`, QEMU exits within a second or two. `/dev/kvm` can open, and
+/// even run the firmware, and still stop at the kernel (`KVM internal error ... emulation
+/// failure`, the guest paused for ever, seen here), so only a kernel that ran is proof.
+pub fn decide_accel(kernel: &Path) -> Accel {
+    DECIDED
+        .get_or_init(|| {
+            if std::env::var("SAL_ACCEL").as_deref() == Ok("kvm") {
+                return (Accel::Kvm, "forced by SAL_ACCEL".into());
+            }
+            if let Some(why) = tcg_without_probe() {
+                return (Accel::Tcg, why);
+            }
+            match kvm_runs_kernel(kernel) {
+                Ok(()) => (
+                    Accel::Kvm,
+                    "/dev/kvm ran the guest kernel to its end".into(),
+                ),
+                Err(why) => (
+                    Accel::Tcg,
+                    format!("/dev/kvm opens but did not run the guest kernel: {why}"),
+                ),
+            }
+        })
+        .0
+}
+
+fn kvm_runs_kernel(kernel: &Path) -> std::result::Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let serial = dir.path().join("serial.log");
     let mut cmd = Command::new("qemu-system-x86_64");
-    // Run the firmware for a moment, then quit over QMP on stdin.
     cmd.args([
         "-accel",
         "kvm",
@@ -343,36 +378,51 @@ fn kvm_runs_a_guest() -> bool {
         "-machine",
         "q35",
         "-m",
-        "64",
+        "256",
         "-nodefaults",
         "-display",
         "none",
         "-no-reboot",
-        "-qmp",
-        "stdio",
-    ]);
-    let script = b"{\"execute\":\"qmp_capabilities\"}\n";
-    let mut cmd2 = cmd;
-    cmd2.stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    proc::die_with_parent(&mut cmd2);
-    let Ok(mut child) = cmd2.spawn() else {
-        return false;
-    };
-    let mut stdin = child.stdin.take().expect("piped");
-    use std::io::Write;
-    let _ = stdin.write_all(script);
-    std::thread::sleep(Duration::from_millis(700));
-    let alive = child.try_wait().ok().flatten().is_none();
-    let _ = stdin.write_all(b"{\"execute\":\"quit\"}\n");
-    drop(stdin);
-    let status = proc::wait_deadline(&mut child, Duration::from_secs(5));
+        "-append",
+        "console=ttyS0 panic=-1",
+    ])
+    .arg("-kernel")
+    .arg(kernel)
+    .arg("-serial")
+    .arg(format!("file:{}", serial.display()))
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    proc::die_with_parent(&mut cmd);
+    let mut child = cmd.spawn().map_err(|e| format!("starting qemu: {e}"))?;
+    // A working KVM takes 1-2 s; a broken one never ends.
+    let status = proc::wait_deadline(&mut child, Duration::from_secs(15));
     if status.is_none() {
         let _ = child.kill();
         let _ = child.wait();
     }
-    alive && status.is_some_and(|s| s.success())
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut stderr);
+    }
+    let console = std::fs::read_to_string(&serial).unwrap_or_default();
+    match status {
+        Some(_) if console.contains("Kernel panic") => Ok(()),
+        Some(s) => Err(format!(
+            "qemu ended ({s}) before the kernel did: {}",
+            proc::tail(stderr.trim(), 3)
+        )),
+        None => Err(format!(
+            "the kernel did not finish in 15 s ({} bytes on its console){}",
+            console.len(),
+            if stderr.trim().is_empty() {
+                String::new()
+            } else {
+                format!("; qemu: {}", proc::tail(stderr.trim(), 3))
+            }
+        )),
+    }
 }
 
 /// A free TCP port on 127.0.0.1 (released before QEMU binds it; QEMU failing to bind is

@@ -938,7 +938,7 @@ fn run_steps(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> Result<Option<
                 }
             }
             Step::Reboot => {
-                let timeout = crate::vm::boot_timeout(crate::qemu::detect_accel());
+                let timeout = crate::vm::boot_timeout(vm.qemu.config.machine.accel);
                 if let Err(e) = g.reboot(timeout, &vm.console_log()) {
                     return fail("reboot".into(), format!("{e:#}"));
                 }

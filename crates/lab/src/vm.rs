@@ -74,9 +74,13 @@ fn ready_key(
     ]))
 }
 
-pub fn machine_for(target: &Target) -> MachineSpec {
+/// The guest's hardware; the accelerator is decided with the base image's kernel.
+pub fn machine_for(target: &Target, base: &BaseImage) -> MachineSpec {
     MachineSpec {
-        accel: qemu::detect_accel(),
+        accel: match &base.kernel {
+            Some((kernel, _)) => qemu::decide_accel(kernel),
+            None => qemu::detect_accel(),
+        },
         memory_mib: target.machine.memory_mib,
         cpus: target.machine.cpus,
     }
@@ -108,7 +112,7 @@ fn vm_config(
 pub fn ensure_ready(target: &Target, bins: &Binaries, events: &Events) -> Result<Ready> {
     crate::cleanup::install_handler();
     let base = image::ensure_base(target, events)?;
-    let machine = machine_for(target);
+    let machine = machine_for(target, &base);
     let qemu_version = qemu::version()?;
     let key = ready_key(&base, &machine, &qemu_version, bins)?;
     let dir = cache::root().join("images").join(format!(
