@@ -1,12 +1,15 @@
 //! Guest control over ssh: one multiplexed connection (ControlMaster) per guest, so a
-//! command costs ~65 ms instead of the ~1.3 s of a fresh ssh session under TCG. Commands
+//! command costs ~65 ms instead of the ~1.3 s of a fresh ssh session under TCG. The
+//! master is a child process the `Guest` owns (`ssh -M -N`, not one forked off by
+//! `ControlPersist`), so it dies with the guest, with this process (`PR_SET_PDEATHSIG`)
+//! and on Ctrl-C, and never outlives a run. Commands
 //! run as root, or as the test user inside its lingering user manager's environment.
 //! Every command and its output is appended to the trial's command log.
 
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -30,6 +33,7 @@ pub struct Guest {
     keys: SshKeys,
     pub user: User,
     control_dir: tempfile::TempDir,
+    master: Mutex<Option<Child>>,
     log: Mutex<Option<File>>,
 }
 
@@ -69,21 +73,57 @@ impl Guest {
             keys,
             user,
             control_dir,
+            master: Mutex::new(None),
             log: Mutex::new(log),
         };
         guest.wait_for_ssh(timeout, console)?;
         Ok(guest)
     }
 
+    /// Starts the master connection and waits until its control socket is up (it is
+    /// created once the master has logged in). `Err` with ssh's words when it gave up.
+    fn start_master(&self, timeout: Duration) -> Result<()> {
+        self.close_master();
+        let mut cmd = Command::new("ssh");
+        cmd.args(self.ssh_args())
+            .args(["-o", "ControlMaster=yes", "-o", "ConnectTimeout=3", "-N"])
+            .arg("root@127.0.0.1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        proc::die_with_parent(&mut cmd);
+        let mut child = cmd.spawn().context("starting ssh")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.control_path().exists() {
+                *self.master.lock().expect("master lock") = Some(child);
+                return Ok(());
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut why = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    use std::io::Read;
+                    let _ = e.read_to_string(&mut why);
+                }
+                bail!("ssh exited ({status}): {}", why.trim());
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("ssh did not log in within {} s", timeout.as_secs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn wait_for_ssh(&self, timeout: Duration, console: &Path) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let mut last = String::new();
         while Instant::now() < deadline {
-            match proc::run(
-                self.ssh_command("true", &["-o", "ConnectTimeout=3"]),
-                None,
-                Duration::from_secs(15),
-            ) {
+            let attempt = self.start_master(Duration::from_secs(15)).and_then(|()| {
+                proc::run(self.ssh_command("true", &[]), None, Duration::from_secs(15))
+            });
+            match attempt {
                 Ok(o) if o.success() => return Ok(()),
                 Ok(o) => last = o.combined(),
                 Err(e) => last = e.to_string(),
@@ -129,11 +169,9 @@ impl Guest {
             "-o".into(),
             "LogLevel=ERROR".into(),
             "-o".into(),
-            "ControlMaster=auto".into(),
+            "ControlMaster=no".into(),
             "-o".into(),
             format!("ControlPath={}", self.control_path().display()),
-            "-o".into(),
-            "ControlPersist=600".into(),
             "-o".into(),
             "ServerAliveInterval=5".into(),
         ]
@@ -362,11 +400,21 @@ impl Guest {
         }
     }
 
+    /// The pid of the master connection, while it runs.
+    pub fn master_pid(&self) -> Option<u32> {
+        self.master
+            .lock()
+            .expect("master lock")
+            .as_ref()
+            .map(Child::id)
+    }
+
     fn close_master(&self) {
-        let mut cmd = Command::new("ssh");
-        cmd.args(self.ssh_args())
-            .args(["-O", "exit", "root@127.0.0.1"]);
-        let _ = proc::run(cmd, None, Duration::from_secs(10));
+        if let Some(mut child) = self.master.lock().expect("master lock").take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(self.control_path());
     }
 
     /// Journal lines of user units, read as root: the messages the units' processes wrote
