@@ -89,9 +89,15 @@ fn run_matrix(
         sh.push_env("SAL_PROBE_BIN", &bins.probe),
         sh.push_env("SAL_RUN_DIR", &run_dir),
     );
+    // Ctrl-C reaches the harness too: it records the running trials as interrupted
+    // FAILs and exits; this process stays to report what was recorded.
+    lab::cleanup::defer_exit();
     let status =
         cmd!(sh, "cargo test --quiet --locked -p lab-matrix --test matrix -- --include-ignored {libtest...} {filters...}").run();
     let results = lab::report::collect(&run_dir)?;
+    if lab::cleanup::interrupted() && !results.is_empty() {
+        lab::report::write_all(&run_dir, &results)?;
+    }
     println!();
     for r in &results {
         println!("{}", r.summary_line());
@@ -115,7 +121,11 @@ fn run_matrix(
         "reports: {}/{{results.json,junit.xml,summary.md}}",
         run_dir.display()
     );
-    let status = status.map_err(|_| anyhow::anyhow!("some trials failed (FAIL or XPASS)"));
+    let status = if lab::cleanup::interrupted() {
+        Err(anyhow::anyhow!("interrupted (Ctrl-C or SIGTERM)"))
+    } else {
+        status.map_err(|_| anyhow::anyhow!("some trials failed (FAIL or XPASS)"))
+    };
     Ok(Some((results, status)))
 }
 

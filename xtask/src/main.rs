@@ -175,7 +175,11 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             // The chain of contexts says what failed; a backtrace of xtask would not.
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            if ::lab::cleanup::interrupted() {
+                std::process::ExitCode::from(130)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }
@@ -365,6 +369,24 @@ fn ci(sh: &Shell, root: &Path, no_vm: bool) -> Result<()> {
             ..Default::default()
         },
     )?;
+    step(
+        "faults: QEMU killed and stopped mid-step, the ssh master killed, broken ready states, a full disk",
+    );
+    {
+        let _echo = sh.push_env("SAL_ECHO_BIN", &bins.echo);
+        let _probe = sh.push_env("SAL_PROBE_BIN", &bins.probe);
+        cmd!(
+            sh,
+            "cargo test --locked -p lab --test faults -- --ignored --test-threads=1"
+        )
+        .run()?;
+    }
+    step("Ctrl-C during a trial, an image build and the ready state's provisioning");
+    cmd!(
+        sh,
+        "cargo test --locked -p xtask --test interrupt -- --ignored --test-threads=1"
+    )
+    .run()?;
     step("bench methods, one short round (it must run; its numbers are not judged)");
     bench::methods(
         sh,

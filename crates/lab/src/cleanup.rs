@@ -2,23 +2,53 @@
 //! process (`PR_SET_PDEATHSIG`); files (trial overlays, half-built cache entries) are
 //! registered here while they exist, and removed by the Ctrl-C/SIGTERM handler before
 //! the process exits. Normal and panicking exits remove them through their owners' `Drop`.
+//!
+//! Work in progress can also register what to record if it is interrupted (a running
+//! trial writes its FAIL); a process whose children do the work (`cargo xtask test`
+//! around the harness) defers the exit, so it can still collect and report.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, Once};
 
+type Action = Box<dyn Fn() + Send>;
+
 static PATHS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+static ACTIONS: Mutex<Vec<(PathBuf, Action)>> = Mutex::new(Vec::new());
 static HANDLER: Once = Once::new();
+static DEFER_EXIT: AtomicBool = AtomicBool::new(false);
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// Installs the signal handler (once per process).
 pub fn install_handler() {
     HANDLER.call_once(|| {
         let _ = ctrlc::set_handler(|| {
+            INTERRUPTED.store(true, Ordering::SeqCst);
+            if DEFER_EXIT.load(Ordering::SeqCst) {
+                eprintln!("\ninterrupted: waiting for the trials to record it");
+                return;
+            }
             eprintln!("\ninterrupted: removing overlays and partial images");
+            let actions = std::mem::take(&mut *ACTIONS.lock().unwrap_or_else(|e| e.into_inner()));
+            for (_, action) in actions {
+                action();
+            }
             remove_all();
             // Children (qemu, ssh, mmdebstrap) are killed by the kernel when we exit.
             std::process::exit(130);
         });
     });
+}
+
+/// This process survives Ctrl-C (its children handle it); see [`interrupted`].
+pub fn defer_exit() {
+    install_handler();
+    DEFER_EXIT.store(true, Ordering::SeqCst);
+}
+
+/// Whether Ctrl-C or SIGTERM arrived.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
 }
 
 /// Registers a file or directory to remove if the run is interrupted.
@@ -29,6 +59,21 @@ pub fn register(path: &Path) {
 /// Forgets a path (it was removed or published by its owner).
 pub fn unregister(path: &Path) {
     PATHS.lock().expect("cleanup lock").retain(|p| p != path);
+}
+
+/// Registers what to record under `id` if the run is interrupted before [`forget`].
+pub fn on_interrupt(id: &Path, action: impl Fn() + Send + 'static) {
+    ACTIONS
+        .lock()
+        .expect("cleanup lock")
+        .push((id.to_path_buf(), Box::new(action)));
+}
+
+pub fn forget(id: &Path) {
+    ACTIONS
+        .lock()
+        .expect("cleanup lock")
+        .retain(|(p, _)| p != id);
 }
 
 fn remove_all() {

@@ -187,10 +187,20 @@ impl Guest {
         cmd
     }
 
-    fn record(&self, who: &str, script: &str, result: &Result<Output>) {
+    /// Logs a command before it runs, so a command that hangs or is cut off (a killed
+    /// guest) is in the log too.
+    fn announce(&self, who: &str, script: &str) {
         let mut log = self.log.lock().expect("log lock");
         if let Some(f) = log.as_mut() {
             let _ = writeln!(f, "$ [{who}] {script}");
+            let _ = f.flush();
+        }
+    }
+
+    /// Logs what an announced command gave.
+    fn record(&self, result: &Result<Output>) {
+        let mut log = self.log.lock().expect("log lock");
+        if let Some(f) = log.as_mut() {
             match result {
                 Ok(o) => {
                     let _ = write!(f, "{}", o.combined());
@@ -218,8 +228,9 @@ impl Guest {
         stdin: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<Output> {
+        self.announce(who, shown);
         let result = proc::run(self.ssh_command(remote, &[]), stdin, timeout);
-        self.record(who, shown, &result);
+        self.record(&result);
         let out = result?;
         if out.code() == Some(255) {
             bail!(
@@ -327,12 +338,9 @@ impl Guest {
         let shown = format!("cat {}", quote(remote));
         let file = std::fs::File::create(local)
             .with_context(|| format!("creating {}", local.display()))?;
+        self.announce("root", &format!("{shown} > (host) {}", local.display()));
         let result = proc::run_to_file(self.ssh_command(&shown, &[]), file, timeout);
-        self.record(
-            "root",
-            &format!("{shown} > (host) {}", local.display()),
-            &result,
-        );
+        self.record(&result);
         let out = result?;
         if !out.success() {
             let _ = std::fs::remove_file(local);

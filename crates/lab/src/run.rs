@@ -174,23 +174,45 @@ pub fn run_one(trial: &Trial, ready: &Ready, run_dir: &Path, events: &Events) ->
     events.emit(Event::TrialStart { name: name.clone() });
     let started = Instant::now();
     let dir = trial_dir(run_dir, &name);
+    // Interrupted (Ctrl-C), the trial is a FAIL that says so, with its logs.
+    {
+        let interrupted = not_started(
+            trial,
+            run_dir,
+            &format!(
+                "interrupted (Ctrl-C or SIGTERM) during the trial (logs: {})",
+                dir.display()
+            ),
+        );
+        crate::cleanup::install_handler();
+        crate::cleanup::on_interrupt(&dir, move || {
+            let _ = crate::report::write_trial(&interrupted);
+        });
+    }
     let mut versions = ready.versions.clone();
     let (outcome, detail, issue) = match scenario::skip_reason(&trial.scenario, &ready.versions) {
         Some(reason) => (Outcome::Skip, reason, None),
         None => {
-            let attempt = TrialVm::start(ready, &dir, events).and_then(|vm| {
-                match runtime_for(trial, ready, &vm, events)? {
-                    Err(runtimes::Unusable(why, version)) => {
+            let attempt = TrialVm::start(ready, &dir, events).and_then(|mut vm| {
+                let attempt = match runtime_for(trial, ready, &vm, events) {
+                    Err(e) => Err(e),
+                    Ok(Err(runtimes::Unusable(why, version))) => {
                         if let Some(v) = version {
                             versions.insert(trial.runtime.clone(), v);
                         }
                         Ok((Outcome::Skip, why, None))
                     }
-                    Ok(rt) => {
+                    Ok(Ok(rt)) => {
                         versions.insert(trial.runtime.clone(), rt.version.clone());
                         scenario::run_trial(&vm, &trial.scenario, &rt, &versions)
                     }
-                }
+                };
+                // An error outside the guest's doing (ssh broke, a deadline passed) says
+                // what became of QEMU, when something did.
+                attempt.map_err(|e| match vm.diagnose() {
+                    Some(what) => e.context(what),
+                    None => e,
+                })
             });
             attempt.unwrap_or_else(|e| {
                 (
@@ -213,6 +235,7 @@ pub fn run_one(trial: &Trial, ready: &Ready, run_dir: &Path, events: &Events) ->
         detail,
         log_dir: dir,
     };
+    crate::cleanup::forget(&result.log_dir);
     events.emit(Event::TrialEnd(result.clone()));
     result
 }

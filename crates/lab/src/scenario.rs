@@ -232,6 +232,9 @@ pub enum Step {
         exit: i32,
         #[serde(default)]
         contains: Option<String>,
+        /// Seconds the command may take (default 300).
+        #[serde(default)]
+        timeout: Option<f64>,
     },
     /// Wait, for things that settle on their own.
     Sleep {
@@ -1037,9 +1040,11 @@ fn run_steps(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> Result<Option<
                 who,
                 exit,
                 contains,
+                timeout,
             } => {
                 let command = expand(command, runtime, &g.user);
-                let t = Duration::from_secs(300);
+                let t = Duration::try_from_secs_f64(timeout.unwrap_or(300.0))
+                    .with_context(|| format!("run `{command}`: timeout {timeout:?}"))?;
                 let out = match who {
                     Who::User => g.user(&command, t)?,
                     Who::Root => g.root(&command, t)?,

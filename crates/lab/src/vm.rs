@@ -331,6 +331,31 @@ impl TrialVm {
     pub fn console_log(&self) -> PathBuf {
         self.qemu.config.console_log.clone()
     }
+
+    /// What became of QEMU, when a trial's step failed for a reason outside the guest: it
+    /// exited (killed, crashed: with the end of its log), or it does not answer QMP (a
+    /// stopped or hung QEMU), or it is not running the guest. `None` when it is fine.
+    pub fn diagnose(&mut self) -> Option<String> {
+        let log = self.dir.join("qemu.log");
+        if let Some(status) = self.qemu.exited() {
+            let tail = std::fs::read_to_string(&log).unwrap_or_default();
+            return Some(format!(
+                "QEMU exited during the trial ({status}); {}:\n{}",
+                log.display(),
+                crate::proc::tail(tail.trim(), 5)
+            ));
+        }
+        self.qemu.qmp.set_timeout(Duration::from_secs(3));
+        let answer = self.qemu.qmp.status();
+        self.qemu.qmp.set_timeout(Duration::from_secs(30));
+        match answer {
+            Ok(status) if status == "running" => None,
+            Ok(status) => Some(format!("QEMU is {status:?}, not running the guest")),
+            Err(e) => Some(format!(
+                "QEMU does not answer QMP within 3 s (stopped or hung): {e:#}"
+            )),
+        }
+    }
 }
 
 impl Drop for TrialVm {

@@ -1,0 +1,288 @@
+//! Ctrl-C, as a terminal sends it: SIGINT to the whole process group of a real
+//! `xtask` run, during a trial, while an image is built and while the ready state is
+//! provisioned. Each must end promptly with a non-zero status, keep the logs (an
+//! interrupted trial is a FAIL in results.json), and leave nothing behind: no qemu,
+//! ssh or mmdebstrap process, no overlay, no half-built cache entry, no mount, no socket
+//! directory in /tmp.
+//!
+//! Needs root, QEMU, mmdebstrap and the Debian archive; `cargo xtask ci` runs them with
+//! `--ignored --test-threads=1` (they count the machine's processes and /tmp).
+
+use std::collections::BTreeSet;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn processes() -> Vec<(u32, String)> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            (!text.is_empty()).then_some((pid, text))
+        })
+        .collect()
+}
+
+fn tmp_dirs() -> BTreeSet<String> {
+    std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("sal-"))
+        .collect()
+}
+
+/// `xtask ARGS` in a process group of its own, its output in `log`.
+fn spawn(args: &[&str], cache: Option<&Path>, log: &Path) -> Child {
+    let out = std::fs::File::create(log).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    cmd.args(args)
+        .current_dir(workspace())
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .process_group(0);
+    if let Some(c) = cache {
+        cmd.env("XDG_CACHE_HOME", c);
+    }
+    cmd.spawn().unwrap()
+}
+
+/// Waits (up to `limit`) until `ready` says the moment has come.
+fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ready() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen in {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Ctrl-C: SIGINT to the group; the run must end within a minute with status 130.
+fn interrupt(child: &mut Child, log: &Path) {
+    let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+            panic!("still running 60 s after Ctrl-C; log:\n{}", read(log));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("--- after Ctrl-C ({status}) ---\n{}", tail(&read(log), 25));
+    assert_eq!(status.code(), Some(130), "{}", read(log));
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Nothing that names `needle` runs (after a moment for the kernel to reap), nothing is
+/// mounted under it, no new lab directory is in /tmp.
+fn assert_nothing_left(needle: &Path, tmp_before: &BTreeSet<String>) {
+    let needle = needle.display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<(u32, String)> = processes()
+            .into_iter()
+            .filter(|(_, c)| {
+                c.contains(&needle)
+                    && (c.starts_with("qemu")
+                        || c.starts_with("ssh")
+                        || c.contains("mmdebstrap")
+                        || c.contains("apt")
+                        || c.contains("dpkg"))
+            })
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "left running: {left:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mounts = read(Path::new("/proc/mounts"));
+    assert!(
+        !mounts.lines().any(|l| l.contains(&needle)),
+        "left mounted:\n{mounts}"
+    );
+    let new: Vec<String> = tmp_dirs().difference(tmp_before).cloned().collect();
+    assert!(new.is_empty(), "left in /tmp: {new:?}");
+}
+
+fn entries(images: &Path) -> Vec<String> {
+    std::fs::read_dir(images)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn newest_run_dir(after: std::time::SystemTime) -> Option<PathBuf> {
+    std::fs::read_dir(workspace().join("target/lab"))
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("run-"))
+        .filter(|e| {
+            e.metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t >= after)
+        })
+        .map(|e| e.path())
+        .max()
+}
+
+#[test]
+#[ignore = "needs root, QEMU and a debian-13 image (built when missing): cargo xtask ci"]
+fn ctrl_c_during_a_trial() {
+    let tmp_before = tmp_dirs();
+    let started = std::time::SystemTime::now();
+    let log = workspace().join("target/interrupt-trial.log");
+    // A trial with a reboot gives a wide window.
+    let mut child = spawn(
+        &[
+            "test",
+            "reboot-usernamespace::",
+            "--target",
+            "debian-13",
+            "--runtime",
+            "crun",
+        ],
+        None,
+        &log,
+    );
+    let trial = std::cell::RefCell::new(None::<PathBuf>);
+    wait_until(
+        "the trial's first command",
+        Duration::from_secs(900),
+        || {
+            let Some(run) = newest_run_dir(started) else {
+                return false;
+            };
+            let dir = run.join("reboot-usernamespace--debian-13--crun");
+            let started = read(&dir.join("commands.log")).contains("systemctl --user");
+            if started {
+                *trial.borrow_mut() = Some(dir);
+            }
+            started
+        },
+    );
+    let dir = trial.into_inner().unwrap();
+    interrupt(&mut child, &log);
+    assert_nothing_left(&dir, &tmp_before);
+    assert!(
+        !dir.join("disk.qcow2").exists(),
+        "the overlay was left behind"
+    );
+    // The evidence and the verdict: a FAIL that says it was interrupted, in the reports.
+    assert!(dir.join("console.log").is_file() && dir.join("commands.log").is_file());
+    let result = read(&dir.join("result.json"));
+    assert!(result.contains("\"FAIL\""), "{result}");
+    assert!(result.contains("interrupted"), "{result}");
+    let run = dir.parent().unwrap();
+    let results = read(&run.join("results.json"));
+    assert!(
+        results.contains("reboot-usernamespace::debian-13::crun"),
+        "{results}"
+    );
+    assert!(read(&log).contains("interrupted"), "{}", read(&log));
+}
+
+#[test]
+#[ignore = "needs root, mmdebstrap and the Debian archive: cargo xtask ci"]
+fn ctrl_c_while_building_an_image() {
+    let tmp_before = tmp_dirs();
+    let cache = tempfile::Builder::new()
+        .prefix("sal-interrupt-cache-")
+        .tempdir_in(workspace().join("target"))
+        .unwrap();
+    let log = workspace().join("target/interrupt-image.log");
+    let mut child = spawn(&["vm", "build", "debian-13"], Some(cache.path()), &log);
+    let images = cache.path().join("socket-activation-lab/images");
+    wait_until("mmdebstrap at work", Duration::from_secs(600), || {
+        entries(&images)
+            .iter()
+            .any(|n| n.contains("base") && n.contains(".building-"))
+            && processes().iter().any(|(_, c)| c.contains("mmdebstrap"))
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    interrupt(&mut child, &log);
+    assert_nothing_left(cache.path(), &tmp_before);
+    let left: Vec<String> = entries(&images)
+        .into_iter()
+        .filter(|n| !n.ends_with(".lock"))
+        .collect();
+    assert!(left.is_empty(), "left in the cache: {left:?}");
+}
+
+#[test]
+#[ignore = "needs root, QEMU and a debian-13 image (built when missing): cargo xtask ci"]
+fn ctrl_c_while_provisioning_the_ready_state() {
+    // The base image comes from the real cache (built there if missing), hard-linked
+    // into an empty one, so this run provisions a ready state from it.
+    let status = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["vm", "build", "debian-13"])
+        .current_dir(workspace())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let real = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"))
+        .join("socket-activation-lab/images");
+    let base = entries(&real)
+        .into_iter()
+        .find(|n| n.starts_with("debian-13-base-") && !n.contains('.'))
+        .expect("the debian-13 base image");
+    let tmp_before = tmp_dirs();
+    let cache = tempfile::Builder::new()
+        .prefix("sal-interrupt-cache-")
+        .tempdir_in(workspace().join("target"))
+        .unwrap();
+    let images = cache.path().join("socket-activation-lab/images");
+    std::fs::create_dir_all(&images).unwrap();
+    let copied = Command::new("cp")
+        .arg("-al")
+        .arg(real.join(&base))
+        .arg(images.join(&base))
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let log = workspace().join("target/interrupt-ready.log");
+    let mut child = spawn(&["vm", "build", "debian-13"], Some(cache.path()), &log);
+    wait_until("provisioning", Duration::from_secs(600), || {
+        entries(&images).iter().any(|n| {
+            n.contains("-ready-")
+                && n.contains(".building-")
+                && images.join(n).join("provision.log").is_file()
+        })
+    });
+    interrupt(&mut child, &log);
+    assert_nothing_left(cache.path(), &tmp_before);
+    let left: Vec<String> = entries(&images)
+        .into_iter()
+        .filter(|n| *n != base && !n.ends_with(".lock"))
+        .collect();
+    assert!(left.is_empty(), "left in the cache: {left:?}");
+}
