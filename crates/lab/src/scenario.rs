@@ -717,6 +717,27 @@ fn unit_dir(vm: &TrialVm, scope: Scope) -> (String, Option<String>) {
 }
 
 /// Runs `systemctl ARGS` in the scenario's scope.
+/// The scenario's socket units that are in the failed state, if any.
+fn failed_sockets(vm: &TrialVm, scenario: &Scenario) -> Result<Option<String>> {
+    let sockets: Vec<String> = scenario
+        .journal_units()
+        .into_iter()
+        .filter(|u| u.ends_with(".socket"))
+        .collect();
+    if sockets.is_empty() {
+        return Ok(None);
+    }
+    let names: Vec<String> = sockets.iter().map(|u| q(u)).collect();
+    let out = systemctl(vm, scenario.scope, &format!("is-failed {}", names.join(" ")))?;
+    let failed: Vec<&str> = sockets
+        .iter()
+        .zip(out.stdout.lines())
+        .filter(|(_, state)| state.trim() == "failed")
+        .map(|(u, _)| u.as_str())
+        .collect();
+    Ok((!failed.is_empty()).then(|| failed.join(", ")))
+}
+
 fn systemctl(vm: &TrialVm, scope: Scope, args: &str) -> Result<crate::proc::Output> {
     let t = Duration::from_secs(120);
     match scope {
@@ -896,9 +917,16 @@ fn run_steps(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> Result<Option<
                     cmd = format!("ip netns exec {} {cmd}", q(ns));
                 }
                 let deadline = std::time::Instant::now() + Duration::from_secs_f64(*timeout);
+                let mut gave_up = None;
                 let out = loop {
                     let out = g.root(&cmd, Duration::from_secs_f64(timeout + 30.0))?;
                     if out.success() || !*retry || std::time::Instant::now() >= deadline {
+                        break out;
+                    }
+                    // A failed socket unit (the service hit its start limit, or the socket
+                    // its trigger limit) stays failed: no later attempt can be answered.
+                    if let Some(failed) = failed_sockets(vm, scenario)? {
+                        gave_up = Some(failed);
                         break out;
                     }
                     std::thread::sleep(Duration::from_millis(500));
@@ -923,7 +951,11 @@ fn run_steps(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> Result<Option<
                     continue;
                 }
                 if !ok {
-                    return fail(what, out.combined());
+                    let mut output = out.combined();
+                    if let Some(failed) = gave_up {
+                        output += &format!("\n(stopped retrying: {failed} failed)");
+                    }
+                    return fail(what, output);
                 }
                 if let (Some(src), Some(v)) = (source, parsed) {
                     let reply = v["reply"].as_str().unwrap_or("").trim().to_string();
