@@ -5,8 +5,8 @@
 //! Trials boot guests, so they only run when `cargo xtask test` has built the static
 //! binaries and says where they are (`SAL_ECHO_BIN`, `SAL_PROBE_BIN`); otherwise they are
 //! listed as ignored. `SAL_TARGETS` and `SAL_RUNTIMES` (comma-separated) choose the axes,
-//! `SAL_RUN_DIR` where logs and reports go, `SAL_FILTERS` several name filters (libtest
-//! takes one).
+//! `SAL_RUN_DIR` where logs and reports go, `SAL_FILTERS` name filters (one per line; with
+//! `SAL_EXACT=1`, whole names), since libtest takes one filter.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -36,7 +36,8 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .expect("tests/ is in the workspace")
         .to_path_buf();
-    // libtest-mimic takes one FILTER; several come through SAL_FILTERS (one per line).
+    // libtest-mimic takes one FILTER; `cargo xtask test` passes any number through
+    // SAL_FILTERS (one per line) and SAL_EXACT, with libtest's rules for each.
     let filters: Vec<String> = std::env::var("SAL_FILTERS")
         .map(|v| {
             v.lines()
@@ -47,6 +48,7 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_default();
     let selection = Selection {
         filters,
+        exact: std::env::var("SAL_EXACT").is_ok_and(|v| v == "1"),
         targets: list("SAL_TARGETS"),
         runtimes: list("SAL_RUNTIMES"),
     };

@@ -16,7 +16,8 @@ pub(crate) fn events() -> Events {
 }
 
 /// Runs the trial matrix through its libtest harness (`tests/matrix.rs`), so filters,
-/// `--list` and `--exact` behave as in any `cargo test`.
+/// `--list` and `--exact` behave as in any `cargo test` (for any number of filters), and a
+/// filter that selects no trial is an error.
 pub fn test(sh: &Shell, root: &Path, selection: Selection, options: &TestOptions) -> Result<()> {
     match run_matrix(sh, root, selection, options)? {
         None => Ok(()),
@@ -35,51 +36,29 @@ fn run_matrix(
 ) -> Result<Option<MatrixOutcome>> {
     let targets = selection.targets.join(",");
     let runtimes = selection.runtimes.join(",");
-    // One filter goes to libtest (so --exact works); several go through SAL_FILTERS.
-    let joined = if selection.filters.len() > 1 {
-        selection.filters.join("\n")
-    } else {
-        String::new()
-    };
-    let filters: &[String] = if selection.filters.len() > 1 {
-        &[]
-    } else {
-        &selection.filters
-    };
+    // The harness selects with the same rules (SAL_FILTERS, one per line, and
+    // SAL_EXACT), not with libtest's single positional filter.
+    let filters = selection.filters.join("\n");
     let mut libtest: Vec<String> = Vec::new();
     if options.list {
         libtest.push("--list".into());
-    }
-    if options.exact {
-        libtest.push("--exact".into());
     }
     libtest.push(format!("--test-threads={}", options.jobs.max(1)));
     let _env = (
         sh.push_env("SAL_TARGETS", &targets),
         sh.push_env("SAL_RUNTIMES", &runtimes),
-        sh.push_env("SAL_FILTERS", &joined),
+        sh.push_env("SAL_FILTERS", &filters),
+        sh.push_env("SAL_EXACT", if selection.exact { "1" } else { "" }),
     );
+    // A filter that selects nothing is an error before anything is built or run.
+    run::plan_selected(root, &selection)?;
     if options.list {
         cmd!(
             sh,
-            "cargo test --quiet --locked -p lab-matrix --test matrix -- {libtest...} {filters...}"
+            "cargo test --quiet --locked -p lab-matrix --test matrix -- {libtest...}"
         )
         .run()?;
         return Ok(None);
-    }
-    let planned = run::plan(
-        root,
-        &Selection {
-            filters: Vec::new(),
-            ..selection.clone()
-        },
-    )?;
-    let wanted = &selection.filters;
-    let any = planned
-        .iter()
-        .any(|t| wanted.is_empty() || wanted.iter().any(|f| t.name().contains(f.as_str())));
-    if !any {
-        bail!("no trial matches the filters {wanted:?} (see cargo xtask test --list)");
     }
     host::ensure(sh, host::LAB)?;
     let bins = statics::build(sh, root)?;
@@ -92,8 +71,11 @@ fn run_matrix(
     // Ctrl-C reaches the harness too: it records the running trials as interrupted
     // FAILs and exits; this process stays to report what was recorded.
     lab::cleanup::defer_exit();
-    let status =
-        cmd!(sh, "cargo test --quiet --locked -p lab-matrix --test matrix -- --include-ignored {libtest...} {filters...}").run();
+    let status = cmd!(
+        sh,
+        "cargo test --quiet --locked -p lab-matrix --test matrix -- --include-ignored {libtest...}"
+    )
+    .run();
     let results = lab::report::collect(&run_dir)?;
     if lab::cleanup::interrupted() && !results.is_empty() {
         lab::report::write_all(&run_dir, &results)?;
@@ -144,6 +126,7 @@ pub fn bisect(
         filters: vec![format!("{scenario}::")],
         targets: vec![target.to_string()],
         runtimes,
+        ..Default::default()
     };
     let options = TestOptions {
         jobs: 1,
@@ -195,7 +178,6 @@ pub fn bisect(
 #[derive(Debug, Clone, Default)]
 pub struct TestOptions {
     pub list: bool,
-    pub exact: bool,
     pub jobs: usize,
 }
 

@@ -201,10 +201,11 @@ fn run(cli: Cli) -> Result<()> {
             &root,
             ::lab::run::Selection {
                 filters,
+                exact,
                 targets,
                 runtimes,
             },
-            &lab::TestOptions { list, exact, jobs },
+            &lab::TestOptions { list, jobs },
         ),
         Command::Matrix { targets, runtimes } => {
             println!("{}", lab::matrix(&root, &targets, &runtimes)?);
@@ -344,6 +345,7 @@ fn ci(sh: &Shell, root: &Path, no_vm: bool) -> Result<()> {
         filters: ci_scenarios,
         targets: vec!["debian-13".into()],
         runtimes: vec!["crun".into(), "runc".into()],
+        ..Default::default()
     };
     lab::test(
         sh,
@@ -359,6 +361,7 @@ fn ci(sh: &Shell, root: &Path, no_vm: bool) -> Result<()> {
         filters: vec!["sockets-3::".into()],
         targets: vec!["debian-13".into()],
         runtimes: vec!["runc@bookworm".into()],
+        ..Default::default()
     };
     lab::test(
         sh,

@@ -32,12 +32,37 @@ impl Trial {
 
 #[derive(Debug, Clone, Default)]
 pub struct Selection {
-    /// A trial is selected when its name contains any filter (all when empty).
+    /// A trial is selected when its name contains any filter, or with `exact` equals one
+    /// (libtest's rules, for any number of filters); all when empty.
     pub filters: Vec<String>,
+    pub exact: bool,
     /// Target names; the default target (debian-13) when empty.
     pub targets: Vec<String>,
     /// Runtimes (`runc`, `crun@bookworm`, ...); every runtime of the target when empty.
     pub runtimes: Vec<String>,
+}
+
+impl Selection {
+    pub fn matches(&self, name: &str) -> bool {
+        self.filters.is_empty() || self.filters.iter().any(|f| self.matches_one(f, name))
+    }
+
+    fn matches_one(&self, filter: &str, name: &str) -> bool {
+        if self.exact {
+            name == filter
+        } else {
+            name.contains(filter)
+        }
+    }
+
+    /// The filters that select none of `names`.
+    pub fn unmatched<'a>(&'a self, names: &[String]) -> Vec<&'a str> {
+        self.filters
+            .iter()
+            .filter(|f| !names.iter().any(|n| self.matches_one(f, n)))
+            .map(String::as_str)
+            .collect()
+    }
 }
 
 pub const DEFAULT_TARGET: &str = "debian-13";
@@ -72,16 +97,48 @@ pub fn plan(workspace: &Path, selection: &Selection) -> Result<Vec<Trial>> {
                     target: target.clone(),
                     runtime: r.clone(),
                 };
-                let n = t.name();
-                if selection.filters.is_empty()
-                    || selection.filters.iter().any(|f| n.contains(f.as_str()))
-                {
+                if selection.matches(&t.name()) {
                     trials.push(t);
                 }
             }
         }
     }
     Ok(trials)
+}
+
+/// Like [`plan`], and every filter must select at least one trial: a run that executes
+/// nothing, or a mistyped filter beside good ones, is an error naming the filter.
+pub fn plan_selected(workspace: &Path, selection: &Selection) -> Result<Vec<Trial>> {
+    let all = plan(
+        workspace,
+        &Selection {
+            filters: Vec::new(),
+            ..selection.clone()
+        },
+    )?;
+    let names: Vec<String> = all.iter().map(Trial::name).collect();
+    let unmatched = selection.unmatched(&names);
+    if !unmatched.is_empty() {
+        let quoted: Vec<String> = unmatched.iter().map(|f| format!("{f:?}")).collect();
+        bail!(
+            "no trial matches {} {}{} (trial names are scenario::target::runtime; see cargo xtask test --list)",
+            if unmatched.len() == 1 {
+                "the filter"
+            } else {
+                "the filters"
+            },
+            quoted.join(", "),
+            if selection.exact { " exactly" } else { "" }
+        );
+    }
+    let selected: Vec<Trial> = all
+        .into_iter()
+        .filter(|t| selection.matches(&t.name()))
+        .collect();
+    if selected.is_empty() {
+        bail!("the selection has no trials");
+    }
+    Ok(selected)
 }
 
 /// A new run directory `target/lab/<timestamp>/`.
@@ -238,4 +295,64 @@ pub fn run_one(trial: &Trial, ready: &Ready, run_dir: &Path, events: &Events) ->
     crate::cleanup::forget(&result.log_dir);
     events.emit(Event::TrialEnd(result.clone()));
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names() -> Vec<String> {
+        [
+            "restrict::debian-13::crun",
+            "restrict::debian-13::runc",
+            "restrict-pull-always::debian-13::crun",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    fn selection(filters: &[&str], exact: bool) -> Selection {
+        Selection {
+            filters: filters.iter().map(|f| f.to_string()).collect(),
+            exact,
+            ..Default::default()
+        }
+    }
+
+    fn picked(s: &Selection) -> usize {
+        names().iter().filter(|n| s.matches(n)).count()
+    }
+
+    #[test]
+    fn substring_filters_select_any_match() {
+        let s = selection(&["restrict::"], false);
+        assert_eq!(picked(&s), 2);
+        assert!(s.unmatched(&names()).is_empty());
+    }
+
+    #[test]
+    fn exact_with_a_partial_name_selects_nothing_and_says_which() {
+        let s = selection(&["restrict"], true);
+        assert_eq!(picked(&s), 0);
+        assert_eq!(s.unmatched(&names()), ["restrict"]);
+    }
+
+    #[test]
+    fn exact_applies_to_every_filter() {
+        let s = selection(&["restrict::debian-13::crun", "restrict::debian-13"], true);
+        assert_eq!(picked(&s), 1);
+        assert_eq!(s.unmatched(&names()), ["restrict::debian-13"]);
+    }
+
+    #[test]
+    fn a_mistyped_filter_beside_a_good_one_is_named() {
+        let s = selection(&["restrict::", "restirct"], false);
+        assert_eq!(picked(&s), 2);
+        assert_eq!(s.unmatched(&names()), ["restirct"]);
+    }
+
+    #[test]
+    fn no_filter_selects_all() {
+        assert_eq!(picked(&selection(&[], true)), 3);
+    }
 }

@@ -728,7 +728,11 @@ fn failed_sockets(vm: &TrialVm, scenario: &Scenario) -> Result<Option<String>> {
         return Ok(None);
     }
     let names: Vec<String> = sockets.iter().map(|u| q(u)).collect();
-    let out = systemctl(vm, scenario.scope, &format!("is-failed {}", names.join(" ")))?;
+    let out = systemctl(
+        vm,
+        scenario.scope,
+        &format!("is-failed {}", names.join(" ")),
+    )?;
     let failed: Vec<&str> = sockets
         .iter()
         .zip(out.stdout.lines())
