@@ -80,7 +80,6 @@ fn main() -> anyhow::Result<()> {
     // of building the image again. Each target has its own cell, so with --jobs N a
     // trial of one target does not wait on another target's build, and a panic while
     // building one leaves the others (and a later retry of it) free.
-    type ReadyCell = Arc<OnceLock<Result<Arc<Ready>, String>>>;
     let readies: Arc<Mutex<HashMap<String, ReadyCell>>> = Arc::default();
 
     let trials: Vec<Trial> = planned
@@ -95,49 +94,23 @@ fn main() -> anyhow::Result<()> {
                 readies.clone(),
             );
             Trial::test(name, move || {
-                let bins =
-                    bins.ok_or_else(|| Failed::from("no binaries: run through cargo xtask test"))?;
-                let name = &trial.target.name;
-                let cell = readies
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .entry(name.clone())
-                    .or_default()
-                    .clone();
-                let mut made_here = false;
-                let ready = match cell.get_or_init(|| {
-                    made_here = true;
-                    vm::ensure_ready(&trial.target, &bins, &events)
-                        .map(Arc::new)
-                        .map_err(|e| format!("preparing {name}: {e:#}"))
-                }) {
-                    Ok(r) => r.clone(),
-                    Err(e) => {
-                        // The first trial gets the whole error; the rest refer to it.
-                        let why = if made_here {
-                            e.clone()
-                        } else {
-                            let mut lines = e.lines().filter(|l| !l.trim().is_empty());
-                            let first = lines.next().unwrap_or_default();
-                            let last = lines.next_back().unwrap_or_default();
-                            format!(
-                                "{first} ... {last} (failed earlier in this run; the first trial of {name} has the whole error)"
-                            )
-                        };
-                        let result = run::not_started(&trial, &run_dir, &why);
-                        lab::report::write_trial(&result)
-                            .map_err(|e| Failed::from(format!("{e:#}")))?;
-                        return Err(Failed::from(why));
-                    }
-                };
-                let result = run::run_one(&trial, &ready, &run_dir, &events);
-                lab::report::write_trial(&result).map_err(|e| Failed::from(format!("{e:#}")))?;
-                match result.outcome {
-                    Outcome::Pass | Outcome::Xfail | Outcome::Skip => Ok(()),
-                    Outcome::Fail | Outcome::Xpass => {
-                        Err(Failed::from(result.summary_line() + "\n" + &result.detail))
-                    }
-                }
+                // A panic anywhere in a trial (the engine's bug, a bad scenario value) is a
+                // FAIL with its message in result.json, so every report counts it.
+                let body = std::panic::AssertUnwindSafe(|| {
+                    run_trial(&trial, bins.as_ref(), &run_dir, &events, &readies)
+                });
+                std::panic::catch_unwind(body).unwrap_or_else(|panic| {
+                    let message = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "(no message)".into());
+                    let why = format!("the trial panicked: {message}");
+                    let result = run::not_started(&trial, &run_dir, &why);
+                    lab::report::write_trial(&result)
+                        .map_err(|e| Failed::from(format!("{e:#}")))?;
+                    Err(Failed::from(why))
+                })
             })
             .with_ignored_flag(ignored)
         })
@@ -155,4 +128,58 @@ fn main() -> anyhow::Result<()> {
         }
     }
     conclusion.exit()
+}
+
+type ReadyCell = Arc<OnceLock<Result<Arc<Ready>, String>>>;
+
+/// One trial: the target's ready state (made by the first trial that needs it), then
+/// the trial, its result.json, and libtest's verdict.
+fn run_trial(
+    trial: &run::Trial,
+    bins: Option<&Binaries>,
+    run_dir: &Path,
+    events: &Events,
+    readies: &Mutex<HashMap<String, ReadyCell>>,
+) -> Result<(), Failed> {
+    let bins = bins.ok_or_else(|| Failed::from("no binaries: run through cargo xtask test"))?;
+    let name = &trial.target.name;
+    let cell = readies
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .entry(name.clone())
+        .or_default()
+        .clone();
+    let mut made_here = false;
+    let ready = match cell.get_or_init(|| {
+        made_here = true;
+        vm::ensure_ready(&trial.target, bins, events)
+            .map(Arc::new)
+            .map_err(|e| format!("preparing {name}: {e:#}"))
+    }) {
+        Ok(r) => r.clone(),
+        Err(e) => {
+            // The first trial gets the whole error; the rest refer to it.
+            let why = if made_here {
+                e.clone()
+            } else {
+                let mut lines = e.lines().filter(|l| !l.trim().is_empty());
+                let first = lines.next().unwrap_or_default();
+                let last = lines.next_back().unwrap_or_default();
+                format!(
+                    "{first} ... {last} (failed earlier in this run; the first trial of {name} has the whole error)"
+                )
+            };
+            let result = run::not_started(trial, run_dir, &why);
+            lab::report::write_trial(&result).map_err(|e| Failed::from(format!("{e:#}")))?;
+            return Err(Failed::from(why));
+        }
+    };
+    let result = run::run_one(trial, &ready, run_dir, events);
+    lab::report::write_trial(&result).map_err(|e| Failed::from(format!("{e:#}")))?;
+    match result.outcome {
+        Outcome::Pass | Outcome::Xfail | Outcome::Skip => Ok(()),
+        Outcome::Fail | Outcome::Xpass => {
+            Err(Failed::from(result.summary_line() + "\n" + &result.detail))
+        }
+    }
 }
