@@ -352,18 +352,53 @@ pub fn decide_accel(kernel: &Path) -> Accel {
             if let Some(why) = tcg_without_probe() {
                 return (Accel::Tcg, why);
             }
-            match kvm_runs_kernel(kernel) {
+            // The answer depends only on the host kernel, this QEMU and the guest kernel:
+            // kept per combination, so only the first run pays the probe (15 s where KVM
+            // hangs).
+            let record = probe_record(kernel);
+            if let Some(known) = record
+                .as_ref()
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                && let Some((accel, why)) = known.split_once(": ")
+            {
+                let accel = if accel == "kvm" {
+                    Accel::Kvm
+                } else {
+                    Accel::Tcg
+                };
+                return (accel, format!("{why} (probed earlier on this host)"));
+            }
+            let decided = match kvm_runs_kernel(kernel) {
                 Ok(()) => (
                     Accel::Kvm,
-                    "/dev/kvm ran the guest kernel to its end".into(),
+                    "/dev/kvm ran the guest kernel to its end".to_string(),
                 ),
                 Err(why) => (
                     Accel::Tcg,
                     format!("/dev/kvm opens but did not run the guest kernel: {why}"),
                 ),
+            };
+            if let Some(p) = record {
+                let _ = std::fs::create_dir_all(p.parent().expect("under the cache"));
+                let _ = std::fs::write(&p, format!("{}: {}", decided.0.name(), decided.1));
             }
+            decided
         })
         .0
+}
+
+/// Where the probe's answer for this host kernel, QEMU and guest kernel is kept.
+fn probe_record(kernel: &Path) -> Option<PathBuf> {
+    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let key = crate::cache::key(&[
+        ("host-kernel", host.trim().as_bytes()),
+        ("qemu", version().ok()?.as_bytes()),
+        (
+            "guest-kernel",
+            crate::cache::sha256_file(kernel).ok()?.as_bytes(),
+        ),
+    ]);
+    Some(crate::cache::root().join("accel").join(key))
 }
 
 fn kvm_runs_kernel(kernel: &Path) -> std::result::Result<(), String> {
