@@ -44,8 +44,9 @@ fn quote(s: &str) -> String {
 }
 
 impl Guest {
-    /// Connects to the guest's sshd on `port`, retrying until `timeout`. `console` is named
-    /// in the timeout error, since it is where a boot that went wrong shows why.
+    /// Connects to the guest's sshd on `port`, retrying until `timeout`, or until `gone`
+    /// says why the guest will never answer (its QEMU exited). `console` is named in the
+    /// timeout error, since it is where a boot that went wrong shows why.
     pub fn connect(
         port: u16,
         keys: SshKeys,
@@ -53,6 +54,7 @@ impl Guest {
         timeout: Duration,
         console: &Path,
         log: Option<&Path>,
+        gone: &mut dyn FnMut() -> Option<String>,
     ) -> Result<Guest> {
         // Unix socket paths are limited to 108 bytes: keep the control socket short.
         let control_dir = tempfile::Builder::new()
@@ -76,7 +78,7 @@ impl Guest {
             master: Mutex::new(None),
             log: Mutex::new(log),
         };
-        guest.wait_for_ssh(timeout, console)?;
+        guest.wait_for_ssh(timeout, console, gone)?;
         Ok(guest)
     }
 
@@ -85,8 +87,11 @@ impl Guest {
     fn start_master(&self, timeout: Duration) -> Result<()> {
         self.close_master();
         let mut cmd = Command::new("ssh");
-        cmd.args(self.ssh_args())
-            .args(["-o", "ControlMaster=yes", "-o", "ConnectTimeout=3", "-N"])
+        // ssh keeps the first value given for an option: these go before the shared
+        // arguments (whose ControlMaster=no is for the clients).
+        cmd.args(["-o", "ControlMaster=yes", "-o", "ConnectTimeout=3"])
+            .args(self.ssh_args())
+            .arg("-N")
             .arg("root@127.0.0.1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -116,10 +121,21 @@ impl Guest {
         }
     }
 
-    fn wait_for_ssh(&self, timeout: Duration, console: &Path) -> Result<()> {
+    fn wait_for_ssh(
+        &self,
+        timeout: Duration,
+        console: &Path,
+        gone: &mut dyn FnMut() -> Option<String>,
+    ) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let mut last = String::new();
         while Instant::now() < deadline {
+            if let Some(why) = gone() {
+                bail!(
+                    "the guest cannot answer on ssh: {why}; see the console log {}",
+                    console.display()
+                );
+            }
             let attempt = self.start_master(Duration::from_secs(15)).and_then(|()| {
                 proc::run(self.ssh_command("true", &[]), None, Duration::from_secs(15))
             });
@@ -400,7 +416,7 @@ impl Guest {
                     console.display()
                 );
             }
-            self.wait_for_ssh(left, console)?;
+            self.wait_for_ssh(left, console, &mut || None)?;
             match self.boot_id() {
                 Ok(id) if id != before => return Ok(()),
                 _ => self.close_master(),

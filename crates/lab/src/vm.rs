@@ -108,6 +108,44 @@ fn vm_config(
     })
 }
 
+/// `Some(why)` once QEMU has exited: its status and the end of its log.
+fn qemu_gone(qemu: &mut Qemu, log: &Path) -> Option<String> {
+    let status = qemu.exited()?;
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    Some(format!(
+        "QEMU exited ({status}): {}",
+        crate::proc::tail(text.trim(), 5)
+    ))
+}
+
+/// Keeps the logs of a failed build (its staging directory is removed) under the cache's
+/// `failed/`, and says where.
+fn keep_logs(stage: &Path, entry: &Path) -> String {
+    let name = entry
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let kept = cache::root().join("failed").join(format!("{name}-{now}"));
+    let copied = std::fs::create_dir_all(&kept).is_ok()
+        && std::fs::read_dir(stage).is_ok_and(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+                .all(|e| std::fs::copy(e.path(), kept.join(e.file_name())).is_ok())
+        });
+    if copied {
+        format!("logs kept in {}", kept.display())
+    } else {
+        format!(
+            "logs could not be kept (copying to {} failed)",
+            kept.display()
+        )
+    }
+}
+
 /// The target's ready state from the cache, made first if missing.
 pub fn ensure_ready(target: &Target, bins: &Binaries, events: &Events) -> Result<Ready> {
     crate::cleanup::install_handler();
@@ -159,7 +197,24 @@ fn make_ready(
     events: &Events,
 ) -> Result<cache::Manifest> {
     let stage = cache::stage(dir, key)?;
-    let s = stage.path();
+    match boot_and_provision(target, base, machine, bins, stage.path(), events) {
+        Ok(facts) => stage.publish(facts),
+        Err(e) => {
+            let kept = keep_logs(stage.path(), dir);
+            Err(e.context(kept))
+        }
+    }
+}
+
+/// Boots the overlay in `s`, provisions it and saves the state there; the facts to publish.
+fn boot_and_provision(
+    target: &Target,
+    base: &BaseImage,
+    machine: &MachineSpec,
+    bins: &Binaries,
+    s: &Path,
+    events: &Events,
+) -> Result<BTreeMap<String, String>> {
     let disk = s.join("disk.qcow2");
     image::overlay(&base.disk, &disk)?;
     let config = vm_config(base, machine, &disk, s, None)?;
@@ -176,6 +231,7 @@ fn make_ready(
         boot_timeout(machine.accel),
         &console,
         Some(&s.join("provision.log")),
+        &mut || qemu_gone(&mut qemu, &s.join("qemu.log")),
     )?;
     step.done();
 
@@ -197,7 +253,7 @@ fn make_ready(
     step.done();
     let mut facts = versions;
     facts.insert(QEMU_FACT.into(), qemu::version()?);
-    stage.publish(facts)
+    Ok(facts)
 }
 
 /// Brings a freshly booted guest to the ready state and reads its versions.
@@ -310,6 +366,7 @@ impl TrialVm {
         if status == "paused" {
             qemu.qmp.execute("cont", None)?;
         }
+        let qemu_log = dir.join("qemu.log");
         let guest = Guest::connect(
             qemu.config.ssh_port,
             ready.base.keys.clone(),
@@ -317,6 +374,7 @@ impl TrialVm {
             Duration::from_secs(90),
             &console,
             Some(&dir.join("commands.log")),
+            &mut || qemu_gone(&mut qemu, &qemu_log),
         )?;
         guest.sync_clock()?;
         step.done();
