@@ -14,6 +14,7 @@ use std::sync::{Mutex, Once};
 type Action = Box<dyn Fn() + Send>;
 
 static PATHS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+static GROUPS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 static ACTIONS: Mutex<Vec<(PathBuf, Action)>> = Mutex::new(Vec::new());
 static HANDLER: Once = Once::new();
 static DEFER_EXIT: AtomicBool = AtomicBool::new(false);
@@ -29,6 +30,7 @@ pub fn install_handler() {
                 return;
             }
             eprintln!("\ninterrupted: removing overlays and partial images");
+            stop_groups();
             let actions = std::mem::take(&mut *ACTIONS.lock().unwrap_or_else(|e| e.into_inner()));
             for (_, action) in actions {
                 action();
@@ -74,6 +76,36 @@ pub fn forget(id: &Path) {
         .lock()
         .expect("cleanup lock")
         .retain(|(p, _)| p != id);
+}
+
+/// A child running in a process group of its own (Ctrl-C from a terminal does not reach
+/// it): the handler sends it SIGTERM and gives it two seconds to clean up.
+pub fn register_group(pgid: u32) {
+    GROUPS.lock().expect("cleanup lock").push(pgid);
+}
+
+pub fn unregister_group(pgid: u32) {
+    GROUPS.lock().expect("cleanup lock").retain(|g| *g != pgid);
+}
+
+fn stop_groups() {
+    let groups = std::mem::take(&mut *GROUPS.lock().unwrap_or_else(|e| e.into_inner()));
+    if groups.is_empty() {
+        return;
+    }
+    for g in &groups {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(*g as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    for g in &groups {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(*g as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
 }
 
 fn remove_all() {

@@ -247,7 +247,7 @@ impl Guest {
         self.announce(who, shown);
         let result = proc::run(self.ssh_command(remote, &[]), stdin, timeout);
         self.record(&result);
-        let out = result?;
+        let out = result.with_context(|| format!("`{shown}` as {who}"))?;
         if out.code() == Some(255) {
             bail!(
                 "ssh to the guest failed running `{shown}` as {who}: {}",

@@ -201,10 +201,21 @@ pub fn debootstrap(
         c.arg("--aptopt=Acquire::Check-Valid-Until \"false\"");
     }
     c.arg(suite).arg(&tar).arg(mirror);
-    let out = proc::run(c, None, Duration::from_secs(1800))?;
-    std::fs::write(dir.join("mmdebstrap.log"), out.combined())?;
-    if !out.success() {
-        let hint = if out.combined().contains("is expired") && !allow_expired {
+    let out = proc::run_own_group(c, Duration::from_secs(1800))?;
+    let log = dir.join("mmdebstrap.log");
+    let logged = std::fs::write(&log, out.combined());
+    let full = out.combined().contains("No space left on device")
+        || logged
+            .as_ref()
+            .is_err_and(|e| e.raw_os_error() == Some(libc::ENOSPC));
+    if !out.success() || full {
+        let hint = if full {
+            format!(
+                "\nThe filesystem of {} is full: a Debian image takes about 1.5 GiB while it is \
+                 built. Free space there, or point XDG_CACHE_HOME at a larger filesystem.",
+                dir.display()
+            )
+        } else if out.combined().contains("is expired") && !allow_expired {
             format!(
                 "\nThe mirror serves an expired {suite} InRelease (a frozen mirror or snapshot?). \
                  Set {ALLOW_EXPIRED_RELEASE}=1 to accept it; its signature is still checked."
@@ -218,6 +229,7 @@ pub fn debootstrap(
             proc::tail(&out.combined(), 30)
         );
     }
+    logged.with_context(|| format!("writing {}", log.display()))?;
     step.done();
     Ok(tar)
 }

@@ -68,6 +68,17 @@ pub fn run(cmd: Command, stdin: Option<&[u8]>, timeout: Duration) -> Result<Outp
     run_with(cmd, stdin, None, timeout)
 }
 
+/// Like [`run`], in a process group of its own, for a program that signals its whole
+/// group: mmdebstrap sends SIGHUP to `-getpgrp()` when writing its tarball fails (a full
+/// disk), which in our group kills the lab, cargo and the user's shell job. A terminal's
+/// Ctrl-C no longer reaches such a group, so the interrupt handler forwards SIGTERM to it
+/// (`cleanup::register_group`); a timeout kills the whole group.
+pub fn run_own_group(mut cmd: Command, timeout: Duration) -> Result<Output> {
+    use std::os::unix::process::CommandExt as _;
+    cmd.process_group(0);
+    run_with(cmd, None, None, timeout)
+}
+
 /// Like [`run`], but stdout goes to `file` byte for byte (binary data, large copies); the
 /// returned `stdout` is empty.
 pub fn run_to_file(cmd: Command, file: std::fs::File, timeout: Duration) -> Result<Output> {
@@ -92,6 +103,13 @@ fn run_with(
     die_with_parent(&mut cmd);
     let start = Instant::now();
     let mut child = cmd.spawn().with_context(|| format!("starting `{shown}`"))?;
+    // A child in a group of its own (see `run_own_group`) is its group's leader.
+    let own_group = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(child.id() as i32)))
+        .is_ok_and(|g| g.as_raw() == child.id() as i32);
+    if own_group {
+        crate::cleanup::register_group(child.id());
+    }
+    let _unregister = Unregister(own_group.then_some(child.id()));
     let feeder = stdin.map(|data| {
         let mut pipe = child.stdin.take().expect("piped stdin");
         let data = data.to_vec();
@@ -104,6 +122,12 @@ fn run_with(
     let err_reader = reader(child.stderr.take().expect("piped stderr"));
     let status = wait_deadline(&mut child, timeout);
     let Some(status) = status else {
+        if own_group {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         let _ = child.kill();
         let _ = child.wait();
         bail!(
@@ -136,6 +160,17 @@ pub fn check(cmd: Command, stdin: Option<&[u8]>, timeout: Duration) -> Result<Ou
         );
     }
     Ok(out)
+}
+
+/// Forgets a registered process group when its leader has been waited for.
+struct Unregister(Option<u32>);
+
+impl Drop for Unregister {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            crate::cleanup::unregister_group(pgid);
+        }
+    }
 }
 
 fn reader(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
