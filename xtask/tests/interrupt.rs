@@ -271,11 +271,13 @@ fn ctrl_c_while_provisioning_the_ready_state() {
     assert!(copied.success());
     let log = workspace().join("target/interrupt-ready.log");
     let mut child = spawn(&["vm", "build", "debian-13"], Some(cache.path()), &log);
+    // provision.log gets its first line when provisioning runs its first command.
     wait_until("provisioning", Duration::from_secs(600), || {
         entries(&images).iter().any(|n| {
             n.contains("-ready-")
                 && n.contains(".building-")
-                && images.join(n).join("provision.log").is_file()
+                && std::fs::metadata(images.join(n).join("provision.log"))
+                    .is_ok_and(|m| m.len() > 0)
         })
     });
     interrupt(&mut child, &log);

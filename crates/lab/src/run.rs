@@ -233,7 +233,7 @@ pub fn run_one(trial: &Trial, ready: &Ready, run_dir: &Path, events: &Events) ->
     let dir = trial_dir(run_dir, &name);
     // Interrupted (Ctrl-C), the trial is a FAIL that says so, with its logs.
     {
-        let interrupted = not_started(
+        let mut interrupted = not_started(
             trial,
             run_dir,
             &format!(
@@ -241,9 +241,12 @@ pub fn run_one(trial: &Trial, ready: &Ready, run_dir: &Path, events: &Events) ->
                 dir.display()
             ),
         );
+        interrupted.versions = ready.versions.clone();
         crate::cleanup::install_handler();
         crate::cleanup::on_interrupt(&dir, move || {
-            let _ = crate::report::write_trial(&interrupted);
+            let mut result = interrupted.clone();
+            result.elapsed_s = started.elapsed().as_secs_f64();
+            let _ = crate::report::write_trial(&result);
         });
     }
     let mut versions = ready.versions.clone();
