@@ -983,7 +983,22 @@ fn run_steps(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> Result<Option<
                 }
             }
             Step::IsFailed { unit, failed } => {
-                let out = systemctl(vm, scenario.scope, &format!("is-failed {}", q(unit)))?;
+                // A unit between states (a failed service that its socket triggers again
+                // is "activating" for a moment) is judged once it has settled: one
+                // instant's state made restrict-pull-always flaky under load.
+                let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                let out = loop {
+                    let out = systemctl(vm, scenario.scope, &format!("is-failed {}", q(unit)))?;
+                    let state = out.stdout.trim();
+                    let moving = matches!(
+                        state,
+                        "activating" | "deactivating" | "reloading" | "refreshing"
+                    );
+                    if !moving || std::time::Instant::now() >= deadline {
+                        break out;
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                };
                 // is-failed exits 0 when the unit is failed.
                 if out.success() != *failed {
                     return fail(
