@@ -281,6 +281,21 @@ fn print_plan(sh: &Shell, tools: &[Tool]) {
     }
 }
 
+/// The accelerator guests will get: decided with the kernel of a cached base image when
+/// there is one (the probe's answer is kept, so this is instant after the first run), else
+/// what `/dev/kvm` allows before any kernel ran.
+pub fn accelerator() -> lab::qemu::Accel {
+    let kernel = lab::cache::entries()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(dir, _, _)| dir.join("vmlinuz"))
+        .find(|k| k.is_file());
+    match &kernel {
+        Some(k) => lab::qemu::decide_accel(k),
+        None => lab::qemu::detect_accel(),
+    }
+}
+
 /// `cargo xtask doctor`: reports, never installs. Fails when something the lab cannot
 /// work without is missing and `cargo xtask test` would not fix it by itself.
 pub fn doctor(sh: &Shell) -> Result<()> {
@@ -297,16 +312,7 @@ pub fn doctor(sh: &Shell) -> Result<()> {
     if !root {
         blocking.push("not root");
     }
-    // A kernel of a cached base image, if there is one, decides KVM for real.
-    let kernel = lab::cache::entries()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(dir, _, _)| dir.join("vmlinuz"))
-        .find(|k| k.is_file());
-    let accel = match &kernel {
-        Some(k) => lab::qemu::decide_accel(k),
-        None => lab::qemu::detect_accel(),
-    };
+    let accel = accelerator();
     println!(
         "accelerator:   {} ({})",
         accel.name(),
