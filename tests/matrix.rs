@@ -53,16 +53,7 @@ fn main() -> anyhow::Result<()> {
         runtimes: list("SAL_RUNTIMES"),
     };
     let planned = run::plan(&workspace, &selection)?;
-    let bins = match (
-        std::env::var_os("SAL_ECHO_BIN"),
-        std::env::var_os("SAL_PROBE_BIN"),
-    ) {
-        (Some(echo), Some(probe)) => Some(Binaries {
-            echo: echo.into(),
-            probe: probe.into(),
-        }),
-        _ => None,
-    };
+    let bins = Binaries::from_env();
     if bins.is_none() && !args.list {
         eprintln!("lab trials need guests and are ignored here; run them with `cargo xtask test`");
     }

@@ -403,6 +403,32 @@ pub fn doctor(sh: &Shell) -> Result<()> {
         tmp.display(),
         tmp.join("sal-qemu-XXXXXX/qmp.sock").as_os_str().len()
     );
+    // What an earlier run may have left (none should outlive its process).
+    let stray: Vec<String> = lab::cleanup::processes()
+        .into_iter()
+        .filter(|(_, c)| {
+            (c.starts_with("qemu-system") && c.contains("socket-activation-lab"))
+                || (c.starts_with("ssh ") && c.contains("/sal-ssh-"))
+        })
+        .map(|(pid, c)| format!("{pid} {}", c.chars().take(60).collect::<String>()))
+        .collect();
+    let dirs = lab::cleanup::lab_tmp_dirs();
+    if stray.is_empty() && dirs.is_empty() {
+        println!(
+            "leftovers:     none (no lab QEMU or ssh running, no sal-* in {})",
+            tmp.display()
+        );
+    } else {
+        println!(
+            "leftovers:     {} lab processes, {} sal-* directories in {} (from a run still going, or a bug)",
+            stray.len(),
+            dirs.len(),
+            tmp.display()
+        );
+        for p in &stray {
+            println!("               {p}");
+        }
+    }
     if blocking.is_empty() {
         println!("\nthe lab can run here");
         Ok(())

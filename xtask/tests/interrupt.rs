@@ -21,26 +21,6 @@ fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-fn processes() -> Vec<(u32, String)> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| {
-            let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            (!text.is_empty()).then_some((pid, text))
-        })
-        .collect()
-}
-
-fn tmp_dirs() -> BTreeSet<String> {
-    std::fs::read_dir(std::env::temp_dir())
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with("sal-"))
-        .collect()
-}
-
 /// `xtask ARGS` in a process group of its own, its output in `log`.
 fn spawn(args: &[&str], cache: Option<&Path>, log: &Path) -> Child {
     let out = std::fs::File::create(log).unwrap();
@@ -103,7 +83,7 @@ fn assert_nothing_left(needle: &Path, tmp_before: &BTreeSet<String>) {
     let needle = needle.display().to_string();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let left: Vec<(u32, String)> = processes()
+        let left: Vec<(u32, String)> = lab::cleanup::processes()
             .into_iter()
             .filter(|(_, c)| {
                 c.contains(&needle)
@@ -125,7 +105,10 @@ fn assert_nothing_left(needle: &Path, tmp_before: &BTreeSet<String>) {
         !mounts.lines().any(|l| l.contains(&needle)),
         "left mounted:\n{mounts}"
     );
-    let new: Vec<String> = tmp_dirs().difference(tmp_before).cloned().collect();
+    let new: Vec<String> = lab::cleanup::lab_tmp_dirs()
+        .difference(tmp_before)
+        .cloned()
+        .collect();
     assert!(new.is_empty(), "left in /tmp: {new:?}");
 }
 
@@ -156,7 +139,7 @@ fn newest_run_dir(after: std::time::SystemTime) -> Option<PathBuf> {
 #[test]
 #[ignore = "needs root, QEMU and a debian-13 image (built when missing): cargo xtask ci"]
 fn ctrl_c_during_a_trial() {
-    let tmp_before = tmp_dirs();
+    let tmp_before = lab::cleanup::lab_tmp_dirs();
     let started = std::time::SystemTime::now();
     let log = workspace().join("target/interrupt-trial.log");
     // A trial with a reboot gives a wide window.
@@ -212,7 +195,7 @@ fn ctrl_c_during_a_trial() {
 #[test]
 #[ignore = "needs root, mmdebstrap and the Debian archive: cargo xtask ci"]
 fn ctrl_c_while_building_an_image() {
-    let tmp_before = tmp_dirs();
+    let tmp_before = lab::cleanup::lab_tmp_dirs();
     let cache = tempfile::Builder::new()
         .prefix("sal-interrupt-cache-")
         .tempdir_in(workspace().join("target"))
@@ -224,7 +207,9 @@ fn ctrl_c_while_building_an_image() {
         entries(&images)
             .iter()
             .any(|n| n.contains("base") && n.contains(".building-"))
-            && processes().iter().any(|(_, c)| c.contains("mmdebstrap"))
+            && lab::cleanup::processes()
+                .iter()
+                .any(|(_, c)| c.contains("mmdebstrap"))
     });
     std::thread::sleep(Duration::from_secs(3));
     interrupt(&mut child, &log);
@@ -255,7 +240,7 @@ fn ctrl_c_while_provisioning_the_ready_state() {
         .into_iter()
         .find(|n| n.starts_with("debian-13-base-") && !n.contains('.'))
         .expect("the debian-13 base image");
-    let tmp_before = tmp_dirs();
+    let tmp_before = lab::cleanup::lab_tmp_dirs();
     let cache = tempfile::Builder::new()
         .prefix("sal-interrupt-cache-")
         .tempdir_in(workspace().join("target"))

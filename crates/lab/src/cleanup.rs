@@ -118,3 +118,28 @@ fn remove_all() {
         };
     }
 }
+
+/// Every process on the machine with its command line, to find what a run left behind.
+pub fn processes() -> Vec<(u32, String)> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| {
+        let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        (!text.is_empty()).then_some((pid, text))
+    })
+    .collect()
+}
+
+/// The lab's directories in the temporary directory (QMP and ssh sockets, private apt
+/// states): none outlives the process that made it.
+pub fn lab_tmp_dirs() -> std::collections::BTreeSet<String> {
+    let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) else {
+        return Default::default();
+    };
+    rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("sal-"))
+        .collect()
+}

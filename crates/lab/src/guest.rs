@@ -117,7 +117,7 @@ impl Guest {
                 let _ = child.wait();
                 bail!("ssh did not log in within {} s", timeout.as_secs());
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -136,12 +136,10 @@ impl Guest {
                     console.display()
                 );
             }
-            let attempt = self.start_master(Duration::from_secs(15)).and_then(|()| {
-                proc::run(self.ssh_command("true", &[]), None, Duration::from_secs(15))
-            });
-            match attempt {
-                Ok(o) if o.success() => return Ok(()),
-                Ok(o) => last = o.combined(),
+            // The control socket appears only once the master has logged in: the
+            // guest answers, and no further round trip is needed to know it.
+            match self.start_master(Duration::from_secs(15)) {
+                Ok(()) => return Ok(()),
                 Err(e) => last = e.to_string(),
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -433,10 +431,20 @@ impl Guest {
             .map(Child::id)
     }
 
+    /// Ends the master connection: cleanly (`-O exit`, so the guest's sshd ends the
+    /// session before, say, the ready state is saved), killed if it does not go.
     fn close_master(&self) {
         if let Some(mut child) = self.master.lock().expect("master lock").take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            if self.control_path().exists() {
+                let mut cmd = Command::new("ssh");
+                cmd.args(self.ssh_args())
+                    .args(["-O", "exit", "root@127.0.0.1"]);
+                let _ = proc::run(cmd, None, Duration::from_secs(10));
+            }
+            if proc::wait_deadline(&mut child, Duration::from_secs(2)).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
         let _ = std::fs::remove_file(self.control_path());
     }

@@ -35,6 +35,17 @@ pub struct Binaries {
     pub probe: PathBuf,
 }
 
+impl Binaries {
+    /// The binaries `cargo xtask` built, as it passes them to the harness and the VM tests
+    /// (`SAL_ECHO_BIN`, `SAL_PROBE_BIN`); `None` when either is unset.
+    pub fn from_env() -> Option<Binaries> {
+        Some(Binaries {
+            echo: std::env::var_os("SAL_ECHO_BIN")?.into(),
+            probe: std::env::var_os("SAL_PROBE_BIN")?.into(),
+        })
+    }
+}
+
 /// Timeouts scale with the accelerator: TCG is 10-20x slower than KVM.
 pub fn boot_timeout(accel: Accel) -> Duration {
     match accel {

@@ -217,14 +217,8 @@ fn upstream_version(debian_version: &str) -> String {
 #[test]
 #[ignore = "needs root, mmdebstrap, the static binaries and minutes of QEMU; cargo xtask ci runs it"]
 fn dnf_installs_a_runtime_version_from_the_targets_repositories() {
-    let bins = lab::vm::Binaries {
-        echo: std::env::var_os("SAL_ECHO_BIN")
-            .expect("SAL_ECHO_BIN: the static echo server (cargo xtask build-static)")
-            .into(),
-        probe: std::env::var_os("SAL_PROBE_BIN")
-            .expect("SAL_PROBE_BIN: the static probe (cargo xtask build-static)")
-            .into(),
-    };
+    let bins = lab::vm::Binaries::from_env()
+        .expect("SAL_ECHO_BIN and SAL_PROBE_BIN: the static binaries (cargo xtask build-static)");
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let target =
         lab::target::Target::load(&manifest.join("tests/fixtures/debian-13-dnf.toml")).unwrap();

@@ -25,14 +25,8 @@ fn workspace() -> PathBuf {
 }
 
 fn bins() -> Binaries {
-    Binaries {
-        echo: std::env::var_os("SAL_ECHO_BIN")
-            .expect("SAL_ECHO_BIN: the static echo server (cargo xtask build-static)")
-            .into(),
-        probe: std::env::var_os("SAL_PROBE_BIN")
-            .expect("SAL_PROBE_BIN: the static probe (cargo xtask build-static)")
-            .into(),
-    }
+    Binaries::from_env()
+        .expect("SAL_ECHO_BIN and SAL_PROBE_BIN: the static binaries (cargo xtask build-static)")
 }
 
 fn events() -> Events {
@@ -47,28 +41,6 @@ fn ready() -> Ready {
     lab::vm::ensure_ready(&target(), &bins(), &events()).unwrap()
 }
 
-/// Every process's pid and command line.
-fn processes() -> Vec<(u32, String)> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| {
-            let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            (!text.is_empty()).then_some((pid, text))
-        })
-        .collect()
-}
-
-/// The lab's directories in /tmp (QMP sockets, ssh control sockets, apt states).
-fn tmp_dirs() -> BTreeSet<String> {
-    std::fs::read_dir(std::env::temp_dir())
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with("sal-"))
-        .collect()
-}
-
 /// What a trial may leave: nothing running that names its directory or its ssh port,
 /// no overlay, no new socket directory in /tmp.
 fn assert_nothing_left(dir: &Path, ssh_port: Option<u16>, tmp_before: &BTreeSet<String>) {
@@ -77,7 +49,7 @@ fn assert_nothing_left(dir: &Path, ssh_port: Option<u16>, tmp_before: &BTreeSet<
     let dir_text = dir.display().to_string();
     let port_arg = ssh_port.map(|p| format!("-p {p} "));
     loop {
-        let left: Vec<(u32, String)> = processes()
+        let left: Vec<(u32, String)> = lab::cleanup::processes()
             .into_iter()
             .filter(|(_, c)| {
                 c.contains(&dir_text)
@@ -96,14 +68,17 @@ fn assert_nothing_left(dir: &Path, ssh_port: Option<u16>, tmp_before: &BTreeSet<
         !dir.join("disk.qcow2").exists(),
         "the overlay was left behind"
     );
-    let new: Vec<String> = tmp_dirs().difference(tmp_before).cloned().collect();
+    let new: Vec<String> = lab::cleanup::lab_tmp_dirs()
+        .difference(tmp_before)
+        .cloned()
+        .collect();
     assert!(new.is_empty(), "left in /tmp: {new:?}");
 }
 
 /// The trial's QEMU: its pid and the host port of the guest's ssh, once it runs.
 fn trial_qemu(dir: &Path) -> Option<(u32, u16)> {
     let overlay = dir.join("disk.qcow2").display().to_string();
-    processes()
+    lab::cleanup::processes()
         .into_iter()
         .find(|(_, c)| c.starts_with("qemu-system") && c.contains(&overlay))
         .and_then(|(pid, c)| {
@@ -146,7 +121,7 @@ fn trial_with_fault(
     strike: impl FnOnce(u32, u16) + Send + 'static,
 ) -> (TrialResult, PathBuf, u16) {
     let ready = ready();
-    let tmp_before = tmp_dirs();
+    let tmp_before = lab::cleanup::lab_tmp_dirs();
     let run_dir = workspace()
         .join("target/lab")
         .join(format!("faults-{name}-{}", std::process::id()));
@@ -219,7 +194,7 @@ fn qemu_stopped_until_the_steps_deadline() {
 fn ssh_master_killed_mid_command() {
     let (result, _, _) = trial_with_fault("ssh", |_, port| {
         let port_arg = format!("-p {port} ");
-        let (master, _) = processes()
+        let (master, _) = lab::cleanup::processes()
             .into_iter()
             .find(|(_, c)| {
                 c.starts_with("ssh ") && c.contains("ControlMaster=yes") && c.contains(&port_arg)
