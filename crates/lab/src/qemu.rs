@@ -451,10 +451,11 @@ fn kvm_runs_kernel(kernel: &Path) -> std::result::Result<(), String> {
         None => Err(format!(
             "the kernel did not finish in 15 s ({} bytes on its console){}",
             console.len(),
-            if stderr.trim().is_empty() {
-                String::new()
-            } else {
-                format!("; qemu: {}", proc::tail(stderr.trim(), 3))
+            // QEMU's own words: the "KVM internal error" line, not the register dump after it.
+            match stderr.lines().find(|l| l.contains("error")) {
+                Some(line) => format!("; qemu: {}", line.trim()),
+                None if stderr.trim().is_empty() => String::new(),
+                None => format!("; qemu: {}", proc::tail(stderr.trim(), 1)),
             }
         )),
     }
