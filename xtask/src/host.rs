@@ -205,17 +205,12 @@ pub fn ensure_linters(sh: &Shell) -> Result<PathBuf> {
     }
     ensure(sh, &[PYTHON3])?;
     if !bin.join("python").is_file() {
-        let made = || {
-            cmd!(sh, "python3 -m venv {venv}")
-                .quiet()
-                .ignore_stderr()
-                .run()
-        };
-        if made().is_err() {
+        let make_venv = || cmd!(sh, "python3 -m venv {venv}");
+        if make_venv().quiet().ignore_stderr().run().is_err() {
             // Debian ships venv's ensurepip apart from python3.
             let _ = std::fs::remove_dir_all(&venv);
             install(sh, &["python3-venv".to_string()])?;
-            cmd!(sh, "python3 -m venv {venv}")
+            make_venv()
                 .run()
                 .with_context(|| format!("python3 -m venv {}", venv.display()))?;
         }

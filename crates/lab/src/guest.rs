@@ -422,15 +422,6 @@ impl Guest {
         }
     }
 
-    /// The pid of the master connection, while it runs.
-    pub fn master_pid(&self) -> Option<u32> {
-        self.master
-            .lock()
-            .expect("master lock")
-            .as_ref()
-            .map(Child::id)
-    }
-
     /// Ends the master connection: cleanly (`-O exit`, so the guest's sshd ends the
     /// session before, say, the ready state is saved), killed if it does not go.
     fn close_master(&self) {

@@ -65,7 +65,7 @@ pub fn display(cmd: &Command) -> String {
 /// Runs `cmd` to completion, feeding `stdin`, with a deadline. A timeout is an error that
 /// names the command and the limit.
 pub fn run(cmd: Command, stdin: Option<&[u8]>, timeout: Duration) -> Result<Output> {
-    run_with(cmd, stdin, None, timeout)
+    run_with(cmd, stdin, None, false, timeout)
 }
 
 /// Like [`run`], in a process group of its own, for a program that signals its whole
@@ -76,19 +76,21 @@ pub fn run(cmd: Command, stdin: Option<&[u8]>, timeout: Duration) -> Result<Outp
 pub fn run_own_group(mut cmd: Command, timeout: Duration) -> Result<Output> {
     use std::os::unix::process::CommandExt as _;
     cmd.process_group(0);
-    run_with(cmd, None, None, timeout)
+    run_with(cmd, None, None, true, timeout)
 }
 
 /// Like [`run`], but stdout goes to `file` byte for byte (binary data, large copies); the
 /// returned `stdout` is empty.
 pub fn run_to_file(cmd: Command, file: std::fs::File, timeout: Duration) -> Result<Output> {
-    run_with(cmd, None, Some(file), timeout)
+    run_with(cmd, None, Some(file), false, timeout)
 }
 
 fn run_with(
     mut cmd: Command,
     stdin: Option<&[u8]>,
     stdout: Option<std::fs::File>,
+    // The child leads a process group of its own (`run_own_group`).
+    own_group: bool,
     timeout: Duration,
 ) -> Result<Output> {
     let shown = display(&cmd);
@@ -103,9 +105,6 @@ fn run_with(
     die_with_parent(&mut cmd);
     let start = Instant::now();
     let mut child = cmd.spawn().with_context(|| format!("starting `{shown}`"))?;
-    // A child in a group of its own (see `run_own_group`) is its group's leader.
-    let own_group = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(child.id() as i32)))
-        .is_ok_and(|g| g.as_raw() == child.id() as i32);
     if own_group {
         crate::cleanup::register_group(child.id());
     }
