@@ -12,11 +12,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use lab::events::{ConsoleReporter, Events};
+use lab::events::Events;
 use lab::run::{self, Selection};
-use lab::scenario::Outcome;
-use lab::vm::{self, Binaries, Ready};
+use lab::trial::Outcome;
 use libtest_mimic::{Arguments, Failed, Trial};
+use vm::ready::{Binaries, Ready};
 
 fn list(var: &str) -> Vec<String> {
     std::env::var(var)
@@ -65,7 +65,7 @@ fn main() -> anyhow::Result<()> {
     if bins.is_some() && !args.list {
         std::fs::create_dir_all(&run_dir)?;
     }
-    let events = Events::new(vec![Box::new(ConsoleReporter::new())]);
+    let events = Events::console();
     // One ready state per target per process, made at the first trial that needs it. A
     // failure is remembered too: the target's other trials fail at once with it instead
     // of building the image again. Each target has its own cell, so with --jobs N a
@@ -143,7 +143,7 @@ fn run_trial(
     let mut made_here = false;
     let ready = match cell.get_or_init(|| {
         made_here = true;
-        vm::ensure_ready(&trial.target, bins, events)
+        vm::ready::ensure_ready(&trial.target, bins, events.machine())
             .map(Arc::new)
             .map_err(|e| format!("preparing {name}: {e:#}"))
     }) {

@@ -181,7 +181,7 @@ pub fn methods(
     opts: &lab::netbench::Options,
 ) -> Result<()> {
     host::ensure(sh, host::LAB)?;
-    let target = lab::target::find(&root.join("vm"), target)?;
+    let target = vm::target::find(&root.join("vm"), target)?;
     let spec: lab::runtimes::RuntimeSpec = runtime.parse()?;
     if let Some(why) = spec.refusal(&target) {
         anyhow::bail!("{why}");
@@ -189,12 +189,12 @@ pub fn methods(
     if spec.origin != lab::runtimes::Origin::Target {
         anyhow::bail!("bench methods runs the target's own runtime (runc or crun), not {spec}");
     }
-    lab::cleanup::install_handler();
+    vm::cleanup::install_handler();
     let bins = statics::build(sh, root)?;
     let events = crate::lab::events();
-    let ready = lab::vm::ensure_ready(&target, &bins, &events)?;
+    let ready = vm::ready::ensure_ready(&target, &bins, events.machine())?;
     let dir = lab::run::new_run_dir(root)?.join("bench-methods");
-    let vm = lab::vm::TrialVm::start(&ready, &dir, &events)?;
+    let vm = vm::trial_vm::TrialVm::start(&ready, &dir, events.machine())?;
     let results = lab::netbench::run(&vm, runtime, opts, &events)
         .with_context(|| format!("the benchmark failed; logs in {}", dir.display()))?;
     drop(vm);

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
+pub use vm::proc::{is_root, on_path};
 use xshell::{Shell, cmd};
 
 use crate::apt::Apt;
@@ -119,15 +120,6 @@ pub const LAB: &[Tool] = &[
     },
 ];
 
-pub fn on_path(command: &str) -> bool {
-    lab::proc::on_path(command)
-}
-
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    (unsafe { libc::geteuid() }) == 0
-}
-
 /// The packages of the tools that are not there, sorted, once each.
 pub fn missing_packages(tools: &[Tool]) -> Vec<String> {
     let mut packages: Vec<String> = tools
@@ -198,7 +190,7 @@ pub const LINTERS: &[(&str, &str)] = &[
 /// Ubuntu's own python3 refuse a system-wide `pip install` (PEP 668) or have no pip.
 /// Returns the venv's `bin` directory.
 pub fn ensure_linters(sh: &Shell) -> Result<PathBuf> {
-    let venv = lab::cache::root().join("tools/venv");
+    let venv = vm::cache::root().join("tools/venv");
     let bin = venv.join("bin");
     if LINTERS.iter().all(|(c, _)| bin.join(c).is_file()) {
         return Ok(bin);
@@ -279,15 +271,15 @@ fn print_plan(sh: &Shell, tools: &[Tool]) {
 /// The accelerator guests will get: decided with the kernel of a cached base image when
 /// there is one (the probe's answer is kept, so this is instant after the first run), else
 /// what `/dev/kvm` allows before any kernel ran.
-pub fn accelerator() -> lab::qemu::Accel {
-    let kernel = lab::cache::entries()
+pub fn accelerator() -> vm::qemu::Accel {
+    let kernel = vm::cache::entries()
         .unwrap_or_default()
         .into_iter()
         .map(|(dir, _, _)| dir.join("vmlinuz"))
         .find(|k| k.is_file());
     match &kernel {
-        Some(k) => lab::qemu::decide_accel(k),
-        None => lab::qemu::detect_accel(),
+        Some(k) => vm::qemu::decide_accel(k),
+        None => vm::qemu::detect_accel(),
     }
 }
 
@@ -311,7 +303,7 @@ pub fn doctor(sh: &Shell) -> Result<()> {
     println!(
         "accelerator:   {} ({})",
         accel.name(),
-        lab::qemu::accel_reason(accel)
+        vm::qemu::accel_reason(accel)
     );
     let tools = all_tools();
     let missing: Vec<String> = tools
@@ -344,8 +336,8 @@ pub fn doctor(sh: &Shell) -> Result<()> {
             "x86_64-unknown-linux-musl missing (added with rustup when needed; else glibc +crt-static)"
         }
     );
-    let cache = lab::cache::root();
-    let entries = lab::cache::entries().unwrap_or_default();
+    let cache = vm::cache::root();
+    let entries = vm::cache::entries().unwrap_or_default();
     let size: u64 = entries.iter().map(|(_, s, _)| s).sum();
     let incomplete = entries.iter().filter(|(_, _, ok)| !ok).count();
     println!(
@@ -399,7 +391,7 @@ pub fn doctor(sh: &Shell) -> Result<()> {
         tmp.join("sal-qemu-XXXXXX/qmp.sock").as_os_str().len()
     );
     // What an earlier run may have left (none should outlive its process).
-    let stray: Vec<String> = lab::cleanup::processes()
+    let stray: Vec<String> = vm::cleanup::processes()
         .into_iter()
         .filter(|(_, c)| {
             (c.starts_with("qemu-system") && c.contains("socket-activation-lab"))
@@ -407,7 +399,7 @@ pub fn doctor(sh: &Shell) -> Result<()> {
         })
         .map(|(pid, c)| format!("{pid} {}", c.chars().take(60).collect::<String>()))
         .collect();
-    let dirs = lab::cleanup::lab_tmp_dirs();
+    let dirs = vm::cleanup::lab_tmp_dirs();
     if stray.is_empty() && dirs.is_empty() {
         println!(
             "leftovers:     none (no lab QEMU or ssh running, no sal-* in {})",

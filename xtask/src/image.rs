@@ -11,7 +11,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use xshell::{Shell, cmd};
 
-use lab::vm::Binaries;
+use vm::ready::Binaries;
 
 fn sha256_hex(data: &[u8]) -> String {
     Sha256::digest(data)

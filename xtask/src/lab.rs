@@ -3,16 +3,16 @@
 use std::path::Path;
 
 use anyhow::{Result, bail};
-use lab::events::{ConsoleReporter, Events};
+use lab::events::Events;
 use lab::run::{self, Selection};
-use lab::scenario::Outcome;
-use lab::vm::{self, TrialVm};
+use lab::trial::Outcome;
+use vm::trial_vm::TrialVm;
 use xshell::{Shell, cmd};
 
 use crate::{host, statics};
 
 pub(crate) fn events() -> Events {
-    Events::new(vec![Box::new(ConsoleReporter::new())])
+    Events::console()
 }
 
 /// Guests at once when `--jobs` is not given: one per core. Measured here (2 cores, TCG,
@@ -32,7 +32,7 @@ pub fn test(sh: &Shell, root: &Path, selection: Selection, options: &TestOptions
     }
 }
 
-type MatrixOutcome = (Vec<lab::scenario::TrialResult>, Result<()>);
+type MatrixOutcome = (Vec<lab::trial::TrialResult>, Result<()>);
 
 /// Runs the harness; `None` for `--list`, else the results and whether any trial failed.
 fn run_matrix(
@@ -81,7 +81,7 @@ fn run_matrix(
             "--jobs"
         },
         accel.name(),
-        lab::qemu::accel_reason(accel)
+        vm::qemu::accel_reason(accel)
     );
     let _bins_env = (
         sh.push_env("SAL_ECHO_BIN", &bins.echo),
@@ -90,14 +90,14 @@ fn run_matrix(
     );
     // Ctrl-C reaches the harness too: it records the running trials as interrupted
     // FAILs and exits; this process stays to report what was recorded.
-    lab::cleanup::defer_exit();
+    vm::cleanup::defer_exit();
     let status = cmd!(
         sh,
         "cargo test --quiet --locked -p lab-matrix --test matrix -- --include-ignored {libtest...}"
     )
     .run();
     let results = lab::report::collect(&run_dir)?;
-    if lab::cleanup::interrupted() && !results.is_empty() {
+    if vm::cleanup::interrupted() && !results.is_empty() {
         lab::report::write_all(&run_dir, &results)?;
     }
     println!();
@@ -123,7 +123,7 @@ fn run_matrix(
         "reports: {}/{{results.json,junit.xml,summary.md}}",
         run_dir.display()
     );
-    let status = if lab::cleanup::interrupted() {
+    let status = if vm::cleanup::interrupted() {
         Err(anyhow::anyhow!("interrupted (Ctrl-C or SIGTERM)"))
     } else {
         status.map_err(|_| anyhow::anyhow!("some trials failed (FAIL or XPASS)"))
@@ -157,7 +157,7 @@ pub fn bisect(
     };
     results.retain(|r| r.scenario == scenario);
     results.sort_by(|a, b| {
-        let v = |r: &lab::scenario::TrialResult| lab::version::Version::parse(r.runtime_version());
+        let v = |r: &lab::trial::TrialResult| lab::version::Version::parse(r.runtime_version());
         v(a).cmp(&v(b))
     });
     println!("\n{scenario} on {target} with {runtime}:\n");
@@ -203,9 +203,9 @@ pub struct TestOptions {
 
 pub fn build(sh: &Shell, root: &Path, target: &str) -> Result<()> {
     host::ensure(sh, host::LAB)?;
-    let target = lab::target::find(&root.join("vm"), target)?;
+    let target = vm::target::find(&root.join("vm"), target)?;
     let bins = statics::build(sh, root)?;
-    let ready = vm::ensure_ready(&target, &bins, &events())?;
+    let ready = vm::ready::ensure_ready(&target, &bins, events().machine())?;
     println!("{} ready in {}", target.name, ready.dir.display());
     for (k, v) in &ready.versions {
         println!("  {k}: {v}");
@@ -214,9 +214,9 @@ pub fn build(sh: &Shell, root: &Path, target: &str) -> Result<()> {
 }
 
 pub fn ls() -> Result<()> {
-    let entries = lab::cache::entries()?;
+    let entries = vm::cache::entries()?;
     if entries.is_empty() {
-        println!("nothing cached in {}", lab::cache::root().display());
+        println!("nothing cached in {}", vm::cache::root().display());
     }
     for (path, size, ok) in entries {
         let name = path
@@ -237,9 +237,9 @@ pub fn ls() -> Result<()> {
 }
 
 pub fn clean() -> Result<()> {
-    let root = lab::cache::root();
+    let root = vm::cache::root();
     if root.exists() {
-        let size = lab::cache::dir_size(&root);
+        let size = vm::cache::dir_size(&root);
         std::fs::remove_dir_all(&root)?;
         println!(
             "removed {} ({:.1} MiB)",
@@ -253,13 +253,13 @@ pub fn clean() -> Result<()> {
 /// A shell in a fresh guest restored from the ready state; the guest is gone afterwards.
 pub fn ssh(sh: &Shell, root: &Path, target: &str, command: &[String]) -> Result<()> {
     host::ensure(sh, host::LAB)?;
-    let target = lab::target::find(&root.join("vm"), target)?;
+    let target = vm::target::find(&root.join("vm"), target)?;
     let bins = statics::build(sh, root)?;
-    let ready = vm::ensure_ready(&target, &bins, &events())?;
+    let ready = vm::ready::ensure_ready(&target, &bins, events().machine())?;
     let dir = tempfile::Builder::new()
         .prefix("vm-ssh-")
         .tempdir_in(statics::target_dir(sh, root)?)?;
-    let vm = TrialVm::start(&ready, dir.path(), &events())?;
+    let vm = TrialVm::start(&ready, dir.path(), events().machine())?;
     let args = vm.guest.ssh_args();
     // xshell runs commands with a null stdin; an interactive shell (or a piped file)
     // needs ours, so the xshell command is spawned with inherited stdio.
@@ -284,7 +284,7 @@ pub fn ssh(sh: &Shell, root: &Path, target: &str, command: &[String]) -> Result<
 /// `{"include":[{"target":..,"runtime":..},..]}` for a GitHub Actions `strategy.matrix`,
 /// from `vm/*.toml` and the runtime axis.
 pub fn matrix(root: &Path, targets: &[String], runtimes: &[String]) -> Result<String> {
-    let all = lab::target::load_all(&root.join("vm"))?;
+    let all = vm::target::load_all(&root.join("vm"))?;
     for t in targets {
         if !all.iter().any(|a| &a.name == t) {
             bail!("no target {t:?} in vm/");

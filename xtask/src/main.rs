@@ -176,7 +176,7 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             // The chain of contexts says what failed; a backtrace of xtask would not.
             eprintln!("error: {e:#}");
-            if ::lab::cleanup::interrupted() {
+            if ::vm::cleanup::interrupted() {
                 std::process::ExitCode::from(130)
             } else {
                 std::process::ExitCode::FAILURE
@@ -326,7 +326,7 @@ fn ci(sh: &Shell, root: &Path, no_vm: bool) -> Result<()> {
     step("cloud-init provisioning (the Fedora path) against a Debian guest");
     cmd!(
         sh,
-        "cargo test --locked -p lab --test cloud_init -- --ignored"
+        "cargo test --locked -p vm --test cloud_init -- --ignored"
     )
     .run()?;
     step("NAME@VERSION runtimes with dnf (the Fedora path) against a Debian guest with dnf");

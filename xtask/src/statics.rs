@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use lab::vm::Binaries;
+use vm::ready::Binaries;
 
 use anyhow::{Context, Result, bail};
 use xshell::{Shell, cmd};

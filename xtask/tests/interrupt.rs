@@ -83,7 +83,7 @@ fn assert_nothing_left(needle: &Path, tmp_before: &BTreeSet<String>) {
     let needle = needle.display().to_string();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let left: Vec<(u32, String)> = lab::cleanup::processes()
+        let left: Vec<(u32, String)> = vm::cleanup::processes()
             .into_iter()
             .filter(|(_, c)| {
                 c.contains(&needle)
@@ -105,7 +105,7 @@ fn assert_nothing_left(needle: &Path, tmp_before: &BTreeSet<String>) {
         !mounts.lines().any(|l| l.contains(&needle)),
         "left mounted:\n{mounts}"
     );
-    let new: Vec<String> = lab::cleanup::lab_tmp_dirs()
+    let new: Vec<String> = vm::cleanup::lab_tmp_dirs()
         .difference(tmp_before)
         .cloned()
         .collect();
@@ -139,7 +139,7 @@ fn newest_run_dir(after: std::time::SystemTime) -> Option<PathBuf> {
 #[test]
 #[ignore = "needs root, QEMU and a debian-13 image (built when missing): cargo xtask ci"]
 fn ctrl_c_during_a_trial() {
-    let tmp_before = lab::cleanup::lab_tmp_dirs();
+    let tmp_before = vm::cleanup::lab_tmp_dirs();
     let started = std::time::SystemTime::now();
     let log = workspace().join("target/interrupt-trial.log");
     // A trial with a reboot gives a wide window.
@@ -195,7 +195,7 @@ fn ctrl_c_during_a_trial() {
 #[test]
 #[ignore = "needs root, mmdebstrap and the Debian archive: cargo xtask ci"]
 fn ctrl_c_while_building_an_image() {
-    let tmp_before = lab::cleanup::lab_tmp_dirs();
+    let tmp_before = vm::cleanup::lab_tmp_dirs();
     let cache = tempfile::Builder::new()
         .prefix("sal-interrupt-cache-")
         .tempdir_in(workspace().join("target"))
@@ -207,7 +207,7 @@ fn ctrl_c_while_building_an_image() {
         entries(&images)
             .iter()
             .any(|n| n.contains("base") && n.contains(".building-"))
-            && lab::cleanup::processes()
+            && vm::cleanup::processes()
                 .iter()
                 .any(|(_, c)| c.contains("mmdebstrap"))
     });
@@ -240,7 +240,7 @@ fn ctrl_c_while_provisioning_the_ready_state() {
         .into_iter()
         .find(|n| n.starts_with("debian-13-base-") && !n.contains('.'))
         .expect("the debian-13 base image");
-    let tmp_before = lab::cleanup::lab_tmp_dirs();
+    let tmp_before = vm::cleanup::lab_tmp_dirs();
     let cache = tempfile::Builder::new()
         .prefix("sal-interrupt-cache-")
         .tempdir_in(workspace().join("target"))

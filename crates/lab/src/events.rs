@@ -1,50 +1,62 @@
-//! The engine reports what it does as events; reporters (the console here, JSON and JUnit
-//! later) only consume them. Keeps progress printing out of the engine.
+//! The lab's events: the guest machinery's progress ([`vm::events::Event`]) and the
+//! trials' starts and ends. Reporters (the console here) only consume them.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+
+use crate::trial::TrialResult;
 
 #[derive(Debug, Clone)]
 pub enum Event {
-    /// A long step started (download, mmdebstrap, boot, snapshot, trial).
-    StepStart {
-        target: String,
-        what: String,
-    },
-    StepEnd {
-        target: String,
-        what: String,
-        elapsed: Duration,
-    },
-    Note {
-        target: String,
-        text: String,
-    },
+    /// Progress of a long step of the guest machinery (image, boot, restore, download).
+    Machine(vm::events::Event),
     TrialStart {
         name: String,
     },
-    TrialEnd(crate::scenario::TrialResult),
+    TrialEnd(TrialResult),
 }
 
 pub trait Reporter: Send + Sync {
     fn event(&self, event: &Event);
 }
 
-/// A cheap handle the engine passes around.
+type Reporters = Arc<Vec<Box<dyn Reporter>>>;
+
+/// A cheap handle the lab passes around; [`Events::machine`] is the same reporters as the
+/// `vm` crate's handle.
 #[derive(Clone)]
 pub struct Events {
-    reporters: Arc<Vec<Box<dyn Reporter>>>,
+    reporters: Reporters,
+    machine: vm::events::Events,
+}
+
+/// Hands the machinery's events to the lab's reporters.
+struct Forward(Reporters);
+
+impl vm::events::Reporter for Forward {
+    fn event(&self, event: &vm::events::Event) {
+        let event = Event::Machine(event.clone());
+        for r in self.0.iter() {
+            r.event(&event);
+        }
+    }
 }
 
 impl Events {
     pub fn new(reporters: Vec<Box<dyn Reporter>>) -> Events {
+        let reporters: Reporters = Arc::new(reporters);
         Events {
-            reporters: Arc::new(reporters),
+            machine: vm::events::Events::new(vec![Box::new(Forward(reporters.clone()))]),
+            reporters,
         }
     }
 
     pub fn silent() -> Events {
         Events::new(Vec::new())
+    }
+
+    /// The console and nothing else, as the CLI and the tests use it.
+    pub fn console() -> Events {
+        Events::new(vec![Box::new(ConsoleReporter::new())])
     }
 
     pub fn emit(&self, event: Event) {
@@ -53,94 +65,42 @@ impl Events {
         }
     }
 
-    /// Announces a step; the guard announces its end with the elapsed time.
-    pub fn step(&self, target: &str, what: &str) -> Step {
-        self.emit(Event::StepStart {
-            target: target.into(),
-            what: what.into(),
-        });
-        Step {
-            events: self.clone(),
-            target: target.into(),
-            what: what.into(),
-            started: Instant::now(),
-            done: false,
-        }
+    /// The handle to give the `vm` crate's functions.
+    pub fn machine(&self) -> &vm::events::Events {
+        &self.machine
     }
-}
 
-pub struct Step {
-    events: Events,
-    target: String,
-    what: String,
-    started: Instant,
-    done: bool,
-}
-
-impl Step {
-    pub fn done(mut self) -> Duration {
-        self.done = true;
-        let elapsed = self.started.elapsed();
-        self.events.emit(Event::StepEnd {
-            target: self.target.clone(),
-            what: self.what.clone(),
-            elapsed,
-        });
-        elapsed
+    /// Announces a long step; the guard announces its end with the elapsed time.
+    pub fn step(&self, target: &str, what: &str) -> vm::events::Step {
+        self.machine.step(target, what)
     }
-}
 
-impl Drop for Step {
-    fn drop(&mut self) {
-        if !self.done {
-            self.events.emit(Event::Note {
-                target: self.target.clone(),
-                text: format!(
-                    "{} failed after {:.1} s",
-                    self.what,
-                    self.started.elapsed().as_secs_f64()
-                ),
-            });
-        }
+    pub fn note(&self, target: &str, text: String) {
+        self.machine.emit(vm::events::Event::Note {
+            target: target.into(),
+            text,
+        });
     }
 }
 
 /// Line-oriented progress on stderr with time since the run started: readable in a
 /// terminal and in CI logs alike.
+#[derive(Default)]
 pub struct ConsoleReporter {
-    started: Instant,
+    clock: vm::events::ConsoleReporter,
 }
 
 impl ConsoleReporter {
     pub fn new() -> Self {
-        ConsoleReporter {
-            started: Instant::now(),
-        }
-    }
-}
-
-impl Default for ConsoleReporter {
-    fn default() -> Self {
-        Self::new()
+        Self::default()
     }
 }
 
 impl Reporter for ConsoleReporter {
     fn event(&self, event: &Event) {
-        let t = self.started.elapsed().as_secs_f64();
+        let t = self.clock.clock();
         match event {
-            Event::StepStart { target, what } => eprintln!("[{t:6.1}s] {target}: {what} ..."),
-            Event::StepEnd {
-                target,
-                what,
-                elapsed,
-            } => {
-                eprintln!(
-                    "[{t:6.1}s] {target}: {what} done in {:.1} s",
-                    elapsed.as_secs_f64()
-                )
-            }
-            Event::Note { target, text } => eprintln!("[{t:6.1}s] {target}: {text}"),
+            Event::Machine(e) => eprintln!("{}", vm::events::console_line(t, e)),
             Event::TrialStart { name } => eprintln!("[{t:6.1}s] {name} ..."),
             Event::TrialEnd(r) => {
                 eprintln!("[{t:6.1}s] {}", r.summary_line());

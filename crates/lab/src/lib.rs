@@ -1,27 +1,14 @@
-//! The lab engine: targets, images, QEMU, guest control, scenarios, trials. Emits events;
-//! the CLI (xtask) and reporters render them.
+//! The lab: scenarios (schema, steps, verdict), runtimes as a matrix axis (the target's
+//! own, a Debian suite's package, a dnf version), trials and runs, reports, and the
+//! methods benchmark. Guests come from the `vm` crate; this crate emits events and the
+//! CLI (xtask) and reporters render them.
 
-pub mod cache;
-pub mod cleanup;
-pub mod dnf;
 pub mod events;
-pub mod fedora;
-pub mod guest;
-pub mod image;
 pub mod netbench;
-pub mod proc;
-pub mod qemu;
-pub mod qmp;
 pub mod report;
 pub mod run;
 pub mod runtimes;
 pub mod scenario;
-pub mod target;
+pub mod trial;
 pub mod units;
 pub mod version;
-pub mod vm;
-
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    (unsafe { libc::geteuid() }) == 0
-}

@@ -14,12 +14,13 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::events::{Event, Events};
-use crate::scenario::{
-    CLIENT_NETNS_SERVER, ECHO_IMAGE, add_client_netns, notify_service_options, podman_run_exec,
-};
+use vm::ready::ECHO_IMAGE;
+use vm::trial_vm::TrialVm;
+
+use crate::events::Events;
+use crate::scenario::schema::{notify_service_options, podman_run_exec};
+use crate::scenario::steps::{CLIENT_NETNS_SERVER, add_client_netns};
 use crate::units::{Listen, ServiceUnit, SocketUnit};
-use crate::vm::TrialVm;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -216,11 +217,8 @@ fn start_all(vm: &TrialVm, runtime: &str, events: &Events) -> Result<Vec<Unavail
         let step = events.step(m.name, "starting the server");
         let started = g.user(&start_command(m, runtime), t)?;
         if !started.success() {
-            let why = crate::proc::tail(started.combined().trim(), 3);
-            events.emit(Event::Note {
-                target: m.name.into(),
-                text: format!("unavailable on this guest: {why}"),
-            });
+            let why = vm::proc::tail(started.combined().trim(), 3);
+            events.note(m.name, format!("unavailable on this guest: {why}"));
             unavailable.push(Unavailable {
                 method: m.name.into(),
                 why,
@@ -277,13 +275,13 @@ pub fn run(vm: &TrialVm, runtime: &str, opts: &Options, events: &Events) -> Resu
                 measurement.errors.join("; ")
             );
         }
-        events.emit(Event::Note {
-            target: m.name.into(),
-            text: format!(
+        events.note(
+            m.name,
+            format!(
                 "round {round}: {:.1} MiB/s, {:.0} round trips/s, p99 {:.0} µs",
                 measurement.mib_per_s, measurement.round_trips_per_s, measurement.p99_us
             ),
-        });
+        );
         samples.push(Sample {
             method: m.name.into(),
             round,

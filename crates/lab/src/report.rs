@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Result;
 use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
 
-use crate::scenario::{Outcome, TrialResult};
+use crate::trial::{Outcome, TrialResult};
 
 pub const TRIAL_RESULT: &str = "result.json";
 

@@ -6,12 +6,15 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use crate::dnf;
+use vm::ready::{ECHO_IMAGE, Ready};
+use vm::target::{self, ImageSource, Target};
+use vm::trial_vm::TrialVm;
+
 use crate::events::{Event, Events};
-use crate::runtimes::{self, Origin, RuntimeSpec};
-use crate::scenario::{self, ECHO_IMAGE, Outcome, RuntimeUse, Scenario, TrialResult};
-use crate::target::{self, Source, Target};
-use crate::vm::{Ready, TrialVm};
+use crate::runtimes::install::Unusable;
+use crate::runtimes::{self, Origin, RuntimeSpec, archive, dnf};
+use crate::scenario::{self, Scenario, Verdict};
+use crate::trial::{Outcome, RuntimeUse, TrialResult};
 
 #[derive(Debug, Clone)]
 pub struct Trial {
@@ -160,7 +163,7 @@ fn runtime_for(
     ready: &Ready,
     vm: &TrialVm,
     events: &Events,
-) -> Result<std::result::Result<RuntimeUse, runtimes::Unusable>> {
+) -> Result<std::result::Result<RuntimeUse, Unusable>> {
     let spec: RuntimeSpec = trial.runtime.parse()?;
     let installed = match (&spec.origin, &trial.target.source) {
         (Origin::Target, _) => {
@@ -171,12 +174,12 @@ fn runtime_for(
                 version,
             }));
         }
-        (Origin::Suite(_), Source::Debian { mirror, .. }) => {
-            let fetched = runtimes::fetch(&spec, mirror, events)
+        (Origin::Suite(_), ImageSource::Debian { mirror, .. }) => {
+            let fetched = archive::fetch(&spec, mirror, events)
                 .with_context(|| format!("fetching {spec}"))?;
-            runtimes::install(&vm.guest, &spec, Some(&fetched), ECHO_IMAGE)?
+            runtimes::install::install(&vm.guest, &spec, Some(&fetched), ECHO_IMAGE)?
         }
-        (Origin::Version(_), Source::Fedora { .. }) => {
+        (Origin::Version(_), ImageSource::Fedora { .. }) => {
             let key = trial
                 .target
                 .package_key()
@@ -242,25 +245,25 @@ pub fn run_one(trial: &Trial, ready: &Ready, run_dir: &Path, events: &Events) ->
             ),
         );
         interrupted.versions = ready.versions.clone();
-        crate::cleanup::install_handler();
-        crate::cleanup::on_interrupt(&dir, move || {
+        vm::cleanup::install_handler();
+        vm::cleanup::on_interrupt(&dir, move || {
             let mut result = interrupted.clone();
             result.elapsed_s = started.elapsed().as_secs_f64();
             let _ = crate::report::write_trial(&result);
         });
     }
     let mut versions = ready.versions.clone();
-    let (outcome, detail, issue) = match scenario::skip_reason(&trial.scenario, &ready.versions) {
-        Some(reason) => (Outcome::Skip, reason, None),
+    let verdict = match scenario::skip_reason(&trial.scenario, &ready.versions) {
+        Some(reason) => Verdict::new(Outcome::Skip, reason, None),
         None => {
-            let attempt = TrialVm::start(ready, &dir, events).and_then(|mut vm| {
+            let attempt = TrialVm::start(ready, &dir, events.machine()).and_then(|mut vm| {
                 let attempt = match runtime_for(trial, ready, &vm, events) {
                     Err(e) => Err(e),
-                    Ok(Err(runtimes::Unusable(why, version))) => {
+                    Ok(Err(Unusable(why, version))) => {
                         if let Some(v) = version {
                             versions.insert(trial.runtime.clone(), v);
                         }
-                        Ok((Outcome::Skip, why, None))
+                        Ok(Verdict::new(Outcome::Skip, why, None))
                     }
                     Ok(Ok(rt)) => {
                         versions.insert(trial.runtime.clone(), rt.version.clone());
@@ -275,7 +278,7 @@ pub fn run_one(trial: &Trial, ready: &Ready, run_dir: &Path, events: &Events) ->
                 })
             });
             attempt.unwrap_or_else(|e| {
-                (
+                Verdict::new(
                     Outcome::Fail,
                     format!("{e:#}\n(logs: {})", dir.display()),
                     None,
@@ -288,14 +291,14 @@ pub fn run_one(trial: &Trial, ready: &Ready, run_dir: &Path, events: &Events) ->
         scenario: trial.scenario.name.clone(),
         target: trial.target.name.clone(),
         runtime: trial.runtime.clone(),
-        outcome,
+        outcome: verdict.outcome,
         elapsed_s: started.elapsed().as_secs_f64(),
         versions,
-        issue,
-        detail,
+        issue: verdict.issue,
+        detail: verdict.detail,
         log_dir: dir,
     };
-    crate::cleanup::forget(&result.log_dir);
+    vm::cleanup::forget(&result.log_dir);
     events.emit(Event::TrialEnd(result.clone()));
     result
 }

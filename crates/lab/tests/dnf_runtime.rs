@@ -18,9 +18,11 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use lab::events::{ConsoleReporter, Events};
+use lab::events::Events;
 use lab::runtimes::RuntimeSpec;
-use lab::scenario::{ECHO_IMAGE, Outcome, RuntimeUse, Scenario};
+use lab::scenario::Scenario;
+use lab::trial::{Outcome, RuntimeUse};
+use vm::ready::ECHO_IMAGE;
 
 fn run(cmd: &mut Command) -> Vec<u8> {
     let out = cmd
@@ -114,10 +116,11 @@ fn rpm_signatures_are_checked_against_the_release_key() {
     let signed = make_rpm(d, "runc", "9.9", &payload, Some(&signer));
     let unsigned = make_rpm(d, "runc", "9.8", &payload, None);
 
-    lab::dnf::verify_signatures(std::slice::from_ref(&signed), &signer.public).unwrap();
+    lab::runtimes::dnf::verify_signatures(std::slice::from_ref(&signed), &signer.public).unwrap();
     let e = format!(
         "{:#}",
-        lab::dnf::verify_signatures(std::slice::from_ref(&signed), &other.public).unwrap_err()
+        lab::runtimes::dnf::verify_signatures(std::slice::from_ref(&signed), &other.public)
+            .unwrap_err()
     );
     assert!(
         e.contains("runc-9.9-1.fc43.x86_64.rpm: the signature does not verify with")
@@ -128,7 +131,7 @@ fn rpm_signatures_are_checked_against_the_release_key() {
     // An unsigned package has good digests, and that is not enough.
     let e = format!(
         "{:#}",
-        lab::dnf::verify_signatures(&[signed, unsigned], &signer.public).unwrap_err()
+        lab::runtimes::dnf::verify_signatures(&[signed, unsigned], &signer.public).unwrap_err()
     );
     assert!(
         e.contains("runc-9.8-1.fc43.x86_64.rpm: the signature does not verify")
@@ -139,7 +142,7 @@ fn rpm_signatures_are_checked_against_the_release_key() {
     let fedora = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../vm/keys/fedora-43.gpg");
     let e = format!(
         "{:#}",
-        lab::dnf::verify_signatures(
+        lab::runtimes::dnf::verify_signatures(
             &[make_rpm(d, "crun", "1.0", &payload, Some(&signer))],
             &fedora
         )
@@ -217,12 +220,12 @@ fn upstream_version(debian_version: &str) -> String {
 #[test]
 #[ignore = "needs root, mmdebstrap, the static binaries and minutes of QEMU; cargo xtask ci runs it"]
 fn dnf_installs_a_runtime_version_from_the_targets_repositories() {
-    let bins = lab::vm::Binaries::from_env()
+    let bins = vm::ready::Binaries::from_env()
         .expect("SAL_ECHO_BIN and SAL_PROBE_BIN: the static binaries (cargo xtask build-static)");
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let target =
-        lab::target::Target::load(&manifest.join("tests/fixtures/debian-13-dnf.toml")).unwrap();
-    let events = Events::new(vec![Box::new(ConsoleReporter::new())]);
+        vm::target::Target::load(&manifest.join("tests/fixtures/debian-13-dnf.toml")).unwrap();
+    let events = Events::console();
     let work = manifest.join("../../target/lab");
     std::fs::create_dir_all(&work).unwrap();
     // Kept when the test fails (the trial's commands.log, journal and console are in it),
@@ -239,7 +242,8 @@ fn dnf_installs_a_runtime_version_from_the_targets_repositories() {
     // unsigned. A stable suite, because its InRelease carries no Valid-Until: sid's does,
     // and a frozen mirror's sid expires, so a test taking it passes only from a cache.
     let trixie: RuntimeSpec = "runc@trixie".parse().unwrap();
-    let runc = lab::runtimes::fetch(&trixie, "http://deb.debian.org/debian", &events).unwrap();
+    let runc =
+        lab::runtimes::archive::fetch(&trixie, "http://deb.debian.org/debian", &events).unwrap();
     let version = upstream_version(&runc.debian_version);
     let key = make_key(d, "lab-fixture");
     make_rpm(d, "runc", &version, &runc.binary, Some(&key));
@@ -248,8 +252,8 @@ fn dnf_installs_a_runtime_version_from_the_targets_repositories() {
     run(Command::new("createrepo_c").arg("--quiet").arg(&repo));
     let server = serve(repo);
 
-    let ready = lab::vm::ensure_ready(&target, &bins, &events).unwrap();
-    let vm = lab::vm::TrialVm::start(&ready, &d.join("trial"), &events).unwrap();
+    let ready = vm::ready::ensure_ready(&target, &bins, events.machine()).unwrap();
+    let vm = vm::trial_vm::TrialVm::start(&ready, &d.join("trial"), events.machine()).unwrap();
     let g = &vm.guest;
     // QEMU's user network reaches the host's loopback at 10.0.2.2.
     let repo_file = format!(
@@ -263,11 +267,11 @@ fn dnf_installs_a_runtime_version_from_the_targets_repositories() {
         0o644,
     )
     .unwrap();
-    let cached = lab::cache::root().join("runtimes/dnf").join(&target.name);
+    let cached = vm::cache::root().join("runtimes/dnf").join(&target.name);
     let _ = std::fs::remove_dir_all(&cached);
     let fetch = |spec: &str| {
         let spec: RuntimeSpec = spec.parse().unwrap();
-        lab::dnf::fetch(g, &target.name, &spec, &key.public, &events)
+        lab::runtimes::dnf::fetch(g, &target.name, &spec, &key.public, &events)
     };
 
     let e = format!("{:#}", fetch("runc@9.9").unwrap_err());
@@ -297,9 +301,9 @@ fn dnf_installs_a_runtime_version_from_the_targets_repositories() {
         (fetched.nevra.as_str(), before)
     );
 
-    let installed = lab::dnf::install(g, &fetched, ECHO_IMAGE)
+    let installed = lab::runtimes::dnf::install(g, &fetched, ECHO_IMAGE)
         .unwrap()
-        .unwrap_or_else(|lab::runtimes::Unusable(why, _)| panic!("unusable: {why}"));
+        .unwrap_or_else(|lab::runtimes::install::Unusable(why, _)| panic!("unusable: {why}"));
     assert_eq!(installed.podman_arg, "/usr/bin/runc");
     assert!(
         installed.version.starts_with(&version),
@@ -319,9 +323,8 @@ fn dnf_installs_a_runtime_version_from_the_targets_repositories() {
         podman_arg: installed.podman_arg.clone(),
         version: installed.version.clone(),
     };
-    let (outcome, detail, _) =
-        lab::scenario::run_trial(&vm, &scenario, &runtime, &versions).unwrap();
-    assert_eq!(outcome, Outcome::Pass, "{detail}");
+    let verdict = lab::scenario::run_trial(&vm, &scenario, &runtime, &versions).unwrap();
+    assert_eq!(verdict.outcome, Outcome::Pass, "{}", verdict.detail);
     // The container really ran under the installed runc: podman records the runtime.
     let info = g
         .user_ok(

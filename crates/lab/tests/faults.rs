@@ -15,10 +15,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lab::events::{ConsoleReporter, Events};
+use lab::events::Events;
 use lab::run::{Trial, run_one};
-use lab::scenario::{Outcome, Scenario, TrialResult};
-use lab::vm::{Binaries, Ready};
+use lab::scenario::Scenario;
+use lab::trial::{Outcome, TrialResult};
+use vm::ready::{Binaries, Ready};
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -30,15 +31,15 @@ fn bins() -> Binaries {
 }
 
 fn events() -> Events {
-    Events::new(vec![Box::new(ConsoleReporter::new())])
+    Events::console()
 }
 
-fn target() -> lab::target::Target {
-    lab::target::Target::load(&workspace().join("vm/debian-13.toml")).unwrap()
+fn target() -> vm::target::Target {
+    vm::target::Target::load(&workspace().join("vm/debian-13.toml")).unwrap()
 }
 
 fn ready() -> Ready {
-    lab::vm::ensure_ready(&target(), &bins(), &events()).unwrap()
+    vm::ready::ensure_ready(&target(), &bins(), events().machine()).unwrap()
 }
 
 /// What a trial may leave: nothing running that names its directory or its ssh port,
@@ -49,7 +50,7 @@ fn assert_nothing_left(dir: &Path, ssh_port: Option<u16>, tmp_before: &BTreeSet<
     let dir_text = dir.display().to_string();
     let port_arg = ssh_port.map(|p| format!("-p {p} "));
     loop {
-        let left: Vec<(u32, String)> = lab::cleanup::processes()
+        let left: Vec<(u32, String)> = vm::cleanup::processes()
             .into_iter()
             .filter(|(_, c)| {
                 c.contains(&dir_text)
@@ -68,7 +69,7 @@ fn assert_nothing_left(dir: &Path, ssh_port: Option<u16>, tmp_before: &BTreeSet<
         !dir.join("disk.qcow2").exists(),
         "the overlay was left behind"
     );
-    let new: Vec<String> = lab::cleanup::lab_tmp_dirs()
+    let new: Vec<String> = vm::cleanup::lab_tmp_dirs()
         .difference(tmp_before)
         .cloned()
         .collect();
@@ -78,7 +79,7 @@ fn assert_nothing_left(dir: &Path, ssh_port: Option<u16>, tmp_before: &BTreeSet<
 /// The trial's QEMU: its pid and the host port of the guest's ssh, once it runs.
 fn trial_qemu(dir: &Path) -> Option<(u32, u16)> {
     let overlay = dir.join("disk.qcow2").display().to_string();
-    lab::cleanup::processes()
+    vm::cleanup::processes()
         .into_iter()
         .find(|(_, c)| c.starts_with("qemu-system") && c.contains(&overlay))
         .and_then(|(pid, c)| {
@@ -121,7 +122,7 @@ fn trial_with_fault(
     strike: impl FnOnce(u32, u16) + Send + 'static,
 ) -> (TrialResult, PathBuf, u16) {
     let ready = ready();
-    let tmp_before = lab::cleanup::lab_tmp_dirs();
+    let tmp_before = vm::cleanup::lab_tmp_dirs();
     let run_dir = workspace()
         .join("target/lab")
         .join(format!("faults-{name}-{}", std::process::id()));
@@ -194,7 +195,7 @@ fn qemu_stopped_until_the_steps_deadline() {
 fn ssh_master_killed_mid_command() {
     let (result, _, _) = trial_with_fault("ssh", |_, port| {
         let port_arg = format!("-p {port} ");
-        let (master, _) = lab::cleanup::processes()
+        let (master, _) = vm::cleanup::processes()
             .into_iter()
             .find(|(_, c)| {
                 c.starts_with("ssh ") && c.contains("ControlMaster=yes") && c.contains(&port_arg)
@@ -263,12 +264,14 @@ fn broken_ready_states_are_rebuilt_not_used() {
         .unwrap();
     let rebuilt = ready();
     assert_eq!(rebuilt.dir, copy);
-    let verified = lab::cache::Manifest::verify(&copy).expect("the rebuilt entry verifies");
+    let verified = vm::cache::Manifest::verify(&copy).expect("the rebuilt entry verifies");
     assert_eq!(
         verified.files.get("state.mig"),
         Some(&std::fs::metadata(&state).unwrap().len())
     );
-    let vm = lab::vm::TrialVm::start(&rebuilt, &home.path().join("trial-1"), &events()).unwrap();
+    let vm =
+        vm::trial_vm::TrialVm::start(&rebuilt, &home.path().join("trial-1"), events().machine())
+            .unwrap();
     drop(vm);
 
     // Saved by another QEMU: the manifest records 7.2.
@@ -288,7 +291,9 @@ fn broken_ready_states_are_rebuilt_not_used() {
         std::fs::metadata(&state).unwrap().modified().unwrap(),
         state_before
     );
-    let vm = lab::vm::TrialVm::start(&rebuilt, &home.path().join("trial-2"), &events()).unwrap();
+    let vm =
+        vm::trial_vm::TrialVm::start(&rebuilt, &home.path().join("trial-2"), events().machine())
+            .unwrap();
     drop(vm);
     // No staging directory survives either rebuild.
     let staged: Vec<_> = std::fs::read_dir(copy.parent().unwrap())
@@ -335,7 +340,7 @@ fn full_disk_while_building_an_image() {
     let _unmount = Unmount(mnt.clone());
     // SAFETY: single-threaded here; nothing else reads the environment meanwhile.
     unsafe { std::env::set_var("XDG_CACHE_HOME", &mnt) };
-    let err = lab::image::ensure_base(&target(), &events())
+    let err = vm::image::ensure_base(&target(), events().machine())
         .map(|_| ())
         .expect_err("a 160 MiB cache cannot hold a guest image");
     let text = format!("{err:#}");

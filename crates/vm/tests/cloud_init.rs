@@ -9,9 +9,9 @@
 use std::path::Path;
 use std::process::Command;
 
-use lab::events::{ConsoleReporter, Events};
-use lab::qemu::Boot;
-use lab::target::Target;
+use vm::events::{ConsoleReporter, Events};
+use vm::qemu::Boot;
+use vm::target::Target;
 
 fn debugfs_cat(raw: &Path, path: &str) -> String {
     let out = Command::new("debugfs")
@@ -37,7 +37,7 @@ fn cloud_init_provisions_a_debian_guest() {
         .tempdir_in(&work)
         .unwrap();
     let d = dir.path();
-    lab::image::make_keys(d).unwrap();
+    vm::guest::SshKeys::generate(d).unwrap();
     let packages: Vec<String> = [
         "linux-image-cloud-amd64",
         "systemd-sysv",
@@ -49,7 +49,7 @@ fn cloud_init_provisions_a_debian_guest() {
     .iter()
     .map(|p| p.to_string())
     .collect();
-    let tar = lab::image::debootstrap(
+    let tar = vm::debian::debootstrap(
         "trixie",
         "http://deb.debian.org/debian",
         &packages,
@@ -59,13 +59,13 @@ fn cloud_init_provisions_a_debian_guest() {
         &events,
     )
     .unwrap();
-    lab::image::tar_to_disk(&tar, d, target.machine.disk_gib, &target.name, &events).unwrap();
+    vm::debian::tar_to_disk(&tar, d, target.machine.disk_gib, &target.name, &events).unwrap();
     let boot = Boot {
         kernel: d.join("vmlinuz"),
         initrd: d.join("initrd.img"),
-        cmdline: lab::image::KERNEL_CMDLINE.into(),
+        cmdline: vm::image::KERNEL_CMDLINE.into(),
     };
-    lab::fedora::provision(&target, d, Some(boot), &events).unwrap();
+    vm::fedora::provision(&target, d, Some(boot), &events).unwrap();
 
     let raw = d.join("disk.raw");
     let ok = Command::new("qemu-img")
@@ -76,7 +76,7 @@ fn cloud_init_provisions_a_debian_guest() {
         .unwrap();
     assert!(ok.success());
     let console = std::fs::read_to_string(d.join("provision-console.log")).unwrap_or_default();
-    let context = format!("console tail:\n{}", lab::proc::tail(&console, 30));
+    let context = format!("console tail:\n{}", vm::proc::tail(&console, 30));
 
     let passwd = debugfs_cat(&raw, "/etc/passwd");
     assert!(

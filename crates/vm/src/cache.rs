@@ -256,6 +256,15 @@ pub fn dir_size(path: &Path) -> u64 {
         .sum()
 }
 
+/// A nonce recorded with each build, so anything derived from an image (its ready
+/// snapshot) is invalidated when the image is rebuilt under the same key.
+pub fn build_id() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{}-{}", now.as_nanos(), std::process::id())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

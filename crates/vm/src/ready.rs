@@ -1,4 +1,4 @@
-//! Guests for trials, started from a saved "ready" state rather than booted.
+//! The ready state a trial's guest starts from ([`crate::trial_vm`]) rather than booting.
 //!
 //! The ready state is a guest booted once to where trials begin (ssh up, the test user's
 //! manager running, the echo image in its podman storage), then stopped and saved as a
@@ -26,7 +26,8 @@ use crate::target::Target;
 
 /// Bump when provisioning changes in a way the inputs do not show.
 const READY_RECIPE: &str = "ready-2";
-const IMAGE_NAME: &str = "localhost/socket-activate-echo:latest";
+/// The echo image every ready state holds: `FROM scratch` with the two static binaries.
+pub const ECHO_IMAGE: &str = "localhost/socket-activate-echo:latest";
 
 /// The static binaries put into every guest and into the echo image.
 #[derive(Debug, Clone)]
@@ -87,17 +88,10 @@ fn ready_key(
 
 /// The guest's hardware; the accelerator is decided with the base image's kernel.
 pub fn machine_for(target: &Target, base: &BaseImage) -> MachineSpec {
-    MachineSpec {
-        accel: match &base.kernel {
-            Some((kernel, _)) => qemu::decide_accel(kernel),
-            None => qemu::detect_accel(),
-        },
-        memory_mib: target.machine.memory_mib,
-        cpus: target.machine.cpus,
-    }
+    MachineSpec::for_target(target, base.kernel.as_ref().map(|(k, _)| k.as_path()))
 }
 
-fn vm_config(
+pub(crate) fn vm_config(
     base: &BaseImage,
     machine: &MachineSpec,
     disk: &Path,
@@ -112,21 +106,11 @@ fn vm_config(
             cmdline: KERNEL_CMDLINE.into(),
         }),
         disk: disk.to_path_buf(),
-        ssh_port: qemu::free_port()?,
+        ssh_port: 0,
         console_log: dir.join("console.log"),
         incoming,
         extra_drives: Vec::new(),
     })
-}
-
-/// `Some(why)` once QEMU has exited: its status and the end of its log.
-fn qemu_gone(qemu: &mut Qemu, log: &Path) -> Option<String> {
-    let status = qemu.exited()?;
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    Some(format!(
-        "QEMU exited ({status}): {}",
-        crate::proc::tail(text.trim(), 5)
-    ))
 }
 
 /// Keeps the logs of a failed build (its staging directory is removed) under the cache's
@@ -242,7 +226,7 @@ fn boot_and_provision(
         boot_timeout(machine.accel),
         &console,
         Some(&s.join("provision.log")),
-        &mut || qemu_gone(&mut qemu, &s.join("qemu.log")),
+        &mut || qemu.gone(&s.join("qemu.log")),
     )?;
     step.done();
 
@@ -292,8 +276,8 @@ fn provision(guest: &Guest, bins: &Binaries) -> Result<BTreeMap<String, String>>
         &format!(
             "set -e; tar -C /usr/local/bin -c socket-activate-echo echo-probe | podman import --quiet \
              --change 'ENTRYPOINT [\"/socket-activate-echo\"]' --change 'USER 65534:65534' \
-             --change 'LABEL org.opencontainers.image.source=socket-activation-lab' - {IMAGE_NAME} >/dev/null; \
-             podman image exists {IMAGE_NAME}"
+             --change 'LABEL org.opencontainers.image.source=socket-activation-lab' - {ECHO_IMAGE} >/dev/null; \
+             podman image exists {ECHO_IMAGE}"
         ),
         t,
     )?;
@@ -319,117 +303,4 @@ fn provision(guest: &Guest, bins: &Binaries) -> Result<BTreeMap<String, String>>
     }
     guest.root_ok("sync", t)?;
     Ok(versions)
-}
-
-/// A trial's overlay disk: registered for Ctrl-C from before it exists, removed when
-/// dropped, so a start that fails at any step (QEMU, the saved state, ssh, the clock)
-/// leaves no overlay behind.
-struct Overlay(PathBuf);
-
-impl Overlay {
-    fn create(backing: &Path, path: PathBuf) -> Result<Overlay> {
-        crate::cleanup::register(&path);
-        let overlay = Overlay(path);
-        image::overlay(backing, &overlay.0)?;
-        Ok(overlay)
-    }
-}
-
-impl Drop for Overlay {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-        crate::cleanup::unregister(&self.0);
-    }
-}
-
-/// A trial's guest: a QEMU restored from the ready state on its own overlay.
-/// Dropping it closes ssh, quits QEMU and deletes the overlay (logs stay).
-pub struct TrialVm {
-    // Fields drop in this order after `Drop::drop`: ssh, QEMU, then the overlay QEMU held.
-    pub guest: Guest,
-    pub qemu: Qemu,
-    pub dir: PathBuf,
-    _overlay: Overlay,
-}
-
-impl TrialVm {
-    pub fn start(ready: &Ready, dir: &Path, events: &Events) -> Result<TrialVm> {
-        std::fs::create_dir_all(dir)?;
-        // Declared before QEMU, so on an early return QEMU is dropped first.
-        let overlay = Overlay::create(&ready.dir.join("disk.qcow2"), dir.join("disk.qcow2"))?;
-        let config = vm_config(
-            &ready.base,
-            &ready.machine,
-            &overlay.0,
-            dir,
-            Some(ready.dir.join("state.mig")),
-        )?;
-        let console = config.console_log.clone();
-        let step = events.step(&ready.target.name, "restoring the ready state");
-        let mut qemu = Qemu::start(config, &dir.join("qemu.log"))?;
-        let status = qemu.qmp.wait_incoming(Duration::from_secs(120))?;
-        if status != "paused" && status != "running" {
-            bail!(
-                "after loading the saved state the VM is {status:?}; see {}",
-                dir.join("qemu.log").display()
-            );
-        }
-        if status == "paused" {
-            qemu.qmp.execute("cont", None)?;
-        }
-        let qemu_log = dir.join("qemu.log");
-        let guest = Guest::connect(
-            qemu.config.ssh_port,
-            ready.base.keys.clone(),
-            ready.target.user.clone(),
-            Duration::from_secs(90),
-            &console,
-            Some(&dir.join("commands.log")),
-            &mut || qemu_gone(&mut qemu, &qemu_log),
-        )?;
-        guest.sync_clock()?;
-        step.done();
-        Ok(TrialVm {
-            guest,
-            qemu,
-            dir: dir.to_path_buf(),
-            _overlay: overlay,
-        })
-    }
-
-    pub fn console_log(&self) -> PathBuf {
-        self.qemu.config.console_log.clone()
-    }
-
-    /// What became of QEMU, when a trial's step failed for a reason outside the guest: it
-    /// exited (killed, crashed: with the end of its log), or it does not answer QMP (a
-    /// stopped or hung QEMU), or it is not running the guest. `None` when it is fine.
-    pub fn diagnose(&mut self) -> Option<String> {
-        let log = self.dir.join("qemu.log");
-        if let Some(status) = self.qemu.exited() {
-            let tail = std::fs::read_to_string(&log).unwrap_or_default();
-            return Some(format!(
-                "QEMU exited during the trial ({status}); {}:\n{}",
-                log.display(),
-                crate::proc::tail(tail.trim(), 5)
-            ));
-        }
-        self.qemu.qmp.set_timeout(Duration::from_secs(3));
-        let answer = self.qemu.qmp.status();
-        self.qemu.qmp.set_timeout(Duration::from_secs(30));
-        match answer {
-            Ok(status) if status == "running" => None,
-            Ok(status) => Some(format!("QEMU is {status:?}, not running the guest")),
-            Err(e) => Some(format!(
-                "QEMU does not answer QMP within 3 s (stopped or hung): {e:#}"
-            )),
-        }
-    }
-}
-
-impl Drop for TrialVm {
-    fn drop(&mut self) {
-        // QEMU first (it holds the overlay); the overlay goes when its field drops.
-        self.qemu.shutdown();
-    }
 }

@@ -7,8 +7,8 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use lab::events::Events;
-use lab::fedora;
+use vm::events::Events;
+use vm::fedora;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
@@ -114,7 +114,7 @@ fn fixture() -> (Vec<u8>, String) {
     let image: Vec<u8> = (0..3_000_000u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
-    let sha = lab::cache::hex(&<sha2::Sha256 as sha2::Digest>::digest(&image));
+    let sha = vm::cache::hex(&<sha2::Sha256 as sha2::Digest>::digest(&image));
     (image, sha)
 }
 
@@ -135,10 +135,10 @@ fn good_checksum_downloads_and_verifies() {
     let (image, sha) = fixture();
     let server = serve(files(&image, &sha), Mode::Ranges);
     let dir = tempfile::tempdir().unwrap();
-    let text = fedora::fetch_text(&format!("{}/CHECKSUM", server.base)).unwrap();
-    let expected = fedora::checksum_for(&text, NAME).unwrap();
+    let text = vm::download::fetch_text(&format!("{}/CHECKSUM", server.base)).unwrap();
+    let expected = vm::download::checksum_for(&text, NAME).unwrap();
     let dest = dir.path().join(NAME);
-    fedora::download_verified(
+    vm::download::download_verified(
         &format!("{}/{NAME}", server.base),
         &expected,
         &dest,
@@ -157,7 +157,7 @@ fn bad_checksum_is_refused_and_nothing_is_kept() {
     let server = serve(files(&image, &wrong), Mode::Ranges);
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join(NAME);
-    let e = fedora::download_verified(
+    let e = vm::download::download_verified(
         &format!("{}/{NAME}", server.base),
         &wrong,
         &dest,
@@ -178,7 +178,7 @@ fn interrupted_download_resumes_with_range() {
     let dest = dir.path().join(NAME);
     let url = format!("{}/{NAME}", server.base);
     server.cut_after.store(1_000_000, Ordering::SeqCst);
-    let first = fedora::download_verified(&url, &sha, &dest, &Events::silent(), "fixture");
+    let first = vm::download::download_verified(&url, &sha, &dest, &Events::silent(), "fixture");
     assert!(
         first.is_err(),
         "a cut connection must not pass as a download"
@@ -187,7 +187,7 @@ fn interrupted_download_resumes_with_range() {
         .unwrap()
         .len();
     assert!(partial > 0 && partial < image.len() as u64, "{partial}");
-    fedora::download_verified(&url, &sha, &dest, &Events::silent(), "fixture").unwrap();
+    vm::download::download_verified(&url, &sha, &dest, &Events::silent(), "fixture").unwrap();
     assert_eq!(std::fs::read(&dest).unwrap(), image);
     let seen = server.seen.lock().unwrap();
     assert_eq!(
@@ -204,7 +204,7 @@ fn server_without_ranges_restarts_cleanly() {
     let dest = dir.path().join(NAME);
     // A stale partial file from an earlier attempt.
     std::fs::write(dest.with_extension("part"), &image[..12345]).unwrap();
-    fedora::download_verified(
+    vm::download::download_verified(
         &format!("{}/{NAME}", server.base),
         &sha,
         &dest,
@@ -218,7 +218,7 @@ fn server_without_ranges_restarts_cleanly() {
 #[test]
 fn missing_file_is_an_http_error() {
     let server = serve(HashMap::new(), Mode::Ranges);
-    let e = fedora::fetch_text(&format!("{}/CHECKSUM", server.base))
+    let e = vm::download::fetch_text(&format!("{}/CHECKSUM", server.base))
         .unwrap_err()
         .to_string();
     assert!(e.contains("HTTP 404"), "{e}");
@@ -310,14 +310,14 @@ fn checksum_signature_is_checked_with_gpgv() {
     let keyring = home.path().join("signer.gpg");
     std::fs::write(&keyring, gpg(&["--export"], None)).unwrap();
 
-    fedora::verify_signature(&signed, &keyring).unwrap();
+    vm::download::verify_clearsigned(&signed, &keyring).unwrap();
     assert_eq!(
-        fedora::checksum_for(&signed, NAME).unwrap(),
+        vm::download::checksum_for(&signed, NAME).unwrap(),
         "ab".repeat(32)
     );
 
     let tampered = signed.replace(&"ab".repeat(32), &"cd".repeat(32));
-    let e = fedora::verify_signature(&tampered, &keyring)
+    let e = vm::download::verify_clearsigned(&tampered, &keyring)
         .unwrap_err()
         .to_string();
     assert!(
@@ -327,7 +327,7 @@ fn checksum_signature_is_checked_with_gpgv() {
 
     let fedora_key =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../vm/keys/fedora-44.gpg");
-    let e = fedora::verify_signature(&signed, &fedora_key)
+    let e = vm::download::verify_clearsigned(&signed, &fedora_key)
         .unwrap_err()
         .to_string();
     assert!(e.contains("does not verify"), "{e}");

@@ -81,6 +81,15 @@ impl Qmp {
         }
     }
 
+    /// A human monitor command's text answer (for what QMP has no command for).
+    pub fn human(&mut self, command_line: &str) -> Result<String> {
+        let r = self.execute(
+            "human-monitor-command",
+            Some(json!({ "command-line": command_line })),
+        )?;
+        Ok(r.as_str().unwrap_or_default().to_string())
+    }
+
     pub fn status(&mut self) -> Result<String> {
         let r = self.execute("query-status", None)?;
         Ok(r["status"].as_str().unwrap_or("unknown").to_string())

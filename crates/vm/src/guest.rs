@@ -25,6 +25,46 @@ pub struct SshKeys {
     pub known_hosts: PathBuf,
 }
 
+impl SshKeys {
+    /// Generates the login key and the guest's host key (pinned in `known_hosts`) in
+    /// `dir`, where a base image keeps them.
+    pub fn generate(dir: &Path) -> Result<()> {
+        for name in ["id_ed25519", "host_ed25519"] {
+            let mut c = Command::new("ssh-keygen");
+            c.args([
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "socket-activation-lab",
+                "-f",
+            ])
+            .arg(dir.join(name));
+            proc::check(c, None, Duration::from_secs(30))?;
+        }
+        let host_pub = std::fs::read_to_string(dir.join("host_ed25519.pub"))?;
+        let mut parts = host_pub.split_whitespace();
+        let (kind, key) = (
+            parts.next().unwrap_or_default(),
+            parts.next().unwrap_or_default(),
+        );
+        std::fs::write(
+            dir.join("known_hosts"),
+            format!("{HOST_ALIAS} {kind} {key}\n"),
+        )?;
+        Ok(())
+    }
+}
+
+/// A systemd manager in the guest: the test user's (`systemctl --user`) or the system's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Manager {
+    User,
+    System,
+}
+
 /// The alias the pinned host key is recorded under, whatever port the guest is on.
 pub const HOST_ALIAS: &str = "socket-activation-lab-guest";
 
@@ -37,7 +77,8 @@ pub struct Guest {
     log: Mutex<Option<File>>,
 }
 
-fn quote(s: &str) -> String {
+/// `s` quoted for the guest's shell.
+pub fn quote(s: &str) -> String {
     shlex::try_quote(s)
         .expect("no NUL in commands")
         .into_owned()
@@ -442,20 +483,32 @@ impl Guest {
 
     /// Journal lines of user units, read as root: the messages the units' processes wrote
     /// (`_SYSTEMD_USER_UNIT=`) and the user manager's messages about them (`USER_UNIT=`).
-    pub fn user_unit_journal(&self, units: &[&str], lines: usize) -> String {
+    /// `systemctl ARGS` (`ARGS` already quoted) in `manager`.
+    pub fn systemctl(&self, manager: Manager, args: &str, timeout: Duration) -> Result<Output> {
+        match manager {
+            Manager::User => self.user(&format!("systemctl --user {args}"), timeout),
+            Manager::System => self.root(&format!("systemctl {args}"), timeout),
+        }
+    }
+
+    /// The last `lines` journal lines of `units` of `manager`, or why there are none. A
+    /// user unit's lines are those it logged and those the user manager logged about it.
+    pub fn unit_journal(&self, manager: Manager, units: &[&str], lines: usize) -> String {
         let matches: Vec<String> = units
             .iter()
-            .flat_map(|u| {
-                [
+            .flat_map(|u| match manager {
+                Manager::User => vec![
                     format!("_SYSTEMD_USER_UNIT={}", quote(u)),
                     format!("USER_UNIT={}", quote(u)),
-                ]
+                ],
+                Manager::System => vec![format!("-u {}", quote(u))],
             })
             .collect();
-        let script = format!(
-            "journalctl --no-pager -o short-monotonic -n {lines} {}",
-            matches.join(" + ")
-        );
+        let matches = match manager {
+            Manager::User => matches.join(" + "),
+            Manager::System => matches.join(" "),
+        };
+        let script = format!("journalctl --no-pager -o short-monotonic -n {lines} {matches}");
         self.root(&script, Duration::from_secs(60))
             .map(|o| o.combined())
             .unwrap_or_else(|e| format!("(journal unavailable: {e:#})"))

@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::proc;
 use crate::qmp::Qmp;
+use crate::target::Target;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
@@ -35,6 +36,21 @@ pub struct MachineSpec {
     pub cpus: u32,
 }
 
+impl MachineSpec {
+    /// `target`'s hardware. The accelerator is decided by booting `kernel` (direct kernel
+    /// boot) or, for a disk that boots itself, from the host alone.
+    pub fn for_target(target: &Target, kernel: Option<&Path>) -> MachineSpec {
+        MachineSpec {
+            accel: match kernel {
+                Some(k) => decide_accel(k),
+                None => detect_accel(),
+            },
+            memory_mib: target.machine.memory_mib,
+            cpus: target.machine.cpus,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Boot {
     pub kernel: PathBuf,
@@ -48,6 +64,9 @@ pub struct VmConfig {
     /// Direct kernel boot; `None` boots the disk through firmware (Fedora).
     pub boot: Option<Boot>,
     pub disk: PathBuf,
+    /// The host port forwarded to the guest's ssh. 0 lets QEMU bind a free one, read back
+    /// by [`Qemu::start`]: a port picked here and released before QEMU binds it could be
+    /// taken by a trial running beside this one.
     pub ssh_port: u16,
     pub console_log: PathBuf,
     /// Load a saved state instead of booting.
@@ -201,7 +220,7 @@ impl Drop for SocketDir {
 
 impl Qemu {
     /// Starts QEMU; it is also killed if this process dies. Its stderr goes to `log`.
-    pub fn start(config: VmConfig, log: &Path) -> Result<Qemu> {
+    pub fn start(mut config: VmConfig, log: &Path) -> Result<Qemu> {
         let socket_dir = SocketDir::new()?;
         let qmp_socket = socket_dir.qmp();
         let mut cmd = Command::new("qemu-system-x86_64");
@@ -212,7 +231,16 @@ impl Qemu {
             .stderr(log_file);
         proc::die_with_parent(&mut cmd);
         let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
-        let qmp = match Qmp::connect(&qmp_socket, Duration::from_secs(20)) {
+        let connected = Qmp::connect(&qmp_socket, Duration::from_secs(20)).and_then(|mut q| {
+            if config.ssh_port == 0 {
+                let usernet = q.human("info usernet")?;
+                config.ssh_port = forwarded_port(&usernet, 22).with_context(|| {
+                    format!("QEMU's `info usernet` shows no forward to port 22:\n{usernet}")
+                })?;
+            }
+            Ok(q)
+        });
+        let qmp = match connected {
             Ok(q) => q,
             Err(e) => {
                 let _ = child.kill();
@@ -233,6 +261,16 @@ impl Qemu {
     }
 
     /// `Some(status)` once QEMU has exited.
+    /// `Some(why)` once QEMU has exited: its status and the end of its `log`.
+    pub fn gone(&mut self, log: &Path) -> Option<String> {
+        let status = self.exited()?;
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        Some(format!(
+            "QEMU exited ({status}): {}",
+            crate::proc::tail(text.trim(), 5)
+        ))
+    }
+
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child
             .as_mut()
@@ -461,12 +499,20 @@ fn kvm_runs_kernel(kernel: &Path) -> std::result::Result<(), String> {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (released before QEMU binds it; QEMU failing to bind is
-/// reported as a start error).
-pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// The host port of the user network's forward to `guest_port`, from HMP `info usernet`:
+/// `TCP[HOST_FORWARD]  8  127.0.0.1 36529  10.0.2.15  22  0  0`.
+pub fn forwarded_port(usernet: &str, guest_port: u16) -> Option<u16> {
+    usernet.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields.as_slice() {
+            [kind, _fd, _src, host, _dst, guest, ..]
+                if kind.starts_with("TCP[HOST_FORWARD]") && *guest == guest_port.to_string() =>
+            {
+                host.parse().ok()
+            }
+            _ => None,
+        }
+    })
 }
 
 #[cfg(test)]
@@ -515,6 +561,15 @@ mod tests {
                 .any(|x| x == "user,id=net0,hostfwd=tcp:127.0.0.1:40022-:22"),
             "{a:?}"
         );
+    }
+
+    #[test]
+    fn forwarded_port_is_read_from_info_usernet() {
+        // QEMU 10.0's answer for `hostfwd=tcp:127.0.0.1:0-:22`.
+        let text = "Hub -1 (net0):\r\n  Protocol[State]    FD  Source Address  Port   Dest. Address  Port RecvQ SendQ\r\n  TCP[HOST_FORWARD]   8       127.0.0.1 36529       10.0.2.15    22     0     0\r\n";
+        assert_eq!(forwarded_port(text, 22), Some(36529));
+        assert_eq!(forwarded_port(text, 80), None);
+        assert_eq!(forwarded_port("Hub -1 (net0):\n", 22), None);
     }
 
     #[test]

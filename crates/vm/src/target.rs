@@ -11,7 +11,7 @@ pub struct Target {
     /// Must match the file name without `.toml`.
     pub name: String,
     pub description: String,
-    pub source: Source,
+    pub source: ImageSource,
     /// Packages installed in the guest (the kernel package is added by the source).
     pub packages: Vec<String>,
     #[serde(default)]
@@ -36,7 +36,7 @@ fn default_modules() -> Vec<String> {
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-pub enum Source {
+pub enum ImageSource {
     /// Built offline with mmdebstrap from the Debian archive.
     Debian {
         suite: String,
@@ -149,13 +149,13 @@ impl Target {
     }
 
     pub fn is_debian(&self) -> bool {
-        matches!(self.source, Source::Debian { .. })
+        matches!(self.source, ImageSource::Debian { .. })
     }
 
     /// The key that signs this target's packages, as a path: a Fedora release key.
     pub fn package_key(&self) -> Option<PathBuf> {
         match &self.source {
-            Source::Fedora {
+            ImageSource::Fedora {
                 checksum_key: Some(key),
                 ..
             } => Some(self.file.parent().unwrap_or(Path::new(".")).join(key)),

@@ -13,11 +13,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use crate::cache;
+use vm::cache;
+use vm::guest::Guest;
+use vm::proc;
+
 use crate::events::Events;
-use crate::guest::Guest;
-use crate::proc;
-use crate::runtimes::{Installed, Origin, RuntimeSpec, Unusable, usable};
+use crate::runtimes::install::{Installed, Unusable, usable};
+use crate::runtimes::{Origin, RuntimeSpec};
 
 /// Where packages are put in the guest, for download and for install.
 const GUEST_DIR: &str = "/var/tmp/socket-activation-lab-rpms";

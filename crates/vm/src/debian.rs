@@ -1,6 +1,5 @@
-//! Base images: a Debian guest built offline with mmdebstrap (the Debian archive is the
-//! only network it needs), as an ext4 disk in qcow2 plus the kernel and initrd for direct
-//! kernel boot, with the ssh keys that reach it.
+//! Debian guests built offline with mmdebstrap (the Debian archive is the only network it
+//! needs), as an ext4 disk in qcow2 plus the kernel and initrd for direct kernel boot.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,12 +10,12 @@ use anyhow::{Context, Result, bail};
 
 use crate::cache;
 use crate::events::{Event, Events};
-use crate::guest::{HOST_ALIAS, SshKeys};
+use crate::guest::SshKeys;
 use crate::proc;
-use crate::target::{Source, Target};
+use crate::target::{ImageSource, Target};
 
 /// Bump when the build recipe changes in a way the target file does not show.
-const RECIPE_VERSION: &str = "debian-base-3";
+pub(crate) const RECIPE_VERSION: &str = "debian-base-3";
 
 /// Run inside mmdebstrap's namespace after the packages are installed: `$1` is the root
 /// file system, `$2` the staging directory with the keys. Placeholders are filled from the
@@ -53,20 +52,7 @@ chroot "$R" systemctl mask systemd-networkd-wait-online.service apt-daily.timer 
 chroot "$R" systemctl add-wants multi-user.target network-online.target
 "#;
 
-pub const KERNEL_CMDLINE: &str = "root=/dev/vda rw console=ttyS0 quiet";
-
-/// A built (or fetched) base image in the cache.
-#[derive(Debug, Clone)]
-pub struct BaseImage {
-    pub dir: PathBuf,
-    pub disk: PathBuf,
-    /// Direct kernel boot files (Debian); `None` when the disk boots itself (Fedora).
-    pub kernel: Option<(PathBuf, PathBuf)>,
-    pub keys: SshKeys,
-    pub manifest: cache::Manifest,
-}
-
-fn customize_script(target: &Target) -> String {
+pub(crate) fn customize_script(target: &Target) -> String {
     CUSTOMIZE
         .replace("@MODULES@", &target.modules.join(" "))
         .replace("@UID@", &target.user.uid.to_string())
@@ -76,87 +62,6 @@ fn customize_script(target: &Target) -> String {
 /// Packages every Debian image gets whatever its target lists: what the customize script
 /// itself runs. `passwd` (useradd) is no longer pulled in by sid's essential set.
 pub const BUILDER_PACKAGES: [&str; 1] = ["passwd"];
-
-pub fn base_key(target: &Target) -> String {
-    cache::key(&[
-        ("target", target.file_text.as_bytes()),
-        ("recipe", RECIPE_VERSION.as_bytes()),
-        ("builder_packages", BUILDER_PACKAGES.join(",").as_bytes()),
-        ("customize", customize_script(target).as_bytes()),
-    ])
-}
-
-pub fn base_dir(target: &Target) -> PathBuf {
-    cache::root()
-        .join("images")
-        .join(format!("{}-base-{}", target.name, base_key(target)))
-}
-
-fn load(dir: &Path, manifest: cache::Manifest) -> BaseImage {
-    let kernel = manifest
-        .files
-        .contains_key("vmlinuz")
-        .then(|| (dir.join("vmlinuz"), dir.join("initrd.img")));
-    BaseImage {
-        dir: dir.to_path_buf(),
-        disk: dir.join("disk.qcow2"),
-        kernel,
-        keys: SshKeys {
-            identity: dir.join("id_ed25519"),
-            known_hosts: dir.join("known_hosts"),
-        },
-        manifest,
-    }
-}
-
-/// The target's base image from the cache, built first if missing or broken.
-pub fn ensure_base(target: &Target, events: &Events) -> Result<BaseImage> {
-    let dir = base_dir(target);
-    let _lock = cache::lock(&dir)?;
-    if let Some(m) = cache::lookup_keyed(&dir, &base_key(target)) {
-        return Ok(load(&dir, m));
-    }
-    match &target.source {
-        Source::Debian {
-            suite,
-            mirror,
-            kernel_package,
-        } => {
-            build_debian(target, &dir, suite, mirror, kernel_package, events).map(|m| load(&dir, m))
-        }
-        Source::Fedora { .. } => crate::fedora::fetch(target, &dir, events).map(|m| load(&dir, m)),
-    }
-}
-
-/// Generates the login key and the guest's host key (pinned in `known_hosts`).
-pub fn make_keys(stage: &Path) -> Result<()> {
-    for name in ["id_ed25519", "host_ed25519"] {
-        let mut c = Command::new("ssh-keygen");
-        c.args([
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            "socket-activation-lab",
-            "-f",
-        ])
-        .arg(stage.join(name));
-        proc::check(c, None, Duration::from_secs(30))?;
-    }
-    let host_pub = std::fs::read_to_string(stage.join("host_ed25519.pub"))?;
-    let mut parts = host_pub.split_whitespace();
-    let (kind, key) = (
-        parts.next().unwrap_or_default(),
-        parts.next().unwrap_or_default(),
-    );
-    std::fs::write(
-        stage.join("known_hosts"),
-        format!("{HOST_ALIAS} {kind} {key}\n"),
-    )?;
-    Ok(())
-}
 
 /// Builds a Debian root file system with mmdebstrap into `dir/rootfs.tar`. `customize`
 /// is a shell script run on the tree (`$1`) with `dir` as `$2`. Needs root: the tree is
@@ -170,7 +75,7 @@ pub fn debootstrap(
     label: &str,
     events: &Events,
 ) -> Result<PathBuf> {
-    if !crate::is_root() {
+    if !proc::is_root() {
         bail!(
             "building a Debian image needs root (mmdebstrap, and mkfs.ext4 -d of a root-owned tree); run as root or fetch a cached image"
         );
@@ -296,18 +201,19 @@ pub fn tar_to_disk(
     Ok(())
 }
 
-fn build_debian(
-    target: &Target,
-    dir: &Path,
-    suite: &str,
-    mirror: &str,
-    kernel_package: &str,
-    events: &Events,
-) -> Result<cache::Manifest> {
-    let key = base_key(target);
-    let stage = cache::stage(dir, &key)?;
+/// Builds `target`'s base image into `dir` under the cache key `key`.
+pub fn build(target: &Target, dir: &Path, key: &str, events: &Events) -> Result<cache::Manifest> {
+    let ImageSource::Debian {
+        suite,
+        mirror,
+        kernel_package,
+    } = &target.source
+    else {
+        bail!("{} is not a Debian target", target.name);
+    };
+    let stage = cache::stage(dir, key)?;
     let s = stage.path();
-    make_keys(s)?;
+    SshKeys::generate(s)?;
     let mut packages = vec![kernel_package.to_string()];
     packages.extend(BUILDER_PACKAGES.map(String::from));
     packages.extend(target.packages.iter().cloned());
@@ -322,7 +228,7 @@ fn build_debian(
     )?;
     tar_to_disk(&tar, s, target.machine.disk_gib, &target.name, events)?;
     let facts = BTreeMap::from([
-        ("build_id".to_string(), build_id()),
+        ("build_id".to_string(), cache::build_id()),
         ("suite".to_string(), suite.to_string()),
     ]);
     events.emit(Event::Note {
@@ -330,25 +236,6 @@ fn build_debian(
         text: format!("base image cached in {}", dir.display()),
     });
     stage.publish(facts)
-}
-
-/// A nonce recorded with each build, so anything derived from an image (its ready
-/// snapshot) is invalidated when the image is rebuilt under the same key.
-pub fn build_id() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    format!("{}-{}", now.as_nanos(), std::process::id())
-}
-
-/// A qcow2 overlay on `base`: all writes go to the overlay, the base is never written.
-pub fn overlay(base: &Path, path: &Path) -> Result<()> {
-    let mut c = Command::new("qemu-img");
-    c.args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-        .arg(base)
-        .arg(path);
-    proc::check(c, None, Duration::from_secs(60))?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -382,6 +269,6 @@ mod tests {
             Path::new("vm/debian-13.toml"),
         )
         .unwrap();
-        assert_ne!(base_key(&a), base_key(&b));
+        assert_ne!(crate::image::base_key(&a), crate::image::base_key(&b));
     }
 }

@@ -1,0 +1,547 @@
+//! The scenario file (`tests/scenarios/*.toml`): its schema, what is checked when it
+//! loads, and the units it declares, rendered.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use vm::ready::ECHO_IMAGE;
+
+use crate::units::{Listen, ServiceUnit, SocketUnit, exec_quote};
+use crate::version;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub description: String,
+    /// What the articles claim, for the summary.
+    #[serde(default)]
+    pub claim: Option<String>,
+    /// Part of the representative subset that `cargo xtask ci` runs.
+    #[serde(default)]
+    pub ci: bool,
+    /// The unit name stem: `echo` makes `echo.socket` and `echo.service`.
+    #[serde(default = "default_unit")]
+    pub unit: String,
+    #[serde(default)]
+    pub scope: Scope,
+    #[serde(default)]
+    pub prepare: Prepare,
+    #[serde(default)]
+    pub socket: Option<SocketSpec>,
+    #[serde(default)]
+    pub service: Option<ServiceSpec>,
+    /// A quadlet `.container` instead of a service unit.
+    #[serde(default)]
+    pub quadlet: Option<QuadletSpec>,
+    #[serde(default)]
+    pub helper: Vec<HelperSpec>,
+    pub steps: Vec<Step>,
+    #[serde(default)]
+    pub expect: Expectation,
+    #[serde(default)]
+    pub known_bug: Vec<KnownBug>,
+    #[serde(default)]
+    pub requires: Requires,
+    #[serde(skip)]
+    pub name: String,
+    #[serde(skip)]
+    pub file: PathBuf,
+}
+
+fn default_unit() -> String {
+    "echo".into()
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// The test user's manager (`systemctl --user`), units in `~/.config/systemd/user`.
+    #[default]
+    User,
+    /// The system manager, units in `/etc/systemd/system`.
+    System,
+}
+
+impl Scope {
+    pub fn manager(self) -> vm::guest::Manager {
+        match self {
+            Scope::User => vm::guest::Manager::User,
+            Scope::System => vm::guest::Manager::System,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Prepare {
+    /// Written to `/etc/sysctl.d/90-socket-activation-lab.conf` and applied.
+    #[serde(default)]
+    pub sysctl: BTreeMap<String, String>,
+    /// A network namespace `client` joined by a veth pair: the guest end `lab0` is
+    /// 192.0.2.1/24, the client end 192.0.2.10/24.
+    #[serde(default)]
+    pub client_netns: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SocketSpec {
+    pub listen: Vec<Listen>,
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// Options for `podman run` between the lab's fixed ones and the image.
+    #[serde(default)]
+    pub podman_args: Vec<String>,
+    #[serde(default = "default_image")]
+    pub image: String,
+    /// Arguments for the echo server.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// `[Service]` settings.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+    /// `[Unit]` settings.
+    #[serde(default)]
+    pub unit_options: BTreeMap<String, String>,
+}
+
+fn default_image() -> String {
+    ECHO_IMAGE.into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuadletSpec {
+    #[serde(default = "default_image")]
+    pub image: String,
+    /// `[Container]` settings (`Network=none`, ...).
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+}
+
+/// A helper service, such as `podman-usernamespace.service`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HelperSpec {
+    pub name: String,
+    pub exec: Vec<String>,
+    #[serde(default = "default_oneshot")]
+    pub r#type: String,
+    #[serde(default)]
+    pub remain_after_exit: bool,
+}
+
+fn default_oneshot() -> String {
+    "oneshot".into()
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Who {
+    #[default]
+    User,
+    Root,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceAddress {
+    /// The server saw the client's own address.
+    Preserved,
+    /// The server saw another address.
+    Rewritten,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(tag = "do", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Step {
+    Start {
+        unit: String,
+    },
+    Stop {
+        unit: String,
+    },
+    Enable {
+        unit: String,
+    },
+    ResetFailed {
+        unit: String,
+    },
+    /// `echo-probe ADDRESS` in the guest (as root, or in the client namespace).
+    Probe {
+        address: String,
+        #[serde(default = "default_text")]
+        send: String,
+        #[serde(default)]
+        expect: Option<String>,
+        #[serde(default = "default_probe_timeout")]
+        timeout: f64,
+        /// Run in this network namespace (`client`).
+        #[serde(default)]
+        netns: Option<String>,
+        /// Check the reply of a `--reply-peer` server against our own address.
+        #[serde(default)]
+        source: Option<SourceAddress>,
+        /// The probe must fail (nothing answers there).
+        #[serde(default)]
+        fail: bool,
+        /// Retry every half second until `timeout` (for servers that start in the
+        /// background, where a connection can be refused before they listen).
+        #[serde(default)]
+        retry: bool,
+    },
+    /// A real reboot of the guest.
+    Reboot,
+    /// `systemctl is-failed UNIT` must say failed (or, with `failed = false`, not).
+    IsFailed {
+        unit: String,
+        #[serde(default = "yes")]
+        failed: bool,
+    },
+    /// The units' journal must (not) contain a text.
+    Journal {
+        #[serde(default)]
+        contains: Option<String>,
+        #[serde(default)]
+        lacks: Option<String>,
+    },
+    /// `echo-probe netinfo` inside a running container via `podman exec`.
+    Netinfo {
+        container: String,
+        /// The exact set of interfaces with addresses, e.g. `["lo"]`.
+        #[serde(default)]
+        interfaces: Option<Vec<String>>,
+        /// Whether an interface other than `lo` has an address (its name varies).
+        #[serde(default)]
+        other_interfaces: Option<bool>,
+        #[serde(default)]
+        outbound: Option<String>,
+        #[serde(default)]
+        outbound_ok: Option<bool>,
+    },
+    /// A shell command. Placeholders: {runtime}, {image}, {uid}, {home}.
+    Run {
+        command: String,
+        #[serde(default, rename = "as")]
+        who: Who,
+        #[serde(default)]
+        exit: i32,
+        #[serde(default)]
+        contains: Option<String>,
+        /// Seconds the command may take (default 300).
+        #[serde(default)]
+        timeout: Option<f64>,
+    },
+    /// Wait, for things that settle on their own.
+    Sleep {
+        seconds: f64,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_text() -> String {
+    "hello".into()
+}
+
+fn default_probe_timeout() -> f64 {
+    30.0
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Expectation {
+    #[serde(default)]
+    pub outcome: ExpectedOutcome,
+    /// With `outcome = "fail"`: a text that must appear in the failure (step output or
+    /// journal), so the scenario fails for the reason it claims.
+    #[serde(default)]
+    pub pattern: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ExpectedOutcome {
+    #[default]
+    Pass,
+    Fail,
+}
+
+/// An upstream bug: on `runtime` in `versions`, the scenario fails with `pattern`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KnownBug {
+    /// The runtime (`runc`, `crun`) whose versions carry the bug...
+    #[serde(default)]
+    pub runtime: Option<String>,
+    /// ...or another component read from the guest (`container-selinux`, `podman`). A bug
+    /// of a component the guest does not have (no SELinux on Debian) does not apply.
+    #[serde(default)]
+    pub tool: Option<String>,
+    pub versions: String,
+    pub issue: String,
+    pub pattern: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Requires {
+    /// A version range podman must be in (`>=4.4` for quadlet).
+    #[serde(default)]
+    pub podman: Option<String>,
+    #[serde(default)]
+    pub systemd: Option<String>,
+    /// Why a scenario cannot run anywhere yet (reported as SKIP).
+    #[serde(default)]
+    pub unavailable: Option<String>,
+}
+
+impl Scenario {
+    pub fn load(path: &Path) -> Result<Scenario> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut s: Scenario =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        s.name = path
+            .file_stem()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        s.file = path.to_path_buf();
+        let p = path.display();
+        if s.steps.is_empty() {
+            bail!("{p}: key `steps` is empty");
+        }
+        if s.expect.outcome == ExpectedOutcome::Fail && s.expect.pattern.is_none() {
+            bail!(
+                "{p}: `expect.outcome = \"fail\"` needs `expect.pattern`, the text that proves why it fails"
+            );
+        }
+        if s.service.is_some() && s.quadlet.is_some() {
+            bail!("{p}: give either [service] or [quadlet], not both");
+        }
+        if s.quadlet.is_some() && s.scope == Scope::System {
+            bail!("{p}: quadlet scenarios run in the user scope");
+        }
+        for b in &s.known_bug {
+            version::in_range("1.0", &b.versions)
+                .map_err(|e| anyhow::anyhow!("{p}: known_bug {}: {e}", b.issue))?;
+            if b.runtime.is_some() == b.tool.is_some() {
+                bail!(
+                    "{p}: known_bug {} needs exactly one of `runtime` and `tool`",
+                    b.issue
+                );
+            }
+        }
+        // Render once so a bad unit is a load error, not a trial failure.
+        if let Some(u) = s.socket_unit() {
+            u.render()
+                .map_err(|e| anyhow::anyhow!("{p}: [socket]: {e}"))?;
+        }
+        Ok(s)
+    }
+
+    pub fn socket_unit(&self) -> Option<SocketUnit> {
+        self.socket.as_ref().map(|sock| SocketUnit {
+            description: format!("socket-activation-lab {}", self.name),
+            listen: sock.listen.clone(),
+            options: sock.options.clone().into_iter().collect(),
+        })
+    }
+
+    fn socket_name(&self) -> Option<String> {
+        self.socket
+            .as_ref()
+            .map(|_| format!("{}.socket", self.unit))
+    }
+
+    pub fn service_unit(&self, runtime: &str) -> Option<ServiceUnit> {
+        let spec = self.service.as_ref()?;
+        let mut exec = podman_run_exec(&self.unit, runtime);
+        exec.extend(spec.podman_args.iter().cloned());
+        exec.push(spec.image.clone());
+        exec.extend(spec.args.iter().cloned());
+        let mut service_options = notify_service_options();
+        service_options.extend(spec.options.clone());
+        Some(ServiceUnit {
+            description: format!("socket-activation-lab {}", self.name),
+            socket: self.socket_name(),
+            unit_options: spec.unit_options.clone().into_iter().collect(),
+            service_options,
+            exec_start: exec,
+        })
+    }
+
+    /// The quadlet `.container` file text.
+    pub fn quadlet_file(&self, runtime: &str) -> Option<String> {
+        let q = self.quadlet.as_ref()?;
+        let mut s = format!("[Unit]\nDescription=socket-activation-lab {}\n", self.name);
+        if let Some(sock) = self.socket_name() {
+            s += &format!("Requires={sock}\nAfter={sock}\n");
+        }
+        s += &format!(
+            "\n[Container]\nImage={}\nContainerName={}\nPodmanArgs=--runtime {runtime}\n",
+            q.image, self.unit
+        );
+        if !q.args.is_empty() {
+            let args: Vec<String> = q.args.iter().map(|a| exec_quote(a)).collect();
+            s += &format!("Exec={}\n", args.join(" "));
+        }
+        for (k, v) in &q.options {
+            s += &format!("{k}={v}\n");
+        }
+        Some(s)
+    }
+
+    pub fn helper_units(&self) -> Vec<(String, ServiceUnit)> {
+        self.helper
+            .iter()
+            .map(|h| {
+                let mut options = vec![("Type".to_string(), h.r#type.clone())];
+                if h.remain_after_exit {
+                    options.push(("RemainAfterExit".into(), "yes".into()));
+                }
+                (
+                    h.name.clone(),
+                    ServiceUnit {
+                        description: format!("socket-activation-lab helper {}", h.name),
+                        socket: None,
+                        unit_options: Vec::new(),
+                        service_options: options,
+                        exec_start: h.exec.clone(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// The units whose journal explains a failure.
+    pub fn journal_units(&self) -> Vec<String> {
+        let mut units: Vec<String> = self.socket_name().into_iter().collect();
+        if self.service.is_some() || self.quadlet.is_some() {
+            units.push(format!("{}.service", self.unit));
+        }
+        units.extend(self.helper.iter().map(|h| h.name.clone()));
+        for step in &self.steps {
+            if let Step::Start { unit } | Step::Enable { unit } = step
+                && !units.contains(unit)
+            {
+                units.push(unit.clone());
+            }
+        }
+        units
+    }
+}
+
+/// Every scenario under `dir`, sorted by name.
+pub fn load_all(dir: &Path) -> Result<Vec<Scenario>> {
+    let mut all = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            all.push(Scenario::load(&p)?);
+        }
+    }
+    all.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(all)
+}
+
+/// The start of a socket-activated service's `ExecStart=`: `podman run` of a container
+/// named `name` that replaces any leftover, with conmon relaying sd_notify.
+pub fn podman_run_exec(name: &str, runtime: &str) -> Vec<String> {
+    [
+        "/usr/bin/podman",
+        "run",
+        "--rm",
+        "--replace",
+        "--name",
+        name,
+        "--cgroups=no-conmon",
+        "--sdnotify=conmon",
+        "--runtime",
+        runtime,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// `Type=notify` with `NotifyAccess=all`: READY=1 comes from conmon, not the main PID.
+pub fn notify_service_options() -> Vec<(String, String)> {
+    vec![
+        ("Type".into(), "notify".into()),
+        ("NotifyAccess".into(), "all".into()),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scenarios() -> Vec<Scenario> {
+        load_all(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/scenarios")).unwrap()
+    }
+
+    #[test]
+    fn shipped_scenarios_load_and_render() {
+        let all = scenarios();
+        assert!(all.iter().any(|s| s.name == "echo-tcp4"));
+        for s in &all {
+            if let Some(u) = s.socket_unit() {
+                u.render().unwrap();
+            }
+            if let Some(u) = s.service_unit("crun") {
+                u.render().unwrap();
+            }
+            for (_, u) in s.helper_units() {
+                u.render().unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn echo_tcp4_service_golden() {
+        let s = scenarios()
+            .into_iter()
+            .find(|s| s.name == "echo-tcp4")
+            .unwrap();
+        assert_eq!(
+            s.service_unit("runc").unwrap().render().unwrap(),
+            "[Unit]\nDescription=socket-activation-lab echo-tcp4\nRequires=echo.socket\nAfter=echo.socket\n\n[Service]\nType=notify\nNotifyAccess=all\nExecStart=/usr/bin/podman run --rm --replace --name echo --cgroups=no-conmon --sdnotify=conmon --runtime runc --network=none --pull=never localhost/socket-activate-echo:latest\n"
+        );
+    }
+
+    #[test]
+    fn bad_scenario_names_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.toml");
+        std::fs::write(&p, "description = \"x\"\n[[steps]]\ndo = \"jump\"\n").unwrap();
+        let e = format!("{:#}", Scenario::load(&p).unwrap_err());
+        assert!(
+            e.contains("x.toml") && e.contains("unknown variant `jump`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn known_bug_needs_runtime_or_tool() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("b.toml");
+        std::fs::write(&p, "description = \"d\"\n[[steps]]\ndo = \"reboot\"\n[[known_bug]]\nversions = \"<1\"\nissue = \"u\"\npattern = \"x\"\n").unwrap();
+        let e = format!("{:#}", Scenario::load(&p).unwrap_err());
+        assert!(
+            e.contains("needs exactly one of `runtime` and `tool`"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,455 @@
+//! A scenario's actions on a trial's guest: installing what it declares (sysctls, the
+//! client namespace, units, quadlets), then its steps, one function per kind of step.
+//! A step that does not hold returns a [`StepFailure`]; a step that cannot be carried
+//! out at all (ssh lost, QEMU gone) is an error.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use vm::guest::{Guest, quote};
+use vm::proc::Output;
+use vm::ready::ECHO_IMAGE;
+use vm::target::User;
+use vm::trial_vm::TrialVm;
+
+use crate::scenario::schema::{Scenario, Scope, SourceAddress, Step, Who};
+use crate::scenario::verdict::StepFailure;
+
+/// What a step gives: `Ok(None)` when it held.
+type StepResult = Result<Option<StepFailure>>;
+
+fn failed(step: String, output: String) -> StepResult {
+    Ok(Some(StepFailure { step, output }))
+}
+
+/// Fills the placeholders of a `run` command or a probe address.
+fn expand(text: &str, runtime: &str, user: &User) -> String {
+    text.replace("{runtime}", runtime)
+        .replace("{image}", ECHO_IMAGE)
+        .replace("{uid}", &user.uid.to_string())
+        .replace("{home}", &format!("/home/{}", user.name))
+}
+
+/// The unit directory of `scope` and the owner of the files written there.
+fn unit_dir(guest: &Guest, scope: Scope) -> (String, Option<String>) {
+    match scope {
+        Scope::User => (
+            format!("/home/{}/.config/systemd/user", guest.user.name),
+            Some(guest.user.name.clone()),
+        ),
+        Scope::System => ("/etc/systemd/system".into(), None),
+    }
+}
+
+fn systemctl(vm: &TrialVm, scope: Scope, args: &str) -> Result<Output> {
+    vm.guest
+        .systemctl(scope.manager(), args, Duration::from_secs(120))
+}
+
+/// The scenario's socket units that are in the failed state, if any.
+fn failed_sockets(vm: &TrialVm, scenario: &Scenario) -> Result<Option<String>> {
+    let sockets: Vec<String> = scenario
+        .journal_units()
+        .into_iter()
+        .filter(|u| u.ends_with(".socket"))
+        .collect();
+    if sockets.is_empty() {
+        return Ok(None);
+    }
+    let names: Vec<String> = sockets.iter().map(|u| quote(u)).collect();
+    let out = systemctl(
+        vm,
+        scenario.scope,
+        &format!("is-failed {}", names.join(" ")),
+    )?;
+    let failed: Vec<&str> = sockets
+        .iter()
+        .zip(out.stdout.lines())
+        .filter(|(_, state)| state.trim() == "failed")
+        .map(|(u, _)| u.as_str())
+        .collect();
+    Ok((!failed.is_empty()).then(|| failed.join(", ")))
+}
+
+/// The guest address a client in the `client` namespace reaches the guest at.
+pub const CLIENT_NETNS_SERVER: &str = "192.0.2.1";
+
+/// A network namespace `client` on a veth pair: the guest end is
+/// [`CLIENT_NETNS_SERVER`]/24, the client end 192.0.2.10/24, so a client there arrives
+/// from outside the guest's loopback, as a remote client would.
+pub fn add_client_netns(g: &Guest) -> Result<()> {
+    g.root_ok(
+        &format!(
+            "set -e; ip netns add client; ip link add lab0 type veth peer name lab1; ip link set lab1 netns client; \
+             ip addr add {CLIENT_NETNS_SERVER}/24 dev lab0; ip link set lab0 up; ip -n client addr add 192.0.2.10/24 dev lab1; \
+             ip -n client link set lab1 up; ip -n client link set lo up; ip -n client route add default via {CLIENT_NETNS_SERVER}"
+        ),
+        Duration::from_secs(120),
+    )?;
+    Ok(())
+}
+
+/// Puts what the scenario declares into the guest (each unit also into the trial
+/// directory, as written) and reloads the manager.
+pub fn install(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> Result<()> {
+    let g = &vm.guest;
+    let t = Duration::from_secs(120);
+    if !scenario.prepare.sysctl.is_empty() {
+        let text: String = scenario
+            .prepare
+            .sysctl
+            .iter()
+            .map(|(k, v)| format!("{k} = {v}\n"))
+            .collect();
+        g.write_file(
+            "/etc/sysctl.d/90-socket-activation-lab.conf",
+            text.as_bytes(),
+            None,
+            0o644,
+        )?;
+        g.root_ok(
+            "sysctl -q -p /etc/sysctl.d/90-socket-activation-lab.conf",
+            t,
+        )?;
+    }
+    if scenario.prepare.client_netns {
+        add_client_netns(g)?;
+    }
+    let (dir, owner) = unit_dir(g, scenario.scope);
+    let write = |name: &str, text: &str, dir: &str| -> Result<()> {
+        g.write_file(
+            &format!("{dir}/{name}"),
+            text.as_bytes(),
+            owner.as_deref(),
+            0o644,
+        )?;
+        std::fs::write(vm.dir.join(name), text)?;
+        Ok(())
+    };
+    if let Some(u) = scenario.socket_unit() {
+        write(
+            &format!("{}.socket", scenario.unit),
+            &u.render().map_err(anyhow::Error::msg)?,
+            &dir,
+        )?;
+    }
+    if let Some(u) = scenario.service_unit(runtime) {
+        write(
+            &format!("{}.service", scenario.unit),
+            &u.render().map_err(anyhow::Error::msg)?,
+            &dir,
+        )?;
+    }
+    for (name, u) in scenario.helper_units() {
+        write(&name, &u.render().map_err(anyhow::Error::msg)?, &dir)?;
+    }
+    if let Some(text) = scenario.quadlet_file(runtime) {
+        let qdir = format!("/home/{}/.config/containers/systemd", g.user.name);
+        write(&format!("{}.container", scenario.unit), &text, &qdir)?;
+    }
+    let reload = systemctl(vm, scenario.scope, "daemon-reload")?;
+    if !reload.success() {
+        bail!("daemon-reload failed: {}", reload.combined());
+    }
+    Ok(())
+}
+
+/// The last 300 journal lines of the scenario's units.
+pub fn journal(vm: &TrialVm, scenario: &Scenario) -> String {
+    let units = scenario.journal_units();
+    let refs: Vec<&str> = units.iter().map(String::as_str).collect();
+    vm.guest.unit_journal(scenario.scope.manager(), &refs, 300)
+}
+
+/// Runs the steps in order; the first that does not hold ends the trial.
+pub fn run_steps(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> StepResult {
+    for step in &scenario.steps {
+        let result = match step {
+            Step::Start { unit }
+            | Step::Stop { unit }
+            | Step::Enable { unit }
+            | Step::ResetFailed { unit } => unit_verb(vm, scenario, step, unit),
+            Step::Probe { .. } => probe(vm, scenario, runtime, step),
+            Step::Reboot => reboot(vm),
+            Step::IsFailed { unit, failed } => is_failed(vm, scenario, unit, *failed),
+            Step::Journal { contains, lacks } => {
+                journal_holds(vm, scenario, contains.as_deref(), lacks.as_deref())
+            }
+            Step::Netinfo { .. } => netinfo(vm, step),
+            Step::Run { .. } => run_command(vm, runtime, step),
+            Step::Sleep { seconds } => {
+                std::thread::sleep(Duration::from_secs_f64(*seconds));
+                Ok(None)
+            }
+        }?;
+        if result.is_some() {
+            return Ok(result);
+        }
+    }
+    Ok(None)
+}
+
+/// `systemctl start|stop|enable|reset-failed UNIT`.
+fn unit_verb(vm: &TrialVm, scenario: &Scenario, step: &Step, unit: &str) -> StepResult {
+    let verb = match step {
+        Step::Start { .. } => "start",
+        Step::Stop { .. } => "stop",
+        Step::Enable { .. } => "enable",
+        _ => "reset-failed",
+    };
+    let out = systemctl(vm, scenario.scope, &format!("{verb} {}", quote(unit)))?;
+    if !out.success() {
+        return failed(format!("{verb} {unit}"), out.combined());
+    }
+    Ok(None)
+}
+
+/// `echo-probe` in the guest, retried while the server is starting if the step says so.
+fn probe(vm: &TrialVm, scenario: &Scenario, runtime: &str, step: &Step) -> StepResult {
+    let Step::Probe {
+        address,
+        send,
+        expect,
+        timeout,
+        netns,
+        source,
+        fail: must_fail,
+        retry,
+    } = step
+    else {
+        unreachable!("probe() is called with probe steps")
+    };
+    let g = &vm.guest;
+    let address = expand(address, runtime, &g.user);
+    let mut cmd = format!(
+        "echo-probe {} --send {} --timeout {timeout} --json",
+        quote(&address),
+        quote(send)
+    );
+    if let Some(e) = expect {
+        cmd += &format!(" --expect {}", quote(e));
+    }
+    if let Some(ns) = netns {
+        cmd = format!("ip netns exec {} {cmd}", quote(ns));
+    }
+    let deadline = Instant::now() + Duration::from_secs_f64(*timeout);
+    let mut gave_up = None;
+    let out = loop {
+        let out = g.root(&cmd, Duration::from_secs_f64(timeout + 30.0))?;
+        if out.success() || !*retry || Instant::now() >= deadline {
+            break out;
+        }
+        // A failed socket unit (the service hit its start limit, or the socket its
+        // trigger limit) stays failed: no later attempt can be answered.
+        if let Some(failed) = failed_sockets(vm, scenario)? {
+            gave_up = Some(failed);
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let parsed: Option<serde_json::Value> = serde_json::from_str(out.stdout.trim()).ok();
+    let ok = out.success();
+    let what = format!(
+        "probe {address}{}",
+        netns
+            .as_deref()
+            .map(|n| format!(" from {n}"))
+            .unwrap_or_default()
+    );
+    if *must_fail {
+        if ok {
+            return failed(
+                format!("{what} (must fail)"),
+                format!("it answered: {}", out.stdout.trim()),
+            );
+        }
+        return Ok(None);
+    }
+    if !ok {
+        let mut output = out.combined();
+        if let Some(failed) = gave_up {
+            output += &format!("\n(stopped retrying: {failed} failed)");
+        }
+        return failed(what, output);
+    }
+    if let (Some(src), Some(v)) = (source, parsed) {
+        let reply = v["reply"].as_str().unwrap_or("").trim().to_string();
+        let local = v["local_address"].as_str().unwrap_or("").to_string();
+        let good = match src {
+            SourceAddress::Preserved => reply == local,
+            SourceAddress::Rewritten => !reply.is_empty() && reply != local,
+        };
+        if !good {
+            return failed(
+                format!("{what} (source {src:?})"),
+                format!("the server saw {reply:?}, the client is {local:?}"),
+            );
+        }
+    }
+    Ok(None)
+}
+
+/// A real reboot of the guest, waited for like a cold boot.
+fn reboot(vm: &TrialVm) -> StepResult {
+    let timeout = vm::ready::boot_timeout(vm.qemu.config.machine.accel);
+    if let Err(e) = vm.guest.reboot(timeout, &vm.console_log()) {
+        return failed("reboot".into(), format!("{e:#}"));
+    }
+    Ok(None)
+}
+
+/// `systemctl is-failed UNIT`, once the unit has settled.
+fn is_failed(vm: &TrialVm, scenario: &Scenario, unit: &str, want_failed: bool) -> StepResult {
+    // A unit between states (a failed service that its socket triggers again is
+    // "activating" for a moment) is judged once it has settled: one instant's state made
+    // restrict-pull-always flaky under load.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let out = loop {
+        let out = systemctl(vm, scenario.scope, &format!("is-failed {}", quote(unit)))?;
+        let state = out.stdout.trim();
+        let moving = matches!(
+            state,
+            "activating" | "deactivating" | "reloading" | "refreshing"
+        );
+        if !moving || Instant::now() >= deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    // is-failed exits 0 when the unit is failed.
+    if out.success() != want_failed {
+        return failed(
+            format!("is-failed {unit} (expect failed={want_failed})"),
+            out.combined(),
+        );
+    }
+    Ok(None)
+}
+
+/// The units' journal contains one text and lacks another.
+fn journal_holds(
+    vm: &TrialVm,
+    scenario: &Scenario,
+    contains: Option<&str>,
+    lacks: Option<&str>,
+) -> StepResult {
+    let text = journal(vm, scenario);
+    if let Some(c) = contains
+        && !text.contains(c)
+    {
+        return failed(format!("journal contains {c:?}"), vm::proc::tail(&text, 15));
+    }
+    if let Some(l) = lacks
+        && let Some(line) = text.lines().find(|x| x.contains(l))
+    {
+        return failed(format!("journal lacks {l:?}"), line.to_string());
+    }
+    Ok(None)
+}
+
+/// `echo-probe netinfo` in a running container: its interfaces and an outbound connect.
+fn netinfo(vm: &TrialVm, step: &Step) -> StepResult {
+    let Step::Netinfo {
+        container,
+        interfaces,
+        other_interfaces,
+        outbound,
+        outbound_ok,
+    } = step
+    else {
+        unreachable!("netinfo() is called with netinfo steps")
+    };
+    let mut cmd = format!(
+        "podman exec {} /echo-probe netinfo --json --timeout 5",
+        quote(container)
+    );
+    if let Some(o) = outbound {
+        cmd += &format!(" --outbound {}", quote(o));
+    }
+    let out = vm.guest.user(&cmd, Duration::from_secs(60))?;
+    if !out.success() {
+        return failed(format!("netinfo in {container}"), out.combined());
+    }
+    let v: serde_json::Value = serde_json::from_str(out.stdout.trim())
+        .with_context(|| format!("netinfo output: {}", out.stdout))?;
+    std::fs::write(
+        vm.dir.join(format!("netinfo-{container}.json")),
+        out.stdout.as_bytes(),
+    )?;
+    let mut got: Vec<String> = v["interfaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| i["addresses"].as_array().is_some_and(|a| !a.is_empty()))
+        .filter_map(|i| i["name"].as_str().map(String::from))
+        .collect();
+    got.sort();
+    if let Some(expected) = other_interfaces
+        && got.iter().any(|i| i != "lo") != *expected
+    {
+        return failed(
+            format!("netinfo in {container}: interfaces besides lo"),
+            format!("expected {expected}, the container has {got:?}"),
+        );
+    }
+    if let Some(want) = interfaces {
+        let mut want = want.clone();
+        want.sort();
+        if got != want {
+            return failed(
+                format!("netinfo in {container}: interfaces"),
+                format!("expected {want:?}, the container has {got:?}"),
+            );
+        }
+    }
+    if let Some(expected) = outbound_ok {
+        let connected = v["outbound"]["connected"].as_bool().unwrap_or(false);
+        if connected != *expected {
+            return failed(
+                format!(
+                    "netinfo in {container}: outbound {}",
+                    outbound.as_deref().unwrap_or("?")
+                ),
+                format!("expected connected={expected}: {}", v["outbound"]),
+            );
+        }
+    }
+    Ok(None)
+}
+
+/// A shell command as the test user or root, with its exit code and output checked.
+fn run_command(vm: &TrialVm, runtime: &str, step: &Step) -> StepResult {
+    let Step::Run {
+        command,
+        who,
+        exit,
+        contains,
+        timeout,
+    } = step
+    else {
+        unreachable!("run_command() is called with run steps")
+    };
+    let g = &vm.guest;
+    let command = expand(command, runtime, &g.user);
+    let t = Duration::try_from_secs_f64(timeout.unwrap_or(300.0))
+        .with_context(|| format!("run `{command}`: timeout {timeout:?}"))?;
+    let out = match who {
+        Who::User => g.user(&command, t)?,
+        Who::Root => g.root(&command, t)?,
+    };
+    if out.code() != Some(*exit) {
+        return failed(
+            format!("run `{command}` (expect exit {exit})"),
+            out.combined(),
+        );
+    }
+    if let Some(c) = contains
+        && !out.combined().contains(c.as_str())
+    {
+        return failed(
+            format!("run `{command}` (expect output with {c:?})"),
+            out.combined(),
+        );
+    }
+    Ok(None)
+}
