@@ -6,6 +6,7 @@ mod bench;
 mod host;
 mod image;
 mod lab;
+mod layout;
 mod process;
 mod statics;
 
@@ -67,6 +68,8 @@ enum Command {
         #[arg(long)]
         linters: bool,
     },
+    /// Check that no crate has an import cycle between its modules.
+    Layout,
     /// What this host can do for the lab: root, accelerator, host tools, static target,
     /// cache and free disk. Changes nothing.
     Doctor,
@@ -229,6 +232,7 @@ fn run(cli: Cli) -> Result<()> {
         },
         Command::Ci { no_vm } => ci(&sh, &root, no_vm),
         Command::Doctor => host::doctor(&sh),
+        Command::Layout => layout::check(&root),
         Command::Host { dry_run, linters } => host::host(&sh, dry_run, linters),
         Command::Bench {
             what:
@@ -299,6 +303,8 @@ fn ci(sh: &Shell, root: &Path, no_vm: bool) -> Result<()> {
         "cargo clippy --workspace --all-targets --locked -- -D warnings"
     )
     .run()?;
+    step("no import cycle between the modules of any crate");
+    layout::check(root)?;
     step("cargo test");
     cmd!(sh, "cargo test --workspace --locked").run()?;
     step("static build");

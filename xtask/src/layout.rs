@@ -1,0 +1,408 @@
+//! `cargo xtask layout`: no import cycle between the modules of any crate. Each file is
+//! parsed with syn; every path that names a module of its own crate (`crate::a::b`,
+//! `super::x`, `self::y`, `child::z`, in `use` trees, types, expressions and macro arguments) is an
+//! edge from the file's module to the deepest module the path names. `mod x;` is not an
+//! edge: a parent may declare children that use it. Test modules (`#[cfg(test)]`) are
+//! left out, as they are not part of the crate's layout.
+//!
+//! Hand-written on syn rather than `cargo modules dependencies --acyclic`: that tool
+//! builds rust-analyzer (minutes on two cores) and follows its release cadence; this is
+//! a hundred lines that run in a second.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use proc_macro2::{TokenStream, TokenTree};
+use syn::visit::Visit;
+
+/// Module path (`""` for the crate root, `scenario::steps`) → the modules it uses.
+pub type Graph = BTreeMap<String, BTreeSet<String>>;
+
+/// The module a source file is, relative to `src`: `lib.rs` → `""`, `a.rs` → `a`,
+/// `a/mod.rs` → `a`, `a/b.rs` → `a::b`.
+fn module_of(src: &Path, file: &Path) -> String {
+    let rel = file.strip_prefix(src).unwrap_or(file).with_extension("");
+    let mut parts: Vec<String> = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    if matches!(
+        parts.last().map(String::as_str),
+        Some("mod" | "lib" | "main")
+    ) {
+        parts.pop();
+    }
+    parts.join("::")
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let p = e?.path();
+        if p.is_dir() {
+            rust_files(&p, out)?;
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+fn is_cfg_test(attrs: &[syn::Attribute]) -> bool {
+    attrs.iter().any(|a| {
+        a.path().is_ident("cfg")
+            && a.parse_args::<syn::Meta>()
+                .is_ok_and(|m| m.path().is_ident("test"))
+    })
+}
+
+/// Collects the crate-relative paths one file uses, as segment lists after resolving
+/// `crate`, `super` and `self` against the file's module.
+struct Uses<'a> {
+    module: &'a [String],
+    modules: &'a BTreeSet<String>,
+    found: Vec<Vec<String>>,
+}
+
+impl Uses<'_> {
+    /// `segments` as written; `None` when the path does not start in this crate.
+    fn resolve(&self, segments: &[String]) -> Option<Vec<String>> {
+        let first = segments.first()?;
+        let mut base: Vec<String> = match first.as_str() {
+            "crate" => Vec::new(),
+            "self" => self.module.to_vec(),
+            "super" => {
+                let mut b = self.module.to_vec();
+                b.pop();
+                b
+            }
+            // A path relative to this module (`child::item`, edition 2018 paths).
+            name => {
+                let mut child = self.module.to_vec();
+                child.push(name.to_string());
+                if !self.modules.contains(&child.join("::")) {
+                    return None;
+                }
+                let mut full = self.module.to_vec();
+                full.extend(segments.iter().cloned());
+                return Some(full);
+            }
+        };
+        let mut rest = &segments[1..];
+        while rest.first().is_some_and(|s| s == "super") {
+            base.pop();
+            rest = &rest[1..];
+        }
+        base.extend(rest.iter().cloned());
+        Some(base)
+    }
+
+    fn add(&mut self, segments: Vec<String>) {
+        if let Some(p) = self.resolve(&segments) {
+            self.found.push(p);
+        }
+    }
+
+    fn use_tree(&mut self, prefix: &mut Vec<String>, tree: &syn::UseTree) {
+        match tree {
+            syn::UseTree::Path(p) => {
+                prefix.push(p.ident.to_string());
+                self.use_tree(prefix, &p.tree);
+                prefix.pop();
+            }
+            syn::UseTree::Name(n) => {
+                let mut full = prefix.clone();
+                if n.ident != "self" {
+                    full.push(n.ident.to_string());
+                }
+                self.add(full);
+            }
+            syn::UseTree::Rename(r) => {
+                let mut full = prefix.clone();
+                full.push(r.ident.to_string());
+                self.add(full);
+            }
+            syn::UseTree::Glob(_) => self.add(prefix.clone()),
+            syn::UseTree::Group(g) => {
+                for t in &g.items {
+                    self.use_tree(prefix, t);
+                }
+            }
+        }
+    }
+
+    /// `crate :: a :: b` (or `super ::`, `self ::`) sequences inside macro arguments.
+    fn tokens(&mut self, tokens: TokenStream) {
+        let trees: Vec<TokenTree> = tokens.into_iter().collect();
+        let mut i = 0;
+        while i < trees.len() {
+            match &trees[i] {
+                TokenTree::Group(g) => self.tokens(g.stream()),
+                TokenTree::Ident(id)
+                    if ["crate", "super", "self"].contains(&id.to_string().as_str()) =>
+                {
+                    let mut segments = vec![id.to_string()];
+                    let mut j = i + 1;
+                    while let (Some(TokenTree::Punct(a)), Some(TokenTree::Punct(b))) =
+                        (trees.get(j), trees.get(j + 1))
+                    {
+                        if a.as_char() != ':' || b.as_char() != ':' {
+                            break;
+                        }
+                        match trees.get(j + 2) {
+                            Some(TokenTree::Ident(next)) => segments.push(next.to_string()),
+                            _ => break,
+                        }
+                        j += 3;
+                    }
+                    if segments.len() > 1 {
+                        self.add(segments);
+                    }
+                    i = j.max(i + 1);
+                    continue;
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+    }
+}
+
+impl<'ast> Visit<'ast> for Uses<'_> {
+    fn visit_item_mod(&mut self, m: &'ast syn::ItemMod) {
+        if !is_cfg_test(&m.attrs) {
+            syn::visit::visit_item_mod(self, m);
+        }
+    }
+
+    fn visit_item_fn(&mut self, f: &'ast syn::ItemFn) {
+        if !is_cfg_test(&f.attrs) {
+            syn::visit::visit_item_fn(self, f);
+        }
+    }
+
+    fn visit_item_use(&mut self, u: &'ast syn::ItemUse) {
+        if !is_cfg_test(&u.attrs) {
+            self.use_tree(&mut Vec::new(), &u.tree);
+        }
+    }
+
+    // `pub(crate)` and `pub(super)` name who may see an item, not a module it uses.
+    fn visit_visibility(&mut self, _: &'ast syn::Visibility) {}
+
+    fn visit_path(&mut self, p: &'ast syn::Path) {
+        let segments: Vec<String> = p.segments.iter().map(|s| s.ident.to_string()).collect();
+        self.add(segments);
+        syn::visit::visit_path(self, p);
+    }
+
+    fn visit_macro(&mut self, m: &'ast syn::Macro) {
+        self.tokens(m.tokens.clone());
+        syn::visit::visit_macro(self, m);
+    }
+}
+
+/// The module graph of the crate whose sources are under `src`.
+pub fn graph(src: &Path) -> Result<Graph> {
+    let mut files = Vec::new();
+    rust_files(src, &mut files)?;
+    files.sort();
+    let modules: BTreeSet<String> = files.iter().map(|f| module_of(src, f)).collect();
+    let mut graph = Graph::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file)?;
+        let ast = syn::parse_file(&text).with_context(|| format!("parsing {}", file.display()))?;
+        let module = module_of(src, file);
+        let parts: Vec<String> = if module.is_empty() {
+            Vec::new()
+        } else {
+            module.split("::").map(String::from).collect()
+        };
+        let mut uses = Uses {
+            module: &parts,
+            modules: &modules,
+            found: Vec::new(),
+        };
+        uses.visit_file(&ast);
+        let edges = graph.entry(module.clone()).or_default();
+        for path in uses.found {
+            // The deepest module the path names: `a::b::Item` is module `a::b` if it
+            // exists, else `a`.
+            let target = (0..=path.len())
+                .rev()
+                .map(|n| path[..n].join("::"))
+                .find(|m| modules.contains(m))
+                .unwrap_or_default();
+            if target != module {
+                edges.insert(target);
+            }
+        }
+    }
+    Ok(graph)
+}
+
+/// A cycle in `graph` as the modules along it (first = last), if there is one.
+pub fn find_cycle(graph: &Graph) -> Option<Vec<String>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        Open,
+        Done,
+    }
+    fn visit(
+        node: &str,
+        graph: &Graph,
+        marks: &mut BTreeMap<String, Mark>,
+        stack: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        match marks.get(node) {
+            Some(Mark::Done) => return None,
+            Some(Mark::Open) => {
+                let start = stack.iter().position(|n| n == node).unwrap_or(0);
+                let mut cycle = stack[start..].to_vec();
+                cycle.push(node.to_string());
+                return Some(cycle);
+            }
+            None => {}
+        }
+        marks.insert(node.to_string(), Mark::Open);
+        stack.push(node.to_string());
+        for next in graph.get(node).into_iter().flatten() {
+            if let Some(c) = visit(next, graph, marks, stack) {
+                return Some(c);
+            }
+        }
+        stack.pop();
+        marks.insert(node.to_string(), Mark::Done);
+        None
+    }
+    let mut marks = BTreeMap::new();
+    graph
+        .keys()
+        .find_map(|n| visit(n, graph, &mut marks, &mut Vec::new()))
+}
+
+fn shown(module: &str) -> &str {
+    if module.is_empty() { "crate" } else { module }
+}
+
+/// Checks every crate of the workspace; prints each crate's module and edge counts.
+pub fn check(root: &Path) -> Result<()> {
+    let mut crates: Vec<PathBuf> = std::fs::read_dir(root.join("crates"))?
+        .flatten()
+        .map(|e| e.path().join("src"))
+        .collect();
+    crates.push(root.join("xtask/src"));
+    crates.sort();
+    let mut cycles = Vec::new();
+    for src in crates.iter().filter(|s| s.is_dir()) {
+        let g = graph(src)?;
+        let edges: usize = g.values().map(BTreeSet::len).sum();
+        let name = src
+            .parent()
+            .unwrap_or(src)
+            .strip_prefix(root)
+            .unwrap_or(src);
+        match find_cycle(&g) {
+            None => eprintln!(
+                "layout: {}: {} modules, {edges} imports between them, no cycle",
+                name.display(),
+                g.len()
+            ),
+            Some(c) => {
+                let path: Vec<&str> = c.iter().map(|m| shown(m)).collect();
+                cycles.push(format!("{}: {}", name.display(), path.join(" -> ")));
+            }
+        }
+    }
+    if !cycles.is_empty() {
+        bail!("import cycles between modules:\n{}", cycles.join("\n"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn crate_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            let p = dir.path().join(name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn module_names() {
+        let src = Path::new("/s");
+        assert_eq!(module_of(src, Path::new("/s/lib.rs")), "");
+        assert_eq!(module_of(src, Path::new("/s/a.rs")), "a");
+        assert_eq!(module_of(src, Path::new("/s/a/mod.rs")), "a");
+        assert_eq!(module_of(src, Path::new("/s/a/b.rs")), "a::b");
+    }
+
+    #[test]
+    fn a_cycle_through_use_type_and_macro_is_found() {
+        let dir = crate_with(&[
+            ("lib.rs", "mod a; mod b; mod c;"),
+            ("a.rs", "use crate::b::Thing;\npub(crate) struct A;"),
+            ("b.rs", "pub struct Thing(crate::c::C);"),
+            (
+                "c.rs",
+                "pub struct C;\nfn f() { println!(\"{}\", crate::a::A); }",
+            ),
+        ]);
+        let g = graph(dir.path()).unwrap();
+        assert_eq!(g["a"], BTreeSet::from(["b".to_string()]));
+        assert_eq!(g["c"], BTreeSet::from(["a".to_string()]));
+        let cycle = find_cycle(&g).unwrap();
+        assert_eq!(cycle.first(), cycle.last());
+        assert_eq!(cycle.len(), 4, "{cycle:?}");
+    }
+
+    #[test]
+    fn children_using_a_parent_and_siblings_are_no_cycle() {
+        let dir = crate_with(&[
+            ("lib.rs", "pub mod s;"),
+            (
+                "s/mod.rs",
+                "pub mod x; pub mod y;\npub struct Spec;\npub fn run() { y::go() }",
+            ),
+            ("s/x.rs", "use super::Spec;\npub fn x(_: Spec) {}"),
+            (
+                "s/y.rs",
+                "use crate::s::{Spec, x};\npub fn go() { x::x(Spec) }",
+            ),
+        ]);
+        let g = graph(dir.path()).unwrap();
+        assert_eq!(g["s::x"], BTreeSet::from(["s".to_string()]));
+        assert_eq!(
+            g["s::y"],
+            BTreeSet::from(["s".to_string(), "s::x".to_string()])
+        );
+        // The parent uses y, and y uses the parent: that is a cycle.
+        assert_eq!(g["s"], BTreeSet::from(["s::y".to_string()]));
+        assert!(find_cycle(&g).is_some());
+    }
+
+    #[test]
+    fn test_modules_are_left_out() {
+        let dir = crate_with(&[
+            ("lib.rs", "mod a; mod b;"),
+            ("a.rs", "use crate::b::B;"),
+            (
+                "b.rs",
+                "pub struct B;\n#[cfg(test)]\nmod tests { use crate::a; }",
+            ),
+        ]);
+        assert_eq!(find_cycle(&graph(dir.path()).unwrap()), None);
+    }
+
+    #[test]
+    fn this_workspace_has_no_cycle() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        check(&root).unwrap();
+    }
+}
