@@ -88,7 +88,7 @@ fn main() -> anyhow::Result<()> {
                 // A panic anywhere in a trial (the engine's bug, a bad scenario value) is a
                 // FAIL with its message in result.json, so every report counts it.
                 let body = std::panic::AssertUnwindSafe(|| {
-                    run_trial(&trial, bins.as_ref(), &run_dir, &events, &readies)
+                    trial_body(&trial, bins.as_ref(), &run_dir, &events, &readies)
                 });
                 std::panic::catch_unwind(body).unwrap_or_else(|panic| {
                     let message = panic
@@ -125,7 +125,7 @@ type ReadyCell = Arc<OnceLock<Result<Arc<Ready>, String>>>;
 
 /// One trial: the target's ready state (made by the first trial that needs it), then
 /// the trial, its result.json, and libtest's verdict.
-fn run_trial(
+fn trial_body(
     trial: &run::Trial,
     bins: Option<&Binaries>,
     run_dir: &Path,
@@ -165,7 +165,7 @@ fn run_trial(
             return Err(Failed::from(why));
         }
     };
-    let result = run::run_one(trial, &ready, run_dir, events);
+    let result = run::run_trial(trial, &ready, run_dir, events);
     lab::report::write_trial(&result).map_err(|e| Failed::from(format!("{e:#}")))?;
     match result.outcome {
         Outcome::Pass | Outcome::Xfail | Outcome::Skip => Ok(()),

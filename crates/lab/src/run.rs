@@ -175,7 +175,7 @@ fn runtime_for(
             }));
         }
         (Origin::Suite(_), ImageSource::Debian { mirror, .. }) => {
-            let fetched = archive::fetch(&spec, mirror, events)
+            let fetched = archive::fetch_package(&spec, mirror, events)
                 .with_context(|| format!("fetching {spec}"))?;
             runtimes::install::install(&vm.guest, &spec, Some(&fetched), ECHO_IMAGE)?
         }
@@ -184,7 +184,7 @@ fn runtime_for(
                 .target
                 .package_key()
                 .with_context(|| format!("{}: dnf packages need the release key (`checksum_key`) to check their signatures", trial.target.name))?;
-            let fetched = dnf::fetch(&vm.guest, &trial.target.name, &spec, &key, events)
+            let fetched = dnf::download(&vm.guest, &trial.target.name, &spec, &key, events)
                 .with_context(|| format!("fetching {spec} with dnf"))?;
             dnf::install(&vm.guest, &fetched, ECHO_IMAGE)?
         }
@@ -229,7 +229,7 @@ pub fn not_started(trial: &Trial, run_dir: &Path, why: &str) -> TrialResult {
 
 /// Runs one trial. Anything that goes wrong (the guest did not come up, ssh broke) is a
 /// FAIL with the error, never a crash of the run.
-pub fn run_one(trial: &Trial, ready: &Ready, run_dir: &Path, events: &Events) -> TrialResult {
+pub fn run_trial(trial: &Trial, ready: &Ready, run_dir: &Path, events: &Events) -> TrialResult {
     let name = trial.name();
     events.emit(Event::TrialStart { name: name.clone() });
     let started = Instant::now();
@@ -267,7 +267,7 @@ pub fn run_one(trial: &Trial, ready: &Ready, run_dir: &Path, events: &Events) ->
                     }
                     Ok(Ok(rt)) => {
                         versions.insert(trial.runtime.clone(), rt.version.clone());
-                        scenario::run_trial(&vm, &trial.scenario, &rt, &versions)
+                        scenario::run_on_guest(&vm, &trial.scenario, &rt, &versions)
                     }
                 };
                 // An error outside the guest's doing (ssh broke, a deadline passed) says

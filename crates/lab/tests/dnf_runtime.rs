@@ -243,7 +243,8 @@ fn dnf_installs_a_runtime_version_from_the_targets_repositories() {
     // and a frozen mirror's sid expires, so a test taking it passes only from a cache.
     let trixie: RuntimeSpec = "runc@trixie".parse().unwrap();
     let runc =
-        lab::runtimes::archive::fetch(&trixie, "http://deb.debian.org/debian", &events).unwrap();
+        lab::runtimes::archive::fetch_package(&trixie, "http://deb.debian.org/debian", &events)
+            .unwrap();
     let version = upstream_version(&runc.debian_version);
     let key = make_key(d, "lab-fixture");
     make_rpm(d, "runc", &version, &runc.binary, Some(&key));
@@ -271,7 +272,7 @@ fn dnf_installs_a_runtime_version_from_the_targets_repositories() {
     let _ = std::fs::remove_dir_all(&cached);
     let fetch = |spec: &str| {
         let spec: RuntimeSpec = spec.parse().unwrap();
-        lab::runtimes::dnf::fetch(g, &target.name, &spec, &key.public, &events)
+        lab::runtimes::dnf::download(g, &target.name, &spec, &key.public, &events)
     };
 
     let e = format!("{:#}", fetch("runc@9.9").unwrap_err());
@@ -323,7 +324,7 @@ fn dnf_installs_a_runtime_version_from_the_targets_repositories() {
         podman_arg: installed.podman_arg.clone(),
         version: installed.version.clone(),
     };
-    let verdict = lab::scenario::run_trial(&vm, &scenario, &runtime, &versions).unwrap();
+    let verdict = lab::scenario::run_on_guest(&vm, &scenario, &runtime, &versions).unwrap();
     assert_eq!(verdict.outcome, Outcome::Pass, "{}", verdict.detail);
     // The container really ran under the installed runc: podman records the runtime.
     let info = g

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lab::events::Events;
-use lab::run::{Trial, run_one};
+use lab::run::{Trial, run_trial};
 use lab::scenario::Scenario;
 use lab::trial::{Outcome, TrialResult};
 use vm::ready::{Binaries, Ready};
@@ -147,7 +147,7 @@ fn trial_with_fault(
             strike(pid, p);
         })
     };
-    let result = run_one(&trial, &ready, &run_dir, &events());
+    let result = run_trial(&trial, &ready, &run_dir, &events());
     injector.join().expect("the fault injector");
     let port = *port.lock().unwrap();
     eprintln!("{}\n{}", result.summary_line(), result.detail);

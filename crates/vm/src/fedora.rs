@@ -147,7 +147,12 @@ pub fn provision(target: &Target, dir: &Path, boot: Option<Boot>, events: &Event
 }
 
 /// Downloads, verifies and provisions a Fedora target into the base image at `dir`.
-pub fn fetch(target: &Target, dir: &Path, key: &str, events: &Events) -> Result<Manifest> {
+pub fn download_and_provision(
+    target: &Target,
+    dir: &Path,
+    key: &str,
+    events: &Events,
+) -> Result<Manifest> {
     let ImageSource::Fedora {
         image_url,
         checksum_url,

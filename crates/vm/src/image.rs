@@ -75,7 +75,9 @@ pub fn ensure_base(target: &Target, events: &Events) -> Result<BaseImage> {
     let key = base_key(target);
     let manifest = match &target.source {
         ImageSource::Debian { .. } => debian::build(target, &dir, &key, events)?,
-        ImageSource::Fedora { .. } => crate::fedora::fetch(target, &dir, &key, events)?,
+        ImageSource::Fedora { .. } => {
+            crate::fedora::download_and_provision(target, &dir, &key, events)?
+        }
     };
     Ok(load(&dir, manifest))
 }

@@ -126,7 +126,7 @@ pub fn release_sha256(inrelease: &str, path: &str) -> Option<String> {
 
 /// A runtime package of another suite, unpacked in the cache.
 #[derive(Debug, Clone)]
-pub struct Fetched {
+pub struct SuitePackage {
     pub spec: RuntimeSpec,
     pub debian_version: String,
     pub binary: PathBuf,
@@ -174,7 +174,7 @@ fn index(
 
 /// Fetches (or reuses) `spec`'s package from its suite. The cache entry is keyed by the
 /// suite's package version, so a newer upload is a new entry.
-pub fn fetch(spec: &RuntimeSpec, mirror: &str, events: &Events) -> Result<Fetched> {
+pub fn fetch_package(spec: &RuntimeSpec, mirror: &str, events: &Events) -> Result<SuitePackage> {
     let suite = spec
         .suite()
         .context("only NAME@SUITE runtimes are fetched from the Debian archive")?;
@@ -275,8 +275,8 @@ pub fn fetch(spec: &RuntimeSpec, mirror: &str, events: &Events) -> Result<Fetche
     Ok(loaded(spec, &dir, &m))
 }
 
-fn loaded(spec: &RuntimeSpec, dir: &Path, m: &cache::Manifest) -> Fetched {
-    Fetched {
+fn loaded(spec: &RuntimeSpec, dir: &Path, m: &cache::Manifest) -> SuitePackage {
+    SuitePackage {
         spec: spec.clone(),
         debian_version: m.facts.get("debian_version").cloned().unwrap_or_default(),
         binary: dir.join(&spec.name),

@@ -27,7 +27,7 @@ const ARCHES: &str = "x86_64,noarch";
 
 /// The packages of one runtime version, cached on the host.
 #[derive(Debug, Clone)]
-pub struct Fetched {
+pub struct DnfPackages {
     pub spec: RuntimeSpec,
     /// `name-[epoch:]version-release.arch` as dnf resolved it.
     pub nevra: String,
@@ -180,8 +180,8 @@ fn cache_dir(target: &str) -> PathBuf {
     cache::root().join("runtimes/dnf").join(target)
 }
 
-fn loaded(spec: &RuntimeSpec, dir: &Path, m: &cache::Manifest) -> Fetched {
-    Fetched {
+fn loaded(spec: &RuntimeSpec, dir: &Path, m: &cache::Manifest) -> DnfPackages {
+    DnfPackages {
         spec: spec.clone(),
         nevra: m.facts.get("nevra").cloned().unwrap_or_default(),
         rpms: m
@@ -195,13 +195,13 @@ fn loaded(spec: &RuntimeSpec, dir: &Path, m: &cache::Manifest) -> Fetched {
 
 /// Fetches (or reuses) `spec`'s packages for `target` through dnf in `guest`, checking
 /// their signatures against `key`.
-pub fn fetch(
+pub fn download(
     guest: &Guest,
     target: &str,
     spec: &RuntimeSpec,
     key: &Path,
     events: &Events,
-) -> Result<Fetched> {
+) -> Result<DnfPackages> {
     version_of(spec)?;
     let root = cache_dir(target);
     // Reuse what was fetched before; `vm clean` forgets it (and so picks up new updates).
@@ -249,7 +249,7 @@ pub fn fetch(
 /// upward or downward), then checks the runtime like any other.
 pub fn install(
     guest: &Guest,
-    fetched: &Fetched,
+    fetched: &DnfPackages,
     image: &str,
 ) -> Result<std::result::Result<Installed, Unusable>> {
     let spec = &fetched.spec;

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use vm::guest::Guest;
 
 use crate::runtimes::RuntimeSpec;
-use crate::runtimes::archive::Fetched;
+use crate::runtimes::archive::SuitePackage;
 
 /// What a trial passes to podman as `--runtime`, and the version it reports.
 #[derive(Debug, Clone)]
@@ -33,7 +33,7 @@ pub fn parse_version(output: &str) -> Option<String> {
 pub fn install(
     guest: &Guest,
     spec: &RuntimeSpec,
-    fetched: Option<&Fetched>,
+    fetched: Option<&SuitePackage>,
     image: &str,
 ) -> Result<std::result::Result<Installed, Unusable>> {
     let t = Duration::from_secs(120);

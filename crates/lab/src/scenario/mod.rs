@@ -19,13 +19,13 @@ use crate::trial::RuntimeUse;
 
 /// Runs `scenario` with `runtime` on a guest restored to the ready state, and judges the
 /// outcome against the expectation and the known bugs for the runtime's version.
-pub fn run_trial(
+pub fn run_on_guest(
     vm: &TrialVm,
     scenario: &Scenario,
     runtime: &RuntimeUse,
     versions: &BTreeMap<String, String>,
 ) -> Result<Verdict> {
-    steps::install(vm, scenario, &runtime.podman_arg)?;
+    steps::prepare_guest(vm, scenario, &runtime.podman_arg)?;
     let failure = steps::run_steps(vm, scenario, &runtime.podman_arg)?;
     let journal = steps::journal(vm, scenario);
     std::fs::write(vm.dir.join("journal.txt"), &journal)?;

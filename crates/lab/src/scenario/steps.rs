@@ -91,7 +91,7 @@ pub fn add_client_netns(g: &Guest) -> Result<()> {
 
 /// Puts what the scenario declares into the guest (each unit also into the trial
 /// directory, as written) and reloads the manager.
-pub fn install(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> Result<()> {
+pub fn prepare_guest(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> Result<()> {
     let g = &vm.guest;
     let t = Duration::from_secs(120);
     if !scenario.prepare.sysctl.is_empty() {
