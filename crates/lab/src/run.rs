@@ -253,8 +253,8 @@ pub fn run_trial(trial: &Trial, ready: &Ready, run_dir: &Path, events: &Events) 
         });
     }
     let mut versions = ready.versions.clone();
-    let verdict = match scenario::skip_reason(&trial.scenario, &ready.versions) {
-        Some(reason) => Verdict::new(Outcome::Skip, reason, None),
+    let verdict = match scenario::requirements_verdict(&trial.scenario, &ready.versions) {
+        Some(verdict) => verdict,
         None => {
             let attempt = TrialVm::start(ready, &dir, events.machine()).and_then(|mut vm| {
                 let attempt = match runtime_for(trial, ready, &vm, events) {

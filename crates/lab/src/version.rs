@@ -90,6 +90,14 @@ pub fn in_range(version: &str, range: &str) -> Result<bool, String> {
     Ok(true)
 }
 
+/// Whether `range` is a range [`in_range`] can read; the reason if not.
+pub fn check_range(range: &str) -> Result<(), String> {
+    if range.trim().is_empty() {
+        return Err("an empty range (use \"*\" for any version)".into());
+    }
+    in_range("0", range).map(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,5 +127,8 @@ mod tests {
                 .contains("\"garbage\"")
         );
         assert!(in_range("1.0", "~1").unwrap_err().contains("\"~1\""));
+        assert!(check_range("=>4.4").is_err());
+        assert!(check_range(">=4.4").is_ok());
+        assert!(check_range("").is_err());
     }
 }

@@ -13,7 +13,7 @@ use anyhow::Result;
 use vm::trial_vm::TrialVm;
 
 pub use schema::{Scenario, load_all};
-pub use verdict::{Verdict, skip_reason};
+pub use verdict::{Verdict, requirements_verdict};
 
 use crate::trial::RuntimeUse;
 

@@ -247,6 +247,125 @@ pub enum Step {
     },
 }
 
+/// The placeholders a `run` command or a probe address may hold.
+pub const PLACEHOLDERS: [&str; 4] = ["{runtime}", "{image}", "{uid}", "{home}"];
+
+/// `text` with every known placeholder filled with a sample value, or the first unknown
+/// one: a `{word}` of letters and underscores that is not a shell `${word}` (and so not
+/// `{print $1}` in awk either).
+fn with_sample_placeholders(text: &str) -> Result<String, String> {
+    let filled = text
+        .replace("{runtime}", "crun")
+        .replace("{image}", "localhost/image:latest")
+        .replace("{uid}", "1000")
+        .replace("{home}", "/home/test");
+    let bytes = filled.as_bytes();
+    for (i, _) in filled.match_indices('{') {
+        let word: String = filled[i + 1..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let closed = filled[i + 1 + word.len()..].starts_with('}');
+        let shell = i > 0 && bytes[i - 1] == b'$';
+        if !word.is_empty() && closed && !shell {
+            return Err(format!(
+                "unknown placeholder {{{word}}} (known: {})",
+                PLACEHOLDERS.join(", ")
+            ));
+        }
+    }
+    Ok(filled)
+}
+
+fn check_seconds(key: &str, value: f64, zero_ok: bool) -> Result<(), String> {
+    if !value.is_finite() || value < 0.0 || (value == 0.0 && !zero_ok) {
+        return Err(format!(
+            "{key} = {value}: expected a {} number of seconds",
+            if zero_ok { "non-negative" } else { "positive" }
+        ));
+    }
+    Ok(())
+}
+
+impl Step {
+    /// The step's kind as scenario files spell it (`do = "probe"`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Step::Start { .. } => "start",
+            Step::Stop { .. } => "stop",
+            Step::Enable { .. } => "enable",
+            Step::ResetFailed { .. } => "reset-failed",
+            Step::Probe { .. } => "probe",
+            Step::Reboot => "reboot",
+            Step::IsFailed { .. } => "is-failed",
+            Step::Journal { .. } => "journal",
+            Step::Netinfo { .. } => "netinfo",
+            Step::Run { .. } => "run",
+            Step::Sleep { .. } => "sleep",
+        }
+    }
+
+    /// Checks numbers, addresses and placeholders, so a mistake is a load error that
+    /// names the key, never a trial that fails (or passes) for it.
+    fn validate(&self) -> Result<(), String> {
+        match self {
+            Step::Probe {
+                address,
+                timeout,
+                fail,
+                retry,
+                source,
+                ..
+            } => {
+                check_seconds("timeout", *timeout, false)?;
+                let filled = with_sample_placeholders(address)?;
+                filled
+                    .parse::<echo_probe::Address>()
+                    .map_err(|e| format!("address: {e}"))?;
+                if *fail && (*retry || source.is_some()) {
+                    return Err("a probe that must fail takes neither `retry` nor `source`".into());
+                }
+            }
+            Step::Run {
+                command, timeout, ..
+            } => {
+                if let Some(t) = timeout {
+                    check_seconds("timeout", *t, false)?;
+                }
+                with_sample_placeholders(command)?;
+            }
+            Step::Sleep { seconds } => check_seconds("seconds", *seconds, true)?,
+            Step::Journal { contains, lacks } => {
+                if contains.is_none() && lacks.is_none() {
+                    return Err("give `contains`, `lacks` or both".into());
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// The dotted key of the first string under `value` that holds a NUL.
+fn key_with_nul(value: &toml::Value, key: &str) -> Option<String> {
+    match value {
+        toml::Value::String(s) => s.contains('\0').then(|| key.to_string()),
+        toml::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| key_with_nul(v, &format!("{key}[{i}]"))),
+        toml::Value::Table(t) => t.iter().find_map(|(k, v)| {
+            let key = if key.is_empty() {
+                k.clone()
+            } else {
+                format!("{key}.{k}")
+            };
+            key_with_nul(v, &key)
+        }),
+        _ => None,
+    }
+}
+
 fn yes() -> bool {
     true
 }
@@ -311,6 +430,14 @@ impl Scenario {
     pub fn load(path: &Path) -> Result<Scenario> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let value: toml::Value =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        if let Some(key) = key_with_nul(&value, "") {
+            bail!(
+                "{}: key `{key}` holds a NUL character, which no command line or unit can carry",
+                path.display()
+            );
+        }
         let mut s: Scenario =
             toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         s.name = path
@@ -334,9 +461,35 @@ impl Scenario {
         if s.quadlet.is_some() && s.scope == Scope::System {
             bail!("{p}: quadlet scenarios run in the user scope");
         }
+        for (tool, range) in [
+            ("podman", &s.requires.podman),
+            ("systemd", &s.requires.systemd),
+        ] {
+            if let Some(range) = range {
+                version::check_range(range)
+                    .map_err(|e| anyhow::anyhow!("{p}: requires.{tool} = {range:?}: {e}"))?;
+            }
+        }
+        for (i, step) in s.steps.iter().enumerate() {
+            step.validate()
+                .map_err(|e| anyhow::anyhow!("{p}: steps[{i}] ({}): {e}", step.kind()))?;
+        }
         for b in &s.known_bug {
-            version::in_range("1.0", &b.versions)
-                .map_err(|e| anyhow::anyhow!("{p}: known_bug {}: {e}", b.issue))?;
+            version::check_range(&b.versions).map_err(|e| {
+                anyhow::anyhow!(
+                    "{p}: known_bug {}: versions = {:?}: {e}",
+                    b.issue,
+                    b.versions
+                )
+            })?;
+            if let Some(r) = &b.runtime
+                && !["runc", "crun"].contains(&r.as_str())
+            {
+                bail!(
+                    "{p}: known_bug {}: runtime = {r:?}: expected runc or crun",
+                    b.issue
+                );
+            }
             if b.runtime.is_some() == b.tool.is_some() {
                 bail!(
                     "{p}: known_bug {} needs exactly one of `runtime` and `tool`",
@@ -543,5 +696,64 @@ mod tests {
             e.contains("needs exactly one of `runtime` and `tool`"),
             "{e}"
         );
+    }
+
+    fn load_text(text: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bad.toml");
+        std::fs::write(&p, text).unwrap();
+        format!("{:#}", Scenario::load(&p).unwrap_err())
+    }
+
+    #[rstest::rstest]
+    #[case::range("[requires]\npodman = \"=>4.4\"\n", "requires.podman = \"=>4.4\"")]
+    #[case::empty_range("[requires]\nsystemd = \"\"\n", "an empty range")]
+    #[case::negative_timeout(
+        "[[steps]]\ndo = \"probe\"\naddress = \"tcp4:127.0.0.1:3000\"\ntimeout = -1.0\n",
+        "steps[1] (probe): timeout = -1: expected a positive number"
+    )]
+    #[case::nan_timeout(
+        "[[steps]]\ndo = \"run\"\ncommand = \"true\"\ntimeout = nan\n",
+        "steps[1] (run): timeout = NaN"
+    )]
+    #[case::address(
+        "[[steps]]\ndo = \"probe\"\naddress = \"tcp4:127.0.0.1\"\n",
+        "steps[1] (probe): address: address \"tcp4:127.0.0.1\""
+    )]
+    #[case::placeholder(
+        "[[steps]]\ndo = \"run\"\ncommand = \"podman run {imag}\"\n",
+        "unknown placeholder {imag}"
+    )]
+    #[case::nul(
+        "[[steps]]\ndo = \"run\"\ncommand = \"a\\u0000b\"\n",
+        "key `steps[1].command` holds a NUL"
+    )]
+    #[case::must_fail_retry(
+        "[[steps]]\ndo = \"probe\"\naddress = \"tcp4:127.0.0.1:1\"\nfail = true\nretry = true\n",
+        "a probe that must fail takes neither `retry` nor `source`"
+    )]
+    #[case::bug_runtime(
+        "[[known_bug]]\nruntime = \"youki\"\nversions = \"*\"\nissue = \"u\"\npattern = \"x\"\n",
+        "runtime = \"youki\": expected runc or crun"
+    )]
+    fn bad_values_are_load_errors_naming_file_key_and_value(
+        #[case] extra: &str,
+        #[case] message: &str,
+    ) {
+        let text = format!("description = \"d\"\n[[steps]]\ndo = \"reboot\"\n{extra}");
+        let e = load_text(&text);
+        assert!(e.contains("bad.toml") && e.contains(message), "{e}");
+    }
+
+    #[test]
+    fn placeholders_and_addresses_that_are_fine_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ok.toml");
+        std::fs::write(
+            &p,
+            "description = \"d\"\n[[steps]]\ndo = \"probe\"\naddress = \"unix:{home}/s\"\n[[steps]]\ndo = \"run\"\ncommand = \"podman run --runtime {runtime} {image}; echo ${HOME} {uid} | awk {print $1}\"\n",
+        )
+        .unwrap();
+        Scenario::load(&p).unwrap();
     }
 }

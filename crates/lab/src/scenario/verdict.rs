@@ -33,20 +33,37 @@ impl Verdict {
     }
 }
 
-/// Whether the scenario can run on a guest with these versions; the reason if not.
-pub fn skip_reason(scenario: &Scenario, versions: &BTreeMap<String, String>) -> Option<String> {
+/// The verdict the scenario's `requires` gives before anything runs: a SKIP when the
+/// guest's versions are outside its ranges (or the scenario is unavailable), a FAIL when
+/// a version it needs could not be read from the guest; `None` when the trial runs.
+pub fn requirements_verdict(
+    scenario: &Scenario,
+    versions: &BTreeMap<String, String>,
+) -> Option<Verdict> {
     if let Some(why) = &scenario.requires.unavailable {
-        return Some(why.clone());
+        return Some(Verdict::new(Outcome::Skip, why.clone(), None));
     }
     for (tool, range) in [
         ("podman", &scenario.requires.podman),
         ("systemd", &scenario.requires.systemd),
     ] {
-        if let Some(range) = range {
-            let v = versions.get(tool).map(String::as_str).unwrap_or("0");
-            if !version::in_range(v, range).unwrap_or(false) {
-                return Some(format!("needs {tool} {range}, the guest has {v}"));
+        let Some(range) = range else { continue };
+        let fail = |why: String| Some(Verdict::new(Outcome::Fail, why, None));
+        let Some(v) = versions.get(tool).filter(|v| !v.trim().is_empty()) else {
+            return fail(format!(
+                "the scenario requires {tool} {range}, but the guest's {tool} version could not be read"
+            ));
+        };
+        match version::in_range(v, range) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Some(Verdict::new(
+                    Outcome::Skip,
+                    format!("needs {tool} {range}, the guest has {v}"),
+                    None,
+                ));
             }
+            Err(e) => return fail(format!("requires.{tool} = {range:?}: {e}")),
         }
     }
     None
@@ -273,15 +290,22 @@ mod tests {
     }
 
     #[test]
-    fn skip_reasons() {
+    fn requirements() {
         let mut s = scenario_with_bug();
         s.requires.podman = Some(">=4.4".into());
         let v = BTreeMap::from([("podman".to_string(), "4.3.1".to_string())]);
-        assert_eq!(
-            skip_reason(&s, &v).unwrap(),
-            "needs podman >=4.4, the guest has 4.3.1"
-        );
+        let skip = requirements_verdict(&s, &v).unwrap();
+        assert_eq!(skip.outcome, Outcome::Skip);
+        assert_eq!(skip.detail, "needs podman >=4.4, the guest has 4.3.1");
         let v = BTreeMap::from([("podman".to_string(), "5.4.2".to_string())]);
-        assert!(skip_reason(&s, &v).is_none());
+        assert!(requirements_verdict(&s, &v).is_none());
+        // A version the guest did not tell is a FAIL naming it, never "0".
+        let unread = requirements_verdict(&s, &BTreeMap::new()).unwrap();
+        assert_eq!(unread.outcome, Outcome::Fail);
+        assert!(
+            unread.detail.contains("podman version could not be read"),
+            "{}",
+            unread.detail
+        );
     }
 }
