@@ -335,11 +335,10 @@ impl Step {
                 with_sample_placeholders(command)?;
             }
             Step::Sleep { seconds } => check_seconds("seconds", *seconds, true)?,
-            Step::Journal { contains, lacks } => {
-                if contains.is_none() && lacks.is_none() {
-                    return Err("give `contains`, `lacks` or both".into());
-                }
-            }
+            Step::Journal {
+                contains: None,
+                lacks: None,
+            } => return Err("give `contains`, `lacks` or both".into()),
             _ => {}
         }
         Ok(())
