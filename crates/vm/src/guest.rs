@@ -491,9 +491,24 @@ impl Guest {
         }
     }
 
-    /// The last `lines` journal lines of `units` of `manager`, or why there are none. A
-    /// user unit's lines are those it logged and those the user manager logged about it.
-    pub fn unit_journal(&self, manager: Manager, units: &[&str], lines: usize) -> String {
+    /// The journal's position now, to read later what was logged after it
+    /// ([`Guest::unit_journal`] with `after`).
+    pub fn journal_cursor(&self) -> Result<String> {
+        let out = self.root_ok("journalctl -q -n 0 --show-cursor", Duration::from_secs(60))?;
+        parse_cursor(&out.stdout)
+            .with_context(|| format!("journalctl --show-cursor printed {:?}", out.stdout))
+    }
+
+    /// The last `lines` journal lines of `units` of `manager` (only those logged after the
+    /// cursor `after`, when given), or why there are none. A user unit's lines are those
+    /// it logged and those the user manager logged about it.
+    pub fn unit_journal(
+        &self,
+        manager: Manager,
+        units: &[&str],
+        lines: usize,
+        after: Option<&str>,
+    ) -> String {
         let matches: Vec<String> = units
             .iter()
             .flat_map(|u| match manager {
@@ -508,16 +523,44 @@ impl Guest {
             Manager::User => matches.join(" + "),
             Manager::System => matches.join(" "),
         };
-        let script = format!("journalctl --no-pager -o short-monotonic -n {lines} {matches}");
+        let after = after
+            .map(|c| format!("--after-cursor={} ", quote(c)))
+            .unwrap_or_default();
+        let script =
+            format!("journalctl --no-pager -o short-monotonic -n {lines} {after}{matches}");
         self.root(&script, Duration::from_secs(60))
             .map(|o| o.combined())
             .unwrap_or_else(|e| format!("(journal unavailable: {e:#})"))
     }
 }
 
+/// The cursor in `journalctl --show-cursor` output (`-- cursor: s=...`).
+pub fn parse_cursor(output: &str) -> Option<String> {
+    output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("-- cursor: "))
+        .map(|c| c.trim().to_string())
+        .filter(|c| !c.is_empty())
+}
+
 impl Drop for Guest {
     fn drop(&mut self) {
         self.close_master();
         crate::cleanup::unregister(self.control_dir.path());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_from_show_cursor_output() {
+        let out = "-- cursor: s=4f1c2a;i=1b2;b=9e0d;m=2c3d4e;t=62b1;x=77aa\n";
+        assert_eq!(
+            parse_cursor(out).as_deref(),
+            Some("s=4f1c2a;i=1b2;b=9e0d;m=2c3d4e;t=62b1;x=77aa")
+        );
+        assert_eq!(parse_cursor("No entries\n"), None);
     }
 }

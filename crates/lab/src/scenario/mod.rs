@@ -27,7 +27,7 @@ pub fn run_on_guest(
 ) -> Result<Verdict> {
     steps::prepare_guest(vm, scenario, &runtime.podman_arg)?;
     let failure = steps::run_steps(vm, scenario, &runtime.podman_arg)?;
-    let journal = steps::journal(vm, scenario);
+    let journal = steps::journal(vm, scenario, None);
     std::fs::write(vm.dir.join("journal.txt"), &journal)?;
     Ok(verdict::judge(
         scenario, runtime, versions, failure, &journal,

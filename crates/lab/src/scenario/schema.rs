@@ -382,10 +382,14 @@ fn default_probe_timeout() -> f64 {
 pub struct Expectation {
     #[serde(default)]
     pub outcome: ExpectedOutcome,
-    /// With `outcome = "fail"`: a text that must appear in the failure (step output or
-    /// journal), so the scenario fails for the reason it claims.
+    /// With `outcome = "fail"`: a text that must appear in the failure, in the output of
+    /// the step `step` or in the units' journal lines logged while that step ran, so the
+    /// scenario fails where and for the reason it claims.
     #[serde(default)]
     pub pattern: Option<String>,
+    /// With `outcome = "fail"`: the step that must fail, counted from 1 in `[[steps]]`.
+    #[serde(default)]
+    pub step: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -409,7 +413,10 @@ pub struct KnownBug {
     pub tool: Option<String>,
     pub versions: String,
     pub issue: String,
+    /// The text that proves the bug, in the output of step `step` (counted from 1) or the
+    /// units' journal lines logged while it ran.
     pub pattern: String,
+    pub step: usize,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -449,10 +456,27 @@ impl Scenario {
         if s.steps.is_empty() {
             bail!("{p}: key `steps` is empty");
         }
-        if s.expect.outcome == ExpectedOutcome::Fail && s.expect.pattern.is_none() {
-            bail!(
-                "{p}: `expect.outcome = \"fail\"` needs `expect.pattern`, the text that proves why it fails"
-            );
+        let steps = s.steps.len();
+        let check_step = |what: &str, step: usize| -> Result<()> {
+            if step == 0 || step > steps {
+                bail!(
+                    "{p}: {what}step = {step}: the scenario has steps 1 to {steps} (counted in [[steps]] order)"
+                );
+            }
+            Ok(())
+        };
+        if s.expect.outcome == ExpectedOutcome::Fail {
+            let (Some(pattern), Some(step)) = (&s.expect.pattern, s.expect.step) else {
+                bail!(
+                    "{p}: `expect.outcome = \"fail\"` needs `expect.step`, the step that must fail, and `expect.pattern`, the text that proves why"
+                );
+            };
+            if pattern.trim().is_empty() {
+                bail!("{p}: expect.pattern is empty");
+            }
+            check_step("expect.", step)?;
+        } else if s.expect.pattern.is_some() || s.expect.step.is_some() {
+            bail!("{p}: expect.pattern and expect.step belong to `outcome = \"fail\"`");
         }
         if s.service.is_some() && s.quadlet.is_some() {
             bail!("{p}: give either [service] or [quadlet], not both");
@@ -471,7 +495,7 @@ impl Scenario {
         }
         for (i, step) in s.steps.iter().enumerate() {
             step.validate()
-                .map_err(|e| anyhow::anyhow!("{p}: steps[{i}] ({}): {e}", step.kind()))?;
+                .map_err(|e| anyhow::anyhow!("{p}: step {} ({}): {e}", i + 1, step.kind()))?;
         }
         for b in &s.known_bug {
             version::check_range(&b.versions).map_err(|e| {
@@ -488,6 +512,10 @@ impl Scenario {
                     "{p}: known_bug {}: runtime = {r:?}: expected runc or crun",
                     b.issue
                 );
+            }
+            check_step(&format!("known_bug {}: ", b.issue), b.step)?;
+            if b.pattern.trim().is_empty() {
+                bail!("{p}: known_bug {}: pattern is empty", b.issue);
             }
             if b.runtime.is_some() == b.tool.is_some() {
                 bail!(
@@ -689,7 +717,7 @@ mod tests {
     fn known_bug_needs_runtime_or_tool() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("b.toml");
-        std::fs::write(&p, "description = \"d\"\n[[steps]]\ndo = \"reboot\"\n[[known_bug]]\nversions = \"<1\"\nissue = \"u\"\npattern = \"x\"\n").unwrap();
+        std::fs::write(&p, "description = \"d\"\n[[steps]]\ndo = \"reboot\"\n[[known_bug]]\nversions = \"<1\"\nissue = \"u\"\npattern = \"x\"\nstep = 1\n").unwrap();
         let e = format!("{:#}", Scenario::load(&p).unwrap_err());
         assert!(
             e.contains("needs exactly one of `runtime` and `tool`"),
@@ -709,15 +737,15 @@ mod tests {
     #[case::empty_range("[requires]\nsystemd = \"\"\n", "an empty range")]
     #[case::negative_timeout(
         "[[steps]]\ndo = \"probe\"\naddress = \"tcp4:127.0.0.1:3000\"\ntimeout = -1.0\n",
-        "steps[1] (probe): timeout = -1: expected a positive number"
+        "step 2 (probe): timeout = -1: expected a positive number"
     )]
     #[case::nan_timeout(
         "[[steps]]\ndo = \"run\"\ncommand = \"true\"\ntimeout = nan\n",
-        "steps[1] (run): timeout = NaN"
+        "step 2 (run): timeout = NaN"
     )]
     #[case::address(
         "[[steps]]\ndo = \"probe\"\naddress = \"tcp4:127.0.0.1\"\n",
-        "steps[1] (probe): address: address \"tcp4:127.0.0.1\""
+        "step 2 (probe): address: address \"tcp4:127.0.0.1\""
     )]
     #[case::placeholder(
         "[[steps]]\ndo = \"run\"\ncommand = \"podman run {imag}\"\n",
@@ -732,7 +760,7 @@ mod tests {
         "a probe that must fail takes neither `retry` nor `source`"
     )]
     #[case::bug_runtime(
-        "[[known_bug]]\nruntime = \"youki\"\nversions = \"*\"\nissue = \"u\"\npattern = \"x\"\n",
+        "[[known_bug]]\nruntime = \"youki\"\nversions = \"*\"\nissue = \"u\"\npattern = \"x\"\nstep = 1\n",
         "runtime = \"youki\": expected runc or crun"
     )]
     fn bad_values_are_load_errors_naming_file_key_and_value(

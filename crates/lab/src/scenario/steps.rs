@@ -18,8 +18,13 @@ use crate::scenario::verdict::StepFailure;
 /// What a step gives: `Ok(None)` when it held.
 type StepResult = Result<Option<StepFailure>>;
 
+/// A step that did not hold; [`run_steps`] adds its place and its journal lines.
 fn failed(step: String, output: String) -> StepResult {
-    Ok(Some(StepFailure { step, output }))
+    Ok(Some(StepFailure {
+        step,
+        output,
+        ..Default::default()
+    }))
 }
 
 /// Fills the placeholders of a `run` command or a probe address.
@@ -154,16 +159,21 @@ pub fn prepare_guest(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> Result
     Ok(())
 }
 
-/// The last 300 journal lines of the scenario's units.
-pub fn journal(vm: &TrialVm, scenario: &Scenario) -> String {
+/// The last 300 journal lines of the scenario's units (logged after the cursor `after`,
+/// when given).
+pub fn journal(vm: &TrialVm, scenario: &Scenario, after: Option<&str>) -> String {
     let units = scenario.journal_units();
     let refs: Vec<&str> = units.iter().map(String::as_str).collect();
-    vm.guest.unit_journal(scenario.scope.manager(), &refs, 300)
+    vm.guest
+        .unit_journal(scenario.scope.manager(), &refs, 300, after)
 }
 
-/// Runs the steps in order; the first that does not hold ends the trial.
+/// Runs the steps in order; the first that does not hold ends the trial, with the
+/// journal lines logged from when it began (the journal's cursor is read before each
+/// step, so evidence is never a line logged before the step that failed).
 pub fn run_steps(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> StepResult {
-    for step in &scenario.steps {
+    for (i, step) in scenario.steps.iter().enumerate() {
+        let cursor = vm.guest.journal_cursor()?;
         let result = match step {
             Step::Start { unit }
             | Step::Stop { unit }
@@ -182,8 +192,10 @@ pub fn run_steps(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> StepResult
                 Ok(None)
             }
         }?;
-        if result.is_some() {
-            return Ok(result);
+        if let Some(mut failure) = result {
+            failure.index = i + 1;
+            failure.journal = journal(vm, scenario, Some(&cursor));
+            return Ok(Some(failure));
         }
     }
     Ok(None)
@@ -333,7 +345,7 @@ fn journal_holds(
     contains: Option<&str>,
     lacks: Option<&str>,
 ) -> StepResult {
-    let text = journal(vm, scenario);
+    let text = journal(vm, scenario, None);
     if let Some(c) = contains
         && !text.contains(c)
     {

@@ -8,11 +8,31 @@ use crate::scenario::schema::{ExpectedOutcome, KnownBug, Scenario};
 use crate::trial::{Outcome, RuntimeUse};
 use crate::version;
 
-/// The step that failed and what it printed.
-#[derive(Debug, Clone)]
+/// The step that failed: its place, what it was, what it printed, and the scenario
+/// units' journal lines logged from when it began (nothing from before it).
+#[derive(Debug, Clone, Default)]
 pub struct StepFailure {
+    /// Counted from 1 in `[[steps]]`, as `expect.step` and `known_bug.step` count.
+    pub index: usize,
+    /// What the step did, for people: `probe tcp4:127.0.0.1:3000`.
     pub step: String,
     pub output: String,
+    pub journal: String,
+}
+
+impl StepFailure {
+    /// The first line that proves `pattern` at step `step`: in this step's output or the
+    /// journal lines logged while it ran; `None` at another step or without the text.
+    fn evidence(&self, step: usize, pattern: &str) -> Option<&str> {
+        if self.index != step {
+            return None;
+        }
+        self.output
+            .lines()
+            .chain(self.journal.lines())
+            .find(|l| l.contains(pattern))
+            .map(str::trim)
+    }
 }
 
 /// An outcome, the evidence for it, and the upstream issue behind an XFAIL or XPASS.
@@ -137,30 +157,40 @@ pub fn judge(
             }
         }
         Some(f) => {
-            let evidence = format!("{}\n{journal}", f.output);
             for b in &bugs {
-                if let Some(line) = evidence.lines().find(|l| l.contains(&b.pattern)) {
+                if let Some(line) = f.evidence(b.step, &b.pattern) {
                     return Verdict::new(
                         Outcome::Xfail,
-                        format!("known bug at `{}`: {}", f.step, line.trim()),
+                        format!("known bug at step {} `{}`: {line}", f.index, f.step),
                         Some(b.issue.clone()),
                     );
                 }
             }
-            if let (ExpectedOutcome::Fail, Some(pattern)) =
-                (scenario.expect.outcome, &scenario.expect.pattern)
-            {
-                if let Some(line) = evidence.lines().find(|l| l.contains(pattern.as_str())) {
+            if let (ExpectedOutcome::Fail, Some(pattern), Some(step)) = (
+                scenario.expect.outcome,
+                &scenario.expect.pattern,
+                scenario.expect.step,
+            ) {
+                if let Some(line) = f.evidence(step, pattern) {
                     return Verdict::new(
                         Outcome::Pass,
-                        format!("failed as expected at `{}`: {}", f.step, line.trim()),
+                        format!(
+                            "failed as expected at step {} `{}`: {line}",
+                            f.index, f.step
+                        ),
                         None,
                     );
                 }
+                let why = if f.index == step {
+                    format!("without {pattern:?} in its output or the journal while it ran")
+                } else {
+                    format!("but step {step} was to fail, with {pattern:?}")
+                };
                 return Verdict::new(
                     Outcome::Fail,
                     format!(
-                        "failed at `{}` but without {pattern:?}: {}\njournal:\n{}",
+                        "failed at step {} `{}` {why}: {}\njournal:\n{}",
+                        f.index,
                         f.step,
                         f.output.trim(),
                         tail(journal)
@@ -171,7 +201,8 @@ pub fn judge(
             Verdict::new(
                 Outcome::Fail,
                 format!(
-                    "step `{}` failed: {}\njournal:\n{}",
+                    "step {} `{}` failed: {}\njournal:\n{}",
+                    f.index,
                     f.step,
                     f.output.trim(),
                     tail(journal)
@@ -186,50 +217,198 @@ pub fn judge(
 mod tests {
     use super::*;
 
-    fn scenario_with_bug() -> Scenario {
+    fn load(text: &str) -> Scenario {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("bug.toml");
-        std::fs::write(
-            &p,
-            "description = \"d\"\n[[steps]]\ndo = \"reboot\"\n[[known_bug]]\nruntime = \"runc\"\nversions = \"<1.1.3\"\nissue = \"https://github.com/opencontainers/runc/issues/3488\"\npattern = \"_LIBCONTAINER_LOGPIPE\"\n",
-        )
-        .unwrap();
+        let p = dir.path().join("s.toml");
+        std::fs::write(&p, text).unwrap();
         Scenario::load(&p).unwrap()
     }
 
-    fn judge_rt(
+    const TWO_STEPS: &str = "description = \"d\"\n[socket]\nlisten = [{ stream = \"0.0.0.0:80\" }]\n[[steps]]\ndo = \"start\"\nunit = \"echo.socket\"\n[[steps]]\ndo = \"probe\"\naddress = \"tcp4:127.0.0.1:80\"\n";
+
+    fn with_bug(step: usize) -> Scenario {
+        load(&format!(
+            "{TWO_STEPS}[[known_bug]]\nruntime = \"crun\"\nversions = \">=1.21,<1.23\"\nissue = \"https://github.com/containers/crun/issues/1828\"\npattern = \"recvfrom(PF_NETLINK)\"\nstep = {step}\n"
+        ))
+    }
+
+    fn expecting_failure(step: usize) -> Scenario {
+        load(&format!(
+            "{TWO_STEPS}[expect]\noutcome = \"fail\"\nstep = {step}\npattern = \"Failed to create listening socket (0.0.0.0:80): Permission denied\"\n"
+        ))
+    }
+
+    fn crun(version: &str) -> RuntimeUse {
+        RuntimeUse {
+            name: "crun".into(),
+            podman_arg: "crun".into(),
+            version: version.into(),
+        }
+    }
+
+    fn judged(
         s: &Scenario,
-        name: &str,
-        version: &str,
+        runtime: &RuntimeUse,
         f: Option<StepFailure>,
         journal: &str,
     ) -> Verdict {
-        let rt = RuntimeUse {
-            name: name.into(),
-            podman_arg: name.into(),
-            version: version.into(),
+        judge(s, runtime, &BTreeMap::new(), f, journal)
+    }
+
+    fn failure(index: usize, step: &str, output: &str, journal: &str) -> Option<StepFailure> {
+        Some(StepFailure {
+            index,
+            step: step.into(),
+            output: output.into(),
+            journal: journal.into(),
+        })
+    }
+
+    // Recorded on debian-13 (crun 1.21, podman 5.4.2, systemd 257).
+    const NETLINK: &str = "[   46.950888] lab conmon[597]: conmon 121d34d87535604766b2 <nwarn>: runtime stderr: recvfrom(PF_NETLINK): Permission denied";
+    const PORT_80: &str = "[   37.227176] lab systemd[377]: echo.socket: Failed to create listening socket (0.0.0.0:80): Permission denied";
+    const PROBE_FAILED: &str = "echo-probe: tcp4:127.0.0.1:80: connection closed before a reply";
+
+    #[test]
+    fn known_bug_in_the_journal_while_its_step_ran_is_xfail() {
+        let v = judged(
+            &with_bug(2),
+            &crun("1.21"),
+            failure(2, "probe tcp4:127.0.0.1:80", PROBE_FAILED, NETLINK),
+            NETLINK,
+        );
+        assert_eq!(v.outcome, Outcome::Xfail, "{}", v.detail);
+        assert!(v.issue.unwrap().ends_with("/1828"));
+        assert!(
+            v.detail
+                .contains("step 2 `probe tcp4:127.0.0.1:80`: [   46.950888]"),
+            "{}",
+            v.detail
+        );
+    }
+
+    #[test]
+    fn known_bug_text_at_another_step_is_a_failure() {
+        // The bug's text, but the trial failed at step 1, not the bug's step 2.
+        let v = judged(
+            &with_bug(2),
+            &crun("1.21"),
+            failure(1, "start echo.socket", NETLINK, NETLINK),
+            NETLINK,
+        );
+        assert_eq!(v.outcome, Outcome::Fail, "{}", v.detail);
+    }
+
+    #[test]
+    fn known_bug_text_logged_before_the_step_is_a_failure() {
+        // The line is in the units' journal (the whole of it, as journal.txt), but not
+        // among the lines logged while step 2 ran.
+        let v = judged(
+            &with_bug(2),
+            &crun("1.21"),
+            failure(2, "probe tcp4:127.0.0.1:80", PROBE_FAILED, ""),
+            &format!("{NETLINK}\n"),
+        );
+        assert_eq!(v.outcome, Outcome::Fail, "{}", v.detail);
+    }
+
+    #[test]
+    fn known_bug_outside_its_versions_or_runtime_is_a_failure() {
+        let f = || failure(2, "probe", PROBE_FAILED, NETLINK);
+        assert_eq!(
+            judged(&with_bug(2), &crun("1.23"), f(), "").outcome,
+            Outcome::Fail
+        );
+        let runc = RuntimeUse {
+            name: "runc".into(),
+            podman_arg: "runc".into(),
+            version: "1.21".into(),
         };
-        judge(s, &rt, &BTreeMap::new(), f, journal)
+        assert_eq!(judged(&with_bug(2), &runc, f(), "").outcome, Outcome::Fail);
+    }
+
+    #[test]
+    fn known_bug_not_reproduced_is_xpass_and_fixed_versions_pass() {
+        let v = judged(&with_bug(2), &crun("1.21"), None, "");
+        assert_eq!(v.outcome, Outcome::Xpass, "{}", v.detail);
+        assert_eq!(
+            judged(&with_bug(2), &crun("1.24"), None, "").outcome,
+            Outcome::Pass
+        );
+    }
+
+    #[test]
+    fn expected_failure_at_its_step_with_its_text_passes() {
+        let v = judged(
+            &expecting_failure(1),
+            &crun("1.21"),
+            failure(
+                1,
+                "start echo.socket",
+                "Job for echo.socket failed.",
+                PORT_80,
+            ),
+            PORT_80,
+        );
+        assert_eq!(v.outcome, Outcome::Pass, "{}", v.detail);
+        assert!(
+            v.detail.starts_with("failed as expected at step 1"),
+            "{}",
+            v.detail
+        );
+    }
+
+    #[test]
+    fn expected_failure_elsewhere_or_without_its_text_fails() {
+        let s = expecting_failure(1);
+        // The text, at step 2.
+        let v = judged(
+            &s,
+            &crun("1.21"),
+            failure(2, "probe", PORT_80, PORT_80),
+            PORT_80,
+        );
+        assert_eq!(v.outcome, Outcome::Fail);
+        assert!(v.detail.contains("but step 1 was to fail"), "{}", v.detail);
+        // Step 1, but another "Permission denied" (a broken user bus says that too).
+        let bus = "Failed to connect to bus: Permission denied";
+        let v = judged(
+            &s,
+            &crun("1.21"),
+            failure(1, "start echo.socket", bus, ""),
+            "",
+        );
+        assert_eq!(v.outcome, Outcome::Fail);
+        // Step 1, the text only in journal lines from before it.
+        let v = judged(
+            &s,
+            &crun("1.21"),
+            failure(1, "start echo.socket", bus, ""),
+            PORT_80,
+        );
+        assert_eq!(v.outcome, Outcome::Fail);
+        // No step failed at all.
+        let v = judged(&s, &crun("1.21"), None, PORT_80);
+        assert_eq!(v.outcome, Outcome::Fail);
+        assert_eq!(v.detail, "expected a failure, but every step passed");
     }
 
     #[test]
     fn tool_bugs_apply_only_where_the_tool_is() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("se.toml");
-        std::fs::write(
-            &p,
-            "description = \"d\"\n[[steps]]\ndo = \"reboot\"\n[[known_bug]]\ntool = \"container-selinux\"\nversions = \"<2.183.0\"\nissue = \"u\"\npattern = \"avc:  denied\"\n",
-        )
-        .unwrap();
-        let s = Scenario::load(&p).unwrap();
-        let rt = RuntimeUse {
-            name: "crun".into(),
-            podman_arg: "crun".into(),
-            version: "1.21".into(),
-        };
+        let s = load(&format!(
+            "{TWO_STEPS}[[known_bug]]\ntool = \"container-selinux\"\nversions = \"<2.183.0\"\nissue = \"u\"\npattern = \"avc:  denied\"\nstep = 2\n"
+        ));
+        let rt = crun("1.21");
         let old = BTreeMap::from([("container-selinux".to_string(), "2.180.0".to_string())]);
         let new = BTreeMap::from([("container-selinux".to_string(), "2.190.0".to_string())]);
-        let denied = || failure("type=AVC msg=audit: avc:  denied { read write }");
+        let denied = || {
+            failure(
+                2,
+                "probe",
+                "type=AVC msg=audit: avc:  denied { read write }",
+                "",
+            )
+        };
         assert_eq!(judge(&s, &rt, &old, denied(), "").outcome, Outcome::Xfail);
         assert_eq!(judge(&s, &rt, &old, None, "").outcome, Outcome::Xpass);
         assert_eq!(judge(&s, &rt, &new, None, "").outcome, Outcome::Pass);
@@ -240,58 +419,9 @@ mod tests {
         );
     }
 
-    fn failure(text: &str) -> Option<StepFailure> {
-        Some(StepFailure {
-            step: "probe".into(),
-            output: text.into(),
-        })
-    }
-
-    #[test]
-    fn known_bug_reproduced_is_xfail() {
-        let Verdict {
-            outcome: o, issue, ..
-        } = judge_rt(
-            &scenario_with_bug(),
-            "runc",
-            "1.0.0~rc93",
-            failure("bad value for _LIBCONTAINER_LOGPIPE=7"),
-            "",
-        );
-        assert_eq!(o, Outcome::Xfail);
-        assert!(issue.unwrap().ends_with("/3488"));
-    }
-
-    #[test]
-    fn known_bug_not_reproduced_is_xpass() {
-        let Verdict {
-            outcome: o, detail, ..
-        } = judge_rt(&scenario_with_bug(), "runc", "1.1.2", None, "");
-        assert_eq!(o, Outcome::Xpass, "{detail}");
-    }
-
-    #[test]
-    fn fixed_version_passes_and_other_failures_fail() {
-        let s = scenario_with_bug();
-        assert_eq!(
-            judge_rt(&s, "runc", "1.1.15+ds1", None, "").outcome,
-            Outcome::Pass
-        );
-        // In the bug's range but failing for another reason: a plain failure.
-        assert_eq!(
-            judge_rt(&s, "runc", "1.1.2", failure("connection refused"), "").outcome,
-            Outcome::Fail
-        );
-        // The pattern on another runtime is not this bug.
-        assert_eq!(
-            judge_rt(&s, "crun", "1.1.2", failure("_LIBCONTAINER_LOGPIPE"), "").outcome,
-            Outcome::Fail
-        );
-    }
-
     #[test]
     fn requirements() {
-        let mut s = scenario_with_bug();
+        let mut s = with_bug(2);
         s.requires.podman = Some(">=4.4".into());
         let v = BTreeMap::from([("podman".to_string(), "4.3.1".to_string())]);
         let skip = requirements_verdict(&s, &v).unwrap();
