@@ -9,4 +9,4 @@ pub mod probe;
 
 pub use address::{Address, Exchange};
 pub use bench::{BenchResult, BenchSpec, bench};
-pub use probe::{Expect, ProbeResult, ProbeSpec, probe};
+pub use probe::{Expect, Failure, ProbeResult, ProbeSpec, probe};

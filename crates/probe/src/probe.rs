@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::address::{Address, Exchange};
 use crate::conn::Client;
@@ -41,6 +41,51 @@ pub struct ProbeResult {
     pub local_address: Option<String>,
     pub elapsed_ms: f64,
     pub error: Option<String>,
+    /// What kind of failure `error` is, so a caller that expects one kind (nothing
+    /// listens: `refused`) does not take another (a typo, a timeout) for it.
+    pub failure: Option<Failure>,
+}
+
+/// How a probe failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Failure {
+    /// Nothing listens there: the connection (or, for a datagram, the port) was refused.
+    Refused,
+    /// The connection was not established before the deadline.
+    ConnectTimeout,
+    /// Connecting failed otherwise (no such socket file, no route, permission denied).
+    ConnectError,
+    /// Connected, then reset (or the pipe broke) before a whole reply.
+    Reset,
+    /// Connected, but no reply before the deadline.
+    NoReply,
+    /// A reply, but not the expected one.
+    Mismatch,
+    /// Anything else (a reply too long, an unexpected socket error).
+    Other,
+}
+
+impl Failure {
+    fn of_connect(e: &std::io::Error) -> Failure {
+        match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => Failure::Refused,
+            std::io::ErrorKind::TimedOut => Failure::ConnectTimeout,
+            _ => Failure::ConnectError,
+        }
+    }
+
+    fn of_exchange(e: &std::io::Error) -> Failure {
+        match e.kind() {
+            // A datagram to a closed port comes back as ECONNREFUSED on recv.
+            std::io::ErrorKind::ConnectionRefused => Failure::Refused,
+            std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::BrokenPipe
+            | std::io::ErrorKind::ConnectionAborted => Failure::Reset,
+            std::io::ErrorKind::TimedOut => Failure::NoReply,
+            _ => Failure::Other,
+        }
+    }
 }
 
 /// Upper bound for a stream reply: generous for any echo test, bounded against a server
@@ -53,14 +98,14 @@ pub fn probe(spec: &ProbeSpec) -> ProbeResult {
     let mut local_address = None;
     let outcome = exchange(spec, deadline, &mut local_address);
     let elapsed_ms = start.elapsed().as_secs_f64() * 1000.0;
-    let (reply_bytes, error) = match outcome {
-        Ok(reply) => (Some(reply), None),
-        Err((partial, e)) => (partial, Some(e)),
+    let (reply_bytes, mut error, mut failure) = match outcome {
+        Ok(reply) => (Some(reply), None, None),
+        Err((partial, e, kind)) => (partial, Some(e), Some(kind)),
     };
-    let mut error = error;
     if error.is_none() {
         let reply = reply_bytes.as_deref().unwrap_or_default();
         error = mismatch(&spec.expect, reply, local_address.as_deref());
+        failure = error.as_ref().map(|_| Failure::Mismatch);
     }
     ProbeResult {
         address: spec.address.to_string(),
@@ -72,6 +117,7 @@ pub fn probe(spec: &ProbeSpec) -> ProbeResult {
         local_address,
         elapsed_ms,
         error,
+        failure,
     }
 }
 
@@ -90,16 +136,21 @@ fn mismatch(expect: &Expect, reply: &[u8], local: Option<&str>) -> Option<String
     })
 }
 
-type Partial = (Option<Vec<u8>>, String);
+type Partial = (Option<Vec<u8>>, String, Failure);
 
 fn exchange(
     spec: &ProbeSpec,
     deadline: Instant,
     local: &mut Option<String>,
 ) -> Result<Vec<u8>, Partial> {
-    let err = |e: std::io::Error| (None, e.to_string());
-    let client = Client::connect(&spec.address, deadline)
-        .map_err(|e| (None, format!("connecting to {}: {e}", spec.address)))?;
+    let err = |e: std::io::Error| (None, e.to_string(), Failure::of_exchange(&e));
+    let client = Client::connect(&spec.address, deadline).map_err(|e| {
+        (
+            None,
+            format!("connecting to {}: {e}", spec.address),
+            Failure::of_connect(&e),
+        )
+    })?;
     *local = client.local_address();
     client.send(&spec.send, deadline).map_err(err)?;
     match client.exchange() {
@@ -129,12 +180,13 @@ fn exchange(
                             return Err((
                                 Some(reply),
                                 format!("reply longer than {MAX_STREAM_REPLY} bytes"),
+                                Failure::Other,
                             ));
                         }
                     }
                     Err(e) => {
                         let partial = (!reply.is_empty()).then_some(reply);
-                        return Err((partial, e.to_string()));
+                        return Err((partial, e.to_string(), Failure::of_exchange(&e)));
                     }
                 }
             }

@@ -111,6 +111,67 @@ fn udp_probe_without_reply_times_out() {
     );
 }
 
+fn failure_kind(args: &[&str]) -> String {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let o = run(&all);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    v["failure"].as_str().unwrap_or("(none)").to_string()
+}
+
+#[test]
+fn failures_say_their_kind() {
+    // Nothing listens.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    assert_eq!(
+        failure_kind(&[&format!("tcp4:127.0.0.1:{port}")]),
+        "refused"
+    );
+    // A datagram to a closed port: ICMP port unreachable.
+    assert_eq!(
+        failure_kind(&[&format!("udp4:127.0.0.1:{port}"), "--timeout", "5"]),
+        "refused"
+    );
+    // A listener that accepts and resets (linger 0, as a socket unit whose service
+    // failed does to the connections it queued).
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let reset = format!("tcp4:{}", l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let (s, _) = l.accept().unwrap();
+        nix::sys::socket::setsockopt(
+            &s,
+            nix::sys::socket::sockopt::Linger,
+            &libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            },
+        )
+        .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        drop(s);
+    });
+    assert_eq!(failure_kind(&[&reset, "--timeout", "10"]), "reset");
+    // Accepted, never answered.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let quiet = format!("tcp4:{}", silent.local_addr().unwrap());
+    assert_eq!(failure_kind(&[&quiet, "--timeout", "0.3"]), "no-reply");
+    // Another reply.
+    let addr = tcp_echo(1);
+    assert_eq!(failure_kind(&[&addr, "--expect", "bye"]), "mismatch");
+    // No such socket file.
+    assert_eq!(
+        failure_kind(&["unix:/nonexistent/echo.sock"]),
+        "connect-error"
+    );
+    drop(silent);
+}
+
 #[test]
 fn bad_address_is_a_usage_error() {
     let o = run(&["tcp4:localhost"]);

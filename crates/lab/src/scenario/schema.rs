@@ -191,9 +191,12 @@ pub enum Step {
         /// Check the reply of a `--reply-peer` server against our own address.
         #[serde(default)]
         source: Option<SourceAddress>,
-        /// The probe must fail (nothing answers there).
+        /// The probe must fail, and in this way: `refused` (nothing listens), `reset`
+        /// (accepted, then reset), `no-reply`, `connect-timeout`, `connect-error`,
+        /// `mismatch`. Any other failure (a usage error, a missing binary, a failed
+        /// `ip netns exec`, another kind) fails the step.
         #[serde(default)]
-        fail: bool,
+        fail: Option<echo_probe::Failure>,
         /// Retry every half second until `timeout` (for servers that start in the
         /// background, where a connection can be refused before they listen).
         #[serde(default)]
@@ -322,7 +325,7 @@ impl Step {
                 filled
                     .parse::<echo_probe::Address>()
                     .map_err(|e| format!("address: {e}"))?;
-                if *fail && (*retry || source.is_some()) {
+                if fail.is_some() && (*retry || source.is_some()) {
                     return Err("a probe that must fail takes neither `retry` nor `source`".into());
                 }
             }
@@ -756,7 +759,7 @@ mod tests {
         "key `steps[1].command` holds a NUL"
     )]
     #[case::must_fail_retry(
-        "[[steps]]\ndo = \"probe\"\naddress = \"tcp4:127.0.0.1:1\"\nfail = true\nretry = true\n",
+        "[[steps]]\ndo = \"probe\"\naddress = \"tcp4:127.0.0.1:1\"\nfail = \"refused\"\nretry = true\n",
         "a probe that must fail takes neither `retry` nor `source`"
     )]
     #[case::bug_runtime(

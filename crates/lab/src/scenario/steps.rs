@@ -268,11 +268,32 @@ fn probe(vm: &TrialVm, scenario: &Scenario, runtime: &str, step: &Step) -> StepR
             .map(|n| format!(" from {n}"))
             .unwrap_or_default()
     );
-    if *must_fail {
+    if let Some(kind) = must_fail {
+        let wanted = serde_json::to_value(kind).unwrap_or_default();
+        let wanted = wanted.as_str().unwrap_or("?");
         if ok {
             return failed(
-                format!("{what} (must fail)"),
+                format!("{what} (must fail: {wanted})"),
                 format!("it answered: {}", out.stdout.trim()),
+            );
+        }
+        // Exit 1 with a JSON result is the probe itself failing; anything else (2, a
+        // usage error; 127, no binary; ip netns exec's own errors) is not evidence.
+        let got = parsed
+            .as_ref()
+            .filter(|_| out.code() == Some(1))
+            .and_then(|v| v["failure"].as_str());
+        if got != Some(wanted) {
+            return failed(
+                format!("{what} (must fail: {wanted})"),
+                format!(
+                    "it failed otherwise ({}): {}",
+                    got.map_or_else(
+                        || format!("exit {:?}, no probe result", out.code()),
+                        str::to_string
+                    ),
+                    out.combined().trim()
+                ),
             );
         }
         return Ok(None);
@@ -284,9 +305,22 @@ fn probe(vm: &TrialVm, scenario: &Scenario, runtime: &str, step: &Step) -> StepR
         }
         return failed(what, output);
     }
-    if let (Some(src), Some(v)) = (source, parsed) {
-        let reply = v["reply"].as_str().unwrap_or("").trim().to_string();
-        let local = v["local_address"].as_str().unwrap_or("").to_string();
+    if let Some(src) = source {
+        let field = |name: &str| {
+            parsed
+                .as_ref()
+                .and_then(|v| v[name].as_str())
+                .map(|s| s.trim().to_string())
+        };
+        let (Some(reply), Some(local)) = (field("reply"), field("local_address")) else {
+            return failed(
+                format!("{what} (source {src:?})"),
+                format!(
+                    "the probe's result has no reply or local_address: {}",
+                    out.stdout.trim()
+                ),
+            );
+        };
         let good = match src {
             SourceAddress::Preserved => reply == local,
             SourceAddress::Rewritten => !reply.is_empty() && reply != local,
@@ -415,7 +449,15 @@ fn netinfo(vm: &TrialVm, step: &Step) -> StepResult {
         }
     }
     if let Some(expected) = outbound_ok {
-        let connected = v["outbound"]["connected"].as_bool().unwrap_or(false);
+        let Some(connected) = v["outbound"]["connected"].as_bool() else {
+            return failed(
+                format!("netinfo in {container}: outbound"),
+                format!(
+                    "the result has no outbound.connected: {}",
+                    out.stdout.trim()
+                ),
+            );
+        };
         if connected != *expected {
             return failed(
                 format!(
