@@ -265,12 +265,11 @@ pub fn install(
     // the local files alone, so what runs is what was checked.
     let out = guest.root(&flavor.install_local(&format!("{GUEST_DIR}/*.rpm")), t)?;
     if !out.success() {
-        let why = format!(
+        bail!(
             "{spec}: dnf cannot install {} on this guest: {}",
             fetched.nevra,
             proc::tail(out.combined().trim(), 5)
         );
-        return Ok(Err(Unusable(why, None)));
     }
     let name = &spec.name;
     let path = guest

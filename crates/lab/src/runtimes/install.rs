@@ -16,8 +16,10 @@ pub struct Installed {
     pub version: String,
 }
 
-/// Why a runtime cannot be used on this guest (too old for its podman, missing glibc):
-/// the trial is skipped with this text. The version, when the binary could tell it.
+/// Why a runtime cannot be used on this guest, for a reason the lab has decided is an
+/// incompatibility and not a fault (a glibc newer than the guest's; an error listed in
+/// [`INCOMPATIBLE`]): the trial is a SKIP with this text. The version, when the binary
+/// could tell it. Every other failure to install or run the runtime is a FAIL.
 #[derive(Debug, Clone)]
 pub struct Unusable(pub String, pub Option<String>);
 
@@ -27,6 +29,21 @@ pub fn parse_version(output: &str) -> Option<String> {
     let first = output.lines().next()?;
     let v = first.split_whitespace().nth(2)?;
     Some(v.to_string())
+}
+
+/// Errors of the trivial container that mean this runtime version and this podman cannot
+/// work together, each with why; any other error of it is a FAIL of the trial.
+pub const INCOMPATIBLE: [(&str, &str); 1] = [(
+    "unknown version specified",
+    "the runtime does not accept the OCI runtime-spec version this podman writes (seen: crun 0.17 with podman 5)",
+)];
+
+/// The reason from [`INCOMPATIBLE`] that `output` (the trivial container's) shows, if any.
+pub fn incompatibility(output: &str) -> Option<&'static str> {
+    INCOMPATIBLE
+        .iter()
+        .find(|(text, _)| output.contains(text))
+        .map(|(_, why)| *why)
 }
 
 /// Makes `spec` usable in the guest and checks it can run a container there.
@@ -82,11 +99,10 @@ pub fn install(
                 t,
             )?;
             if !check.stdout.trim().is_empty() {
-                let why = format!(
+                bail!(
                     "{spec}: libraries not found even with the suite's own: {}",
                     check.stdout.trim()
                 );
-                return Ok(Err(Unusable(why, None)));
             }
             path
         }
@@ -110,15 +126,23 @@ pub fn usable(
     // podman 5's config with `unknown version specified`).
     let probe = guest.user(&format!("podman run --rm --network=none --pull=never --runtime {podman_arg} --entrypoint /echo-probe {image} --version"), t)?;
     if !probe.success() {
-        let err = probe
-            .combined()
+        let output = probe.combined();
+        let err = output
             .lines()
             .rfind(|l| !l.trim().is_empty())
             .unwrap_or_default()
             .trim()
             .to_string();
-        let why = format!("{spec} {version} cannot run a container with this podman: {err}");
-        return Ok(Err(Unusable(why, Some(version))));
+        if let Some(reason) = incompatibility(&output) {
+            let why = format!(
+                "{spec} {version} cannot run a container with this podman: {reason}: {err}"
+            );
+            return Ok(Err(Unusable(why, Some(version))));
+        }
+        bail!(
+            "{spec} {version} ({podman_arg}) failed to run a trivial container, for no known incompatibility:\n{}",
+            output.trim()
+        );
     }
     Ok(Ok(Installed {
         podman_arg,
@@ -137,5 +161,19 @@ mod tests {
     #[case("runc version 1.0.0~rc93+ds1\n", "1.0.0~rc93+ds1")]
     fn versions(#[case] out: &str, #[case] v: &str) {
         assert_eq!(parse_version(out).unwrap(), v);
+    }
+
+    #[rstest]
+    #[case("Error: OCI runtime error: crun: unknown version specified", true)]
+    #[case(
+        "Error: crun: error while loading shared libraries: libyajl.so.2",
+        false
+    )]
+    #[case(
+        "bash: /opt/socket-activation-lab/runtimes/runc@sid/runc: No such file",
+        false
+    )]
+    fn only_listed_errors_are_incompatibilities(#[case] output: &str, #[case] listed: bool) {
+        assert_eq!(incompatibility(output).is_some(), listed);
     }
 }
