@@ -58,7 +58,19 @@ fn run_matrix(
         sh.push_env("SAL_EXACT", if selection.exact { "1" } else { "" }),
     );
     // A filter that selects nothing is an error before anything is built or run.
-    run::plan_selected(root, &selection)?;
+    let planned = run::plan_selected(root, &selection)?.len();
+    // Built apart from the run, so a compile error is reported as one, not as failed
+    // trials.
+    cmd!(
+        sh,
+        "cargo test --no-run --quiet --locked -p lab-matrix --test matrix"
+    )
+    .run()
+    .map_err(|_| {
+        anyhow::anyhow!(
+            "building the trial harness (tests/matrix.rs) failed, see above; no trial ran"
+        )
+    })?;
     if options.list {
         cmd!(
             sh,
@@ -123,10 +135,30 @@ fn run_matrix(
         "reports: {}/{{results.json,junit.xml,summary.md}}",
         run_dir.display()
     );
+    let bad = results.iter().filter(|r| r.outcome.is_bad()).count();
     let status = if vm::cleanup::interrupted() {
         Err(anyhow::anyhow!("interrupted (Ctrl-C or SIGTERM)"))
+    } else if results.len() != planned {
+        Err(anyhow::anyhow!(
+            "the harness recorded {} results for {planned} planned trials ({})",
+            results.len(),
+            if status.is_err() {
+                "it failed"
+            } else {
+                "it exited 0"
+            }
+        ))
     } else {
-        status.map_err(|_| anyhow::anyhow!("some trials failed (FAIL or XPASS)"))
+        match (status, bad) {
+            (Ok(()), 0) => Ok(()),
+            (Err(_), n) if n > 0 => Err(anyhow::anyhow!("{n} trials failed (FAIL or XPASS)")),
+            (Err(e), _) => Err(anyhow::anyhow!(
+                "the harness failed although every trial's result is good: {e}"
+            )),
+            (Ok(()), n) => Err(anyhow::anyhow!(
+                "the harness exited 0 although {n} trials failed (FAIL or XPASS)"
+            )),
+        }
     };
     Ok(Some((results, status)))
 }
