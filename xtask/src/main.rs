@@ -394,6 +394,16 @@ fn ci(sh: &Shell, root: &Path, no_vm: bool) -> Result<()> {
         )
         .run()?;
     }
+    step("units as systemd takes them: a mistyped service key and quadlet key fail the trial");
+    {
+        let _echo = sh.push_env("SAL_ECHO_BIN", &bins.echo);
+        let _probe = sh.push_env("SAL_PROBE_BIN", &bins.probe);
+        cmd!(
+            sh,
+            "cargo test --locked -p lab --test unit_checks -- --ignored --test-threads=1"
+        )
+        .run()?;
+    }
     step("Ctrl-C during a trial, an image build and the ready state's provisioning");
     cmd!(
         sh,

@@ -95,7 +95,9 @@ pub fn add_client_netns(g: &Guest) -> Result<()> {
 }
 
 /// Puts what the scenario declares into the guest (each unit also into the trial
-/// directory, as written) and reloads the manager.
+/// directory, as written), reloads the manager, and fails when systemd or the quadlet
+/// generator complained about a file it wrote (an unknown key is only a warning to
+/// systemd, which then runs the unit without it).
 pub fn prepare_guest(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> Result<()> {
     let g = &vm.guest;
     let t = Duration::from_secs(120);
@@ -121,14 +123,12 @@ pub fn prepare_guest(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> Result
         add_client_netns(g)?;
     }
     let (dir, owner) = unit_dir(g, scenario.scope);
-    let write = |name: &str, text: &str, dir: &str| -> Result<()> {
-        g.write_file(
-            &format!("{dir}/{name}"),
-            text.as_bytes(),
-            owner.as_deref(),
-            0o644,
-        )?;
+    let mut written: Vec<String> = Vec::new();
+    let mut write = |name: &str, text: &str, dir: &str| -> Result<()> {
+        let path = format!("{dir}/{name}");
+        g.write_file(&path, text.as_bytes(), owner.as_deref(), 0o644)?;
         std::fs::write(vm.dir.join(name), text)?;
+        written.push(path);
         Ok(())
     };
     if let Some(u) = scenario.socket_unit() {
@@ -152,11 +152,64 @@ pub fn prepare_guest(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> Result
         let qdir = format!("/home/{}/.config/containers/systemd", g.user.name);
         write(&format!("{}.container", scenario.unit), &text, &qdir)?;
     }
+    let cursor = g.journal_cursor()?;
     let reload = systemctl(vm, scenario.scope, "daemon-reload")?;
     if !reload.success() {
         bail!("daemon-reload failed: {}", reload.combined());
     }
+    // systemd parses a unit file when it loads the unit, not at daemon-reload: load them
+    // all now, so a complaint comes before any step.
+    let mut units: Vec<String> = written
+        .iter()
+        .filter_map(|p| p.rsplit('/').next())
+        .filter(|name| !name.ends_with(".container"))
+        .map(String::from)
+        .collect();
+    if scenario.quadlet.is_some() {
+        units.push(format!("{}.service", scenario.unit));
+    }
+    let names: Vec<String> = units.iter().map(|u| quote(u)).collect();
+    let loaded = systemctl(
+        vm,
+        scenario.scope,
+        &format!("show -p Id,LoadState,LoadError -- {}", names.join(" ")),
+    )?;
+    let not_loaded: Vec<&str> = loaded
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("LoadState=") && l.trim() != "LoadState=loaded")
+        .collect();
+    let logged = g.root_ok(
+        &format!(
+            "journalctl --sync; journalctl --no-pager -q -o cat --after-cursor={}",
+            quote(&cursor)
+        ),
+        t,
+    )?;
+    let mut complaints = complaints_about(&logged.stdout, &written);
+    if !not_loaded.is_empty() {
+        complaints.push(format!("not every unit loaded:\n{}", loaded.stdout.trim()));
+    }
+    if !complaints.is_empty() {
+        bail!(
+            "systemd does not take the units as written (it said on loading them):\n{}",
+            complaints.join("\n")
+        );
+    }
     Ok(())
+}
+
+/// The lines of `journal` that name one of the files in `paths`: systemd's parser and the
+/// quadlet generator name the file (and line) of every key or section they ignore.
+pub fn complaints_about(journal: &str, paths: &[String]) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for line in journal.lines().map(str::trim) {
+        // systemd logs each complaint twice (to the journal and through stderr).
+        if paths.iter().any(|p| line.contains(p.as_str())) && !lines.iter().any(|l| l == line) {
+            lines.push(line.to_string());
+        }
+    }
+    lines
 }
 
 /// The last 300 journal lines of the scenario's units (logged after the cursor `after`,
@@ -506,4 +559,28 @@ fn run_command(vm: &TrialVm, runtime: &str, step: &Step) -> StepResult {
         );
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn complaints_name_the_written_files() {
+        // As systemd 257 and podman 5.4.2's quadlet generator log them on debian-13
+        // (crates/lab/tests/unit_checks.rs), around lines about other things.
+        let journal = "Reloading requested from client PID 812 ('systemctl') (unit session-1.scope)...\n\
+/home/test/.config/systemd/user/echo.service:10: Unknown key 'RestrictAddressFamilie' in section [Service], ignoring.\n\
+/home/test/.config/systemd/user/echo.service:10: Unknown key 'RestrictAddressFamilie' in section [Service], ignoring.\n\
+quadlet-generator[572]: converting \"echo.container\": unsupported key 'Netwrk' in group 'Container' in /home/test/.config/containers/systemd/echo.container\n\
+Reloading finished in 212 ms.\n";
+        let written = vec![
+            "/home/test/.config/systemd/user/echo.service".to_string(),
+            "/home/test/.config/containers/systemd/echo.container".to_string(),
+        ];
+        let c = complaints_about(journal, &written);
+        assert_eq!(c.len(), 2, "{c:?}");
+        assert!(c[0].contains("RestrictAddressFamilie"));
+        assert!(complaints_about(journal, &["/etc/systemd/system/echo.socket".into()]).is_empty());
+    }
 }
