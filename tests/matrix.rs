@@ -6,7 +6,8 @@
 //! binaries and says where they are (`SAL_ECHO_BIN`, `SAL_PROBE_BIN`); otherwise they are
 //! listed as ignored. `SAL_TARGETS` and `SAL_RUNTIMES` (comma-separated) choose the axes,
 //! `SAL_RUN_DIR` where logs and reports go, `SAL_FILTERS` name filters (one per line; with
-//! `SAL_EXACT=1`, whole names), since libtest takes one filter.
+//! `SAL_EXACT=1`, whole names), since libtest takes one filter; `SAL_MUTANTS=1` runs the
+//! mutants against their scenarios instead of the catalogue.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -51,6 +52,7 @@ fn main() -> anyhow::Result<()> {
         exact: std::env::var("SAL_EXACT").is_ok_and(|v| v == "1"),
         targets: list("SAL_TARGETS"),
         runtimes: list("SAL_RUNTIMES"),
+        mutants: std::env::var("SAL_MUTANTS").is_ok_and(|v| v == "1"),
     };
     let planned = run::plan(&workspace, &selection)?;
     let bins = Binaries::from_env();

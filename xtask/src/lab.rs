@@ -56,6 +56,7 @@ fn run_matrix(
         sh.push_env("SAL_RUNTIMES", &runtimes),
         sh.push_env("SAL_FILTERS", &filters),
         sh.push_env("SAL_EXACT", if selection.exact { "1" } else { "" }),
+        sh.push_env("SAL_MUTANTS", if selection.mutants { "1" } else { "" }),
     );
     // A filter that selects nothing is an error before anything is built or run.
     let planned = run::plan_selected(root, &selection)?.len();
@@ -81,6 +82,11 @@ fn run_matrix(
     }
     host::ensure(sh, host::LAB)?;
     let bins = statics::build(sh, root)?;
+    let mutant_echo = if selection.mutants {
+        Some(statics::build_mutant_echo(sh, root)?)
+    } else {
+        None
+    };
     let run_dir = run::new_run_dir(root)?;
     let accel = host::accelerator();
     eprintln!(
@@ -99,6 +105,7 @@ fn run_matrix(
         sh.push_env("SAL_ECHO_BIN", &bins.echo),
         sh.push_env("SAL_PROBE_BIN", &bins.probe),
         sh.push_env("SAL_RUN_DIR", &run_dir),
+        mutant_echo.map(|p| sh.push_env("SAL_MUTANT_ECHO_BIN", p)),
     );
     // Ctrl-C reaches the harness too: it records the running trials as interrupted
     // FAILs and exits; this process stays to report what was recorded.
@@ -131,12 +138,55 @@ fn run_matrix(
         count(Outcome::Xpass),
         count(Outcome::Skip)
     );
+    let mut problems = Vec::new();
+    if selection.mutants {
+        let (table, found) = lab::mutant::score_table(&results);
+        let scenarios = lab::scenario::load_all(&root.join("tests/scenarios"))?;
+        let mutants = lab::mutant::load_all(&lab::mutant::dir(root), &scenarios)?;
+        problems = found;
+        for s in lab::mutant::unchallenged_claims(&scenarios, &mutants) {
+            problems.push(format!("{s} claims a behaviour but no mutant names it"));
+        }
+        let mut text = format!("# Mutation score\n\n{table}");
+        if !problems.is_empty() {
+            text += &format!(
+                "\n{}\n",
+                problems
+                    .iter()
+                    .map(|p| format!("- {p}\n"))
+                    .collect::<String>()
+            );
+        }
+        std::fs::write(run_dir.join("mutants.md"), &text)?;
+        println!("\n{table}");
+        for p in &problems {
+            println!("mutants: {p}");
+        }
+        println!("mutation score: {}", run_dir.join("mutants.md").display());
+    }
     println!(
         "reports: {}/{{results.json,junit.xml,summary.md}}",
         run_dir.display()
     );
     let bad = results.iter().filter(|r| r.outcome.is_bad()).count();
-    let status = if vm::cleanup::interrupted() {
+    let status = if selection.mutants {
+        // A FAIL is a mutant caught; the score decides.
+        if vm::cleanup::interrupted() {
+            Err(anyhow::anyhow!("interrupted (Ctrl-C or SIGTERM)"))
+        } else if results.len() != planned {
+            Err(anyhow::anyhow!(
+                "the harness recorded {} results for {planned} planned trials",
+                results.len()
+            ))
+        } else if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!(
+                "{} problems with the mutation score (above)",
+                problems.len()
+            ))
+        }
+    } else if vm::cleanup::interrupted() {
         Err(anyhow::anyhow!("interrupted (Ctrl-C or SIGTERM)"))
     } else if results.len() != planned {
         Err(anyhow::anyhow!(

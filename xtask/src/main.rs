@@ -45,6 +45,10 @@ enum Command {
         /// TCG, 22 trials: 233 s with 1, 181 s with 2, 204 s with 3).
         #[arg(long)]
         jobs: Option<usize>,
+        /// Run the mutants (tests/mutants/) against the scenarios each names and print
+        /// the mutation score: which scenario caught which mutant.
+        #[arg(long)]
+        mutants: bool,
     },
     /// Guest images: build, list, remove, or open a shell in a fresh guest.
     Vm {
@@ -200,6 +204,7 @@ fn run(cli: Cli) -> Result<()> {
             list,
             exact,
             jobs,
+            mutants,
         } => lab::test(
             &sh,
             &root,
@@ -208,6 +213,7 @@ fn run(cli: Cli) -> Result<()> {
                 exact,
                 targets,
                 runtimes,
+                mutants,
             },
             &lab::TestOptions {
                 list,

@@ -52,6 +52,27 @@ pub fn build(sh: &Shell, root: &Path) -> Result<Binaries> {
     Ok(bins)
 }
 
+/// The echo server with the `mutants` feature (a deliberately broken build for the
+/// mutation score), in a target directory of its own so it never replaces the real one.
+pub fn build_mutant_echo(sh: &Shell, root: &Path) -> Result<PathBuf> {
+    let target = if musl_available(sh) { MUSL } else { GNU };
+    let dir = target_dir(sh, root)?.join("mutants");
+    let mut build = cmd!(
+        sh,
+        "cargo build --release --locked --target {target} -p socket-activate-echo --features mutants --target-dir {dir}"
+    );
+    if target == GNU {
+        build = build.env("RUSTFLAGS", "-C target-feature=+crt-static");
+    }
+    build
+        .run()
+        .context("static build of the mutant echo server")?;
+    let bin = dir.join(target).join("release/socket-activate-echo");
+    ensure_static(&bin)?;
+    eprintln!("mutant echo server ({target}): {}", bin.display());
+    Ok(bin)
+}
+
 /// Where cargo puts what it builds: `CARGO_TARGET_DIR`, `build.target-dir` or
 /// `./target`, as cargo itself resolves them.
 pub fn target_dir(sh: &Shell, root: &Path) -> Result<PathBuf> {

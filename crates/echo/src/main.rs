@@ -92,6 +92,7 @@ fn start(cli: Cli) -> Result<ExitCode, String> {
     let opts = Options {
         debug: cli.debug,
         reply_peer: cli.reply_peer,
+        flip_first_byte: mutant_flip_first_byte(),
     };
     // The main runtime accepts, serves datagrams and waits for signals; connections go
     // to the workers.
@@ -103,6 +104,18 @@ fn start(cli: Cli) -> Result<ExitCode, String> {
     // Connections still open must not delay the exit (SIGTERM must end us within 1 s).
     runtime.shutdown_timeout(Duration::from_millis(100));
     code
+}
+
+/// Only a build with the `mutants` feature reads `SAL_ECHO_MUTANT`: the lab's mutation
+/// score puts this broken server into an image of its own. A normal build has no fault.
+#[cfg(feature = "mutants")]
+fn mutant_flip_first_byte() -> bool {
+    std::env::var("SAL_ECHO_MUTANT").is_ok_and(|v| v == "flip-byte")
+}
+
+#[cfg(not(feature = "mutants"))]
+fn mutant_flip_first_byte() -> bool {
+    false
 }
 
 /// Binds and (for TCP) listens on `tcp:HOST:PORT` or `udp:HOST:PORT`.

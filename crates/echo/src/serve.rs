@@ -19,6 +19,23 @@ const STREAM_BUFFER: usize = 64 * 1024;
 pub struct Options {
     pub debug: bool,
     pub reply_peer: bool,
+    /// A deliberate fault, only in builds with the `mutants` feature (the lab's mutation
+    /// score): the first byte of every reply is changed.
+    pub flip_first_byte: bool,
+}
+
+/// `reply` as sent: with `flip`, its first byte changed (the mutant the lab's scenarios
+/// must catch); unchanged otherwise.
+pub fn mutated(reply: &[u8], flip: bool) -> std::borrow::Cow<'_, [u8]> {
+    match reply.split_first() {
+        Some((first, rest)) if flip => {
+            let mut v = Vec::with_capacity(reply.len());
+            v.push(first ^ 0x01);
+            v.extend_from_slice(rest);
+            std::borrow::Cow::Owned(v)
+        }
+        _ => std::borrow::Cow::Borrowed(reply),
+    }
 }
 
 /// How a socket is served, decided before anything is served so that a socket the server
@@ -187,9 +204,9 @@ async fn connection(
         eprintln!("socket-activate-echo: {label}: connection from {peer}");
     }
     let result = if opts.reply_peer {
-        reply_peer_then_drain(&conn, &peer).await
+        reply_peer_then_drain(&conn, &peer, opts.flip_first_byte).await
     } else {
-        echo_until_eof(&conn, records).await
+        echo_until_eof(&conn, records, opts.flip_first_byte).await
     };
     match result {
         Ok(bytes) if opts.debug => {
@@ -201,7 +218,7 @@ async fn connection(
 }
 
 /// Echoes until the client half-closes, then half-closes too. Returns bytes echoed.
-async fn echo_until_eof(conn: &Socket, records: bool) -> std::io::Result<u64> {
+async fn echo_until_eof(conn: &Socket, records: bool, flip: bool) -> std::io::Result<u64> {
     let mut buf = vec![
         0u8;
         if records {
@@ -222,11 +239,12 @@ async fn echo_until_eof(conn: &Socket, records: bool) -> std::io::Result<u64> {
             let _ = conn.shutdown_write();
             return Ok(total);
         }
+        let reply = mutated(&buf[..n], flip && (records || total == 0));
         if records {
             // One send per record keeps the record boundary.
-            conn.send(&buf[..n]).await?;
+            conn.send(&reply).await?;
         } else {
-            conn.send_all(&buf[..n]).await?;
+            conn.send_all(&reply).await?;
         }
         total += n as u64;
     }
@@ -234,8 +252,9 @@ async fn echo_until_eof(conn: &Socket, records: bool) -> std::io::Result<u64> {
 
 /// Writes the peer address line first, then reads until EOF so closing never resets a
 /// connection whose client data is still unread.
-async fn reply_peer_then_drain(conn: &Socket, peer: &str) -> std::io::Result<u64> {
-    conn.send_all(format!("{peer}\n").as_bytes()).await?;
+async fn reply_peer_then_drain(conn: &Socket, peer: &str, flip: bool) -> std::io::Result<u64> {
+    conn.send_all(&mutated(format!("{peer}\n").as_bytes(), flip))
+        .await?;
     let _ = conn.shutdown_write();
     let mut buf = vec![0u8; STREAM_BUFFER];
     let mut total = 0u64;
@@ -281,7 +300,10 @@ async fn datagram_loop(
         } else {
             &buf[..n]
         };
-        match socket.send_to(reply, &peer).await {
+        match socket
+            .send_to(&mutated(reply, opts.flip_first_byte), &peer)
+            .await
+        {
             Ok(_) if opts.debug => eprintln!(
                 "socket-activate-echo: {label}: datagram of {n} bytes from {}",
                 format_address(&peer)
@@ -292,5 +314,17 @@ async fn datagram_loop(
                 format_address(&peer)
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod mutant_tests {
+    use super::mutated;
+
+    #[test]
+    fn only_the_flip_changes_a_reply_and_only_its_first_byte() {
+        assert_eq!(&*mutated(b"hello\n", false), b"hello\n");
+        assert_eq!(&*mutated(b"hello\n", true), b"iello\n");
+        assert_eq!(&*mutated(b"", true), b"");
     }
 }

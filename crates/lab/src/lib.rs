@@ -4,6 +4,7 @@
 //! CLI (xtask) and reporters render them.
 
 pub mod events;
+pub mod mutant;
 pub mod netbench;
 pub mod report;
 pub mod run;

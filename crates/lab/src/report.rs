@@ -188,6 +188,7 @@ mod tests {
                 "why it went so".into()
             },
             log_dir: "/tmp/x".into(),
+            mutant: None,
         }
     }
 

@@ -11,6 +11,7 @@ use vm::target::{self, ImageSource, Target};
 use vm::trial_vm::TrialVm;
 
 use crate::events::{Event, Events};
+use crate::mutant::{self, Mutant};
 use crate::runtimes::install::Unusable;
 use crate::runtimes::{self, Origin, RuntimeSpec, archive, dnf};
 use crate::scenario::{self, Scenario, Verdict};
@@ -22,14 +23,21 @@ pub struct Trial {
     pub target: Target,
     /// `runc`, `crun`, or `NAME@SUITE`.
     pub runtime: String,
+    /// Something broken on purpose that the scenario must catch.
+    pub mutant: Option<Mutant>,
 }
 
 impl Trial {
+    /// `scenario::target::runtime`, or `mutants::NAME::scenario::target::runtime`.
     pub fn name(&self) -> String {
-        format!(
+        let name = format!(
             "{}::{}::{}",
             self.scenario.name, self.target.name, self.runtime
-        )
+        );
+        match &self.mutant {
+            Some(m) => format!("mutants::{}::{name}", m.name),
+            None => name,
+        }
     }
 }
 
@@ -43,6 +51,9 @@ pub struct Selection {
     pub targets: Vec<String>,
     /// Runtimes (`runc`, `crun@bookworm`, ...); every runtime of the target when empty.
     pub runtimes: Vec<String>,
+    /// Instead of the catalogue, every mutant (`tests/mutants/`) against the scenarios it
+    /// names.
+    pub mutants: bool,
 }
 
 impl Selection {
@@ -73,6 +84,22 @@ pub const DEFAULT_TARGET: &str = "debian-13";
 /// The trials `selection` picks, in a stable order (target, scenario, runtime).
 pub fn plan(workspace: &Path, selection: &Selection) -> Result<Vec<Trial>> {
     let scenarios = scenario::load_all(&workspace.join("tests/scenarios"))?;
+    // (mutant, scenario) pairs: the catalogue with no mutant, or every mutant's scenarios.
+    let pairs: Vec<(Option<Mutant>, Scenario)> = if selection.mutants {
+        mutant::load_all(&mutant::dir(workspace), &scenarios)?
+            .into_iter()
+            .flat_map(|m| {
+                let named: Vec<Scenario> = scenarios
+                    .iter()
+                    .filter(|s| m.catches.contains(&s.name))
+                    .cloned()
+                    .collect();
+                named.into_iter().map(move |s| (Some(m.clone()), s))
+            })
+            .collect()
+    } else {
+        scenarios.into_iter().map(|s| (None, s)).collect()
+    };
     let vm_dir = workspace.join("vm");
     let target_names = if selection.targets.is_empty() {
         vec![DEFAULT_TARGET.to_string()]
@@ -93,12 +120,13 @@ pub fn plan(workspace: &Path, selection: &Selection) -> Result<Vec<Trial>> {
                 bail!("{why}");
             }
         }
-        for s in &scenarios {
+        for (m, s) in &pairs {
             for r in &runtimes {
                 let t = Trial {
                     scenario: s.clone(),
                     target: target.clone(),
                     runtime: r.clone(),
+                    mutant: m.clone(),
                 };
                 if selection.matches(&t.name()) {
                     trials.push(t);
@@ -203,6 +231,22 @@ fn runtime_for(
     }))
 }
 
+/// The trial's scenario with the mutant's change, on a guest with the mutant's change.
+fn run_mutant(
+    vm: &TrialVm,
+    trial: &Trial,
+    m: &Mutant,
+    rt: RuntimeUse,
+    versions: &std::collections::BTreeMap<String, String>,
+) -> Result<Verdict> {
+    let mutated = mutant::apply(&trial.scenario, &m.mutation)?;
+    let echo = std::env::var_os("SAL_MUTANT_ECHO_BIN").map(PathBuf::from);
+    let podman_arg = mutant::prepare_guest(vm, &m.mutation, &rt.podman_arg, echo.as_deref())
+        .with_context(|| format!("putting mutant {} into the guest", m.name))?;
+    let rt = RuntimeUse { podman_arg, ..rt };
+    scenario::run_on_guest(vm, &mutated, &rt, versions)
+}
+
 /// A trial's log directory in the run directory.
 fn trial_dir(run_dir: &Path, name: &str) -> PathBuf {
     run_dir.join(name.replace("::", "--"))
@@ -224,6 +268,7 @@ pub fn not_started(trial: &Trial, run_dir: &Path, why: &str) -> TrialResult {
         issue: None,
         detail: why.to_string(),
         log_dir,
+        mutant: trial.mutant.as_ref().map(|m| m.name.clone()),
     }
 }
 
@@ -267,7 +312,10 @@ pub fn run_trial(trial: &Trial, ready: &Ready, run_dir: &Path, events: &Events) 
                     }
                     Ok(Ok(rt)) => {
                         versions.insert(trial.runtime.clone(), rt.version.clone());
-                        scenario::run_on_guest(&vm, &trial.scenario, &rt, &versions)
+                        match &trial.mutant {
+                            None => scenario::run_on_guest(&vm, &trial.scenario, &rt, &versions),
+                            Some(m) => run_mutant(&vm, trial, m, rt, &versions),
+                        }
                     }
                 };
                 // An error outside the guest's doing (ssh broke, a deadline passed) says
@@ -297,6 +345,7 @@ pub fn run_trial(trial: &Trial, ready: &Ready, run_dir: &Path, events: &Events) 
         issue: verdict.issue,
         detail: verdict.detail,
         log_dir: dir,
+        mutant: trial.mutant.as_ref().map(|m| m.name.clone()),
     };
     vm::cleanup::forget(&result.log_dir);
     events.emit(Event::TrialEnd(result.clone()));

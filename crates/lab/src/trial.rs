@@ -50,6 +50,9 @@ pub struct TrialResult {
     /// Why: the failing step and the journal lines, or what the expected failure showed.
     pub detail: String,
     pub log_dir: PathBuf,
+    /// The mutant the trial ran with (`cargo xtask test --mutants`), if any.
+    #[serde(default)]
+    pub mutant: Option<String>,
 }
 
 impl TrialResult {

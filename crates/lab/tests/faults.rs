@@ -136,6 +136,7 @@ fn trial_with_fault(
         scenario,
         target: ready.target.clone(),
         runtime: "crun".into(),
+        mutant: None,
     };
     let dir = run_dir.join(trial.name().replace("::", "--"));
     let port = Arc::new(std::sync::Mutex::new(0u16));

@@ -35,6 +35,7 @@ fn trial(fixture: &str, runtime: &str) -> TrialResult {
         scenario,
         target,
         runtime: runtime.into(),
+        mutant: None,
     };
     let result = run_trial(&trial, &ready, &run_dir, &events);
     lab::report::write_trial(&result).unwrap();
