@@ -162,8 +162,17 @@ pub fn apply(scenario: &Scenario, mutation: &Mutation) -> Result<Scenario> {
                     uses = true;
                 }
             }
+            // A scenario directory's files: the image its rewrite maps to the echo image.
+            for to in s.rewrite.images.values_mut() {
+                if to == "echo" || to == vm::ready::ECHO_IMAGE {
+                    *to = MUTANT_IMAGE.into();
+                    uses = true;
+                }
+            }
             if !uses {
-                return unchanged("no service, quadlet or run step uses the echo image");
+                return unchanged(
+                    "no service, quadlet, run step or rewritten file uses the echo image",
+                );
             }
         }
         Mutation::StripListenFds { server_args } => {

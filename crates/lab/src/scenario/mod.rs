@@ -3,6 +3,7 @@
 //! the file, [`steps`] acts on the guest, [`verdict`] decides the outcome from what the
 //! steps recorded. The children never use this module; it only ties them together.
 
+pub mod files;
 pub mod schema;
 pub mod steps;
 pub mod verdict;

@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use vm::ready::ECHO_IMAGE;
 
+use crate::scenario::files::{self, DirFile, FileSpec, Rewrite};
 use crate::units::{Listen, ServiceUnit, SocketUnit, exec_quote};
 use crate::version;
 
@@ -44,10 +45,20 @@ pub struct Scenario {
     pub known_bug: Vec<KnownBug>,
     #[serde(default)]
     pub requires: Requires,
+    /// A scenario directory's other files and where they go.
+    #[serde(default)]
+    pub files: BTreeMap<String, FileSpec>,
+    /// The only changes the lab may make to a scenario directory's files.
+    #[serde(default)]
+    pub rewrite: Rewrite,
     #[serde(skip)]
     pub name: String,
     #[serde(skip)]
     pub file: PathBuf,
+    /// A scenario directory's files as read (units, drop-ins, quadlets, declared files);
+    /// empty for a TOML scenario.
+    #[serde(skip)]
+    pub dir_files: Vec<DirFile>,
 }
 
 fn default_unit() -> String {
@@ -436,7 +447,95 @@ pub struct Requires {
 }
 
 impl Scenario {
-    pub fn load(path: &Path) -> Result<Scenario> {
+    /// A scenario directory: `dir/scenario.toml` and the files beside it.
+    pub fn load_dir(dir: &Path) -> Result<Scenario> {
+        let manifest = files::manifest(dir);
+        let mut s = Self::parse(&manifest)?;
+        s.name = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let p = manifest.display();
+        if s.socket.is_some() || s.service.is_some() || s.quadlet.is_some() || !s.helper.is_empty() {
+            bail!(
+                "{p}: a scenario directory's units are its files; [socket], [service], [quadlet] and [[helper]] belong to TOML scenarios"
+            );
+        }
+        s.dir_files = files::read_dir(dir, &s.files)?;
+        for (name, spec) in &s.files {
+            spec.mode_bits()
+                .map_err(|e| anyhow::anyhow!("{p}: [files.{name:?}]: {e}"))?;
+            if !spec.dest.starts_with('/') && !spec.dest.starts_with("{home}/") {
+                bail!("{p}: [files.{name:?}]: dest = {:?}: expected an absolute path or {{home}}/...", spec.dest);
+            }
+            if !["user", "root"].contains(&spec.owner.as_str()) {
+                bail!("{p}: [files.{name:?}]: owner = {:?}: expected user or root", spec.owner);
+            }
+        }
+        let units = files::unit_names(&s.dir_files);
+        if units.is_empty() && files::quadlet_services(&s.dir_files).is_empty() {
+            bail!("{}: no unit or quadlet file to install", dir.display());
+        }
+        if s.scope == Scope::System
+            && s.dir_files
+                .iter()
+                .any(|f| matches!(f.dest, files::Destination::Quadlet(_)))
+        {
+            bail!("{p}: quadlet files run in the user scope");
+        }
+        // A template needs an instance: a step that names one, or an instance drop-in.
+        let instances = s.instances();
+        for t in units.iter().filter(|u| files::is_template(u)) {
+            let used = instances
+                .iter()
+                .any(|i| files::template_of(i).as_deref() == Some(t.as_str()))
+                || units.iter().any(|u| {
+                    // A template service is instantiated by its template socket.
+                    files::is_template(u)
+                        && u != t
+                        && u.split_once('@').map(|x| x.0) == t.split_once('@').map(|x| x.0)
+                        && instances.iter().any(|i| files::template_of(i).as_deref() == Some(u.as_str()))
+                });
+            if !used {
+                bail!(
+                    "{}: the template {t} has no instance: start one in a step (`unit = \"{}\"`) or add an instance drop-in",
+                    dir.join(t).display(),
+                    t.replacen("@.", "@NAME.", 1)
+                );
+            }
+        }
+        s.validate(&manifest)?;
+        Ok(s)
+    }
+
+    /// Instances of templates the scenario uses: in steps and as drop-in directories.
+    fn instances(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .steps
+            .iter()
+            .filter_map(|step| match step {
+                Step::Start { unit }
+                | Step::Stop { unit }
+                | Step::Enable { unit }
+                | Step::ResetFailed { unit }
+                | Step::IsFailed { unit, .. } => Some(unit.clone()),
+                _ => None,
+            })
+            .filter(|u| files::template_of(u).is_some())
+            .collect();
+        for f in &self.dir_files {
+            if let Some((dropin, _)) = f.name.split_once(".d/")
+                && files::template_of(dropin).is_some()
+                && !names.iter().any(|n| n == dropin)
+            {
+                names.push(dropin.to_string());
+            }
+        }
+        names
+    }
+
+    fn parse(path: &Path) -> Result<Scenario> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let value: toml::Value =
@@ -449,12 +548,30 @@ impl Scenario {
         }
         let mut s: Scenario =
             toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        s.file = path.to_path_buf();
+        Ok(s)
+    }
+
+    pub fn load(path: &Path) -> Result<Scenario> {
+        let mut s = Self::parse(path)?;
         s.name = path
             .file_stem()
             .and_then(|n| n.to_str())
             .unwrap_or_default()
             .to_string();
-        s.file = path.to_path_buf();
+        if !s.files.is_empty() || s.rewrite != Rewrite::default() {
+            bail!(
+                "{}: [files] and [rewrite] belong to scenario directories (NAME/scenario.toml beside the files)",
+                path.display()
+            );
+        }
+        s.validate(path)?;
+        Ok(s)
+    }
+
+    /// The checks every scenario gets when it loads.
+    fn validate(&self, path: &Path) -> Result<()> {
+        let s = self;
         let p = path.display();
         if s.steps.is_empty() {
             bail!("{p}: key `steps` is empty");
@@ -532,7 +649,7 @@ impl Scenario {
             u.render()
                 .map_err(|e| anyhow::anyhow!("{p}: [socket]: {e}"))?;
         }
-        Ok(s)
+        Ok(())
     }
 
     pub fn socket_unit(&self) -> Option<SocketUnit> {
@@ -611,6 +728,23 @@ impl Scenario {
 
     /// The units whose journal explains a failure.
     pub fn journal_units(&self) -> Vec<String> {
+        if !self.dir_files.is_empty() {
+            let mut units: Vec<String> = files::unit_names(&self.dir_files)
+                .into_iter()
+                .filter(|u| !files::is_template(u))
+                .collect();
+            units.extend(files::quadlet_services(&self.dir_files));
+            for i in self.instances() {
+                // A socket instance activates the service instance of the same name.
+                if let Some(stem) = i.strip_suffix(".socket") {
+                    units.push(format!("{stem}.service"));
+                }
+                units.push(i);
+            }
+            units.sort();
+            units.dedup();
+            return units;
+        }
         let mut units: Vec<String> = self.socket_name().into_iter().collect();
         if self.service.is_some() || self.quadlet.is_some() {
             units.push(format!("{}.service", self.unit));
@@ -627,13 +761,25 @@ impl Scenario {
     }
 }
 
-/// Every scenario under `dir`, sorted by name.
+/// A scenario file or directory (one with a `scenario.toml`).
+pub fn load_path(path: &Path) -> Result<Scenario> {
+    if path.is_dir() {
+        Scenario::load_dir(path)
+    } else {
+        Scenario::load(path)
+    }
+}
+
+/// Every scenario under `dir` (`*.toml` files and directories with a `scenario.toml`),
+/// sorted by name.
 pub fn load_all(dir: &Path) -> Result<Vec<Scenario>> {
     let mut all = Vec::new();
     for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let p = e?.path();
         if p.extension().is_some_and(|x| x == "toml") {
             all.push(Scenario::load(&p)?);
+        } else if files::manifest(&p).is_file() {
+            all.push(Scenario::load_dir(&p)?);
         }
     }
     all.sort_by(|a, b| a.name.cmp(&b.name));

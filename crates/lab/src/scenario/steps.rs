@@ -12,6 +12,7 @@ use vm::ready::ECHO_IMAGE;
 use vm::target::User;
 use vm::trial_vm::TrialVm;
 
+use crate::scenario::files::{self, Destination};
 use crate::scenario::schema::{Scenario, Scope, SourceAddress, Step, Who};
 use crate::scenario::verdict::StepFailure;
 
@@ -122,36 +123,11 @@ pub fn prepare_guest(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> Result
     if scenario.prepare.client_netns {
         add_client_netns(g)?;
     }
-    let (dir, owner) = unit_dir(g, scenario.scope);
-    let mut written: Vec<String> = Vec::new();
-    let mut write = |name: &str, text: &str, dir: &str| -> Result<()> {
-        let path = format!("{dir}/{name}");
-        g.write_file(&path, text.as_bytes(), owner.as_deref(), 0o644)?;
-        std::fs::write(vm.dir.join(name), text)?;
-        written.push(path);
-        Ok(())
+    let (written, units) = if scenario.dir_files.is_empty() {
+        write_lab_units(vm, scenario, runtime)?
+    } else {
+        write_dir_files(vm, scenario, runtime)?
     };
-    if let Some(u) = scenario.socket_unit() {
-        write(
-            &format!("{}.socket", scenario.unit),
-            &u.render().map_err(anyhow::Error::msg)?,
-            &dir,
-        )?;
-    }
-    if let Some(u) = scenario.service_unit(runtime) {
-        write(
-            &format!("{}.service", scenario.unit),
-            &u.render().map_err(anyhow::Error::msg)?,
-            &dir,
-        )?;
-    }
-    for (name, u) in scenario.helper_units() {
-        write(&name, &u.render().map_err(anyhow::Error::msg)?, &dir)?;
-    }
-    if let Some(text) = scenario.quadlet_file(runtime) {
-        let qdir = format!("/home/{}/.config/containers/systemd", g.user.name);
-        write(&format!("{}.container", scenario.unit), &text, &qdir)?;
-    }
     let cursor = g.journal_cursor()?;
     let reload = systemctl(vm, scenario.scope, "daemon-reload")?;
     if !reload.success() {
@@ -159,15 +135,6 @@ pub fn prepare_guest(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> Result
     }
     // systemd parses a unit file when it loads the unit, not at daemon-reload: load them
     // all now, so a complaint comes before any step.
-    let mut units: Vec<String> = written
-        .iter()
-        .filter_map(|p| p.rsplit('/').next())
-        .filter(|name| !name.ends_with(".container"))
-        .map(String::from)
-        .collect();
-    if scenario.quadlet.is_some() {
-        units.push(format!("{}.service", scenario.unit));
-    }
     let names: Vec<String> = units.iter().map(|u| quote(u)).collect();
     let loaded = systemctl(
         vm,
@@ -197,6 +164,130 @@ pub fn prepare_guest(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> Result
         );
     }
     Ok(())
+}
+
+/// Writes the units the lab renders from a TOML scenario; the paths written and the
+/// units to load.
+fn write_lab_units(
+    vm: &TrialVm,
+    scenario: &Scenario,
+    runtime: &str,
+) -> Result<(Vec<String>, Vec<String>)> {
+    let g = &vm.guest;
+    let (dir, owner) = unit_dir(g, scenario.scope);
+    let mut written: Vec<String> = Vec::new();
+    let mut write = |name: &str, text: &str, dir: &str| -> Result<()> {
+        let path = format!("{dir}/{name}");
+        g.write_file(&path, text.as_bytes(), owner.as_deref(), 0o644)?;
+        std::fs::write(vm.dir.join(name), text)?;
+        written.push(path);
+        Ok(())
+    };
+    if let Some(u) = scenario.socket_unit() {
+        write(
+            &format!("{}.socket", scenario.unit),
+            &u.render().map_err(anyhow::Error::msg)?,
+            &dir,
+        )?;
+    }
+    if let Some(u) = scenario.service_unit(runtime) {
+        write(
+            &format!("{}.service", scenario.unit),
+            &u.render().map_err(anyhow::Error::msg)?,
+            &dir,
+        )?;
+    }
+    for (name, u) in scenario.helper_units() {
+        write(&name, &u.render().map_err(anyhow::Error::msg)?, &dir)?;
+    }
+    if let Some(text) = scenario.quadlet_file(runtime) {
+        write(&format!("{}.container", scenario.unit), &text, &quadlet_dir(g))?;
+    }
+    let mut units: Vec<String> = written
+        .iter()
+        .filter_map(|p| p.rsplit('/').next())
+        .filter(|name| !name.ends_with(".container"))
+        .map(String::from)
+        .collect();
+    if scenario.quadlet.is_some() {
+        units.push(format!("{}.service", scenario.unit));
+    }
+    Ok((written, units))
+}
+
+fn quadlet_dir(g: &Guest) -> String {
+    format!("/home/{}/.config/containers/systemd", g.user.name)
+}
+
+/// Installs a scenario directory's files as they are, with only the declared rewrites
+/// (each written to the trial directory as `rewrites/NAME.diff`, every installed file
+/// as `files/NAME`); where no file names a runtime, the trial's goes into the test
+/// user's containers.conf. The paths written and the units to load.
+fn write_dir_files(
+    vm: &TrialVm,
+    scenario: &Scenario,
+    runtime: &str,
+) -> Result<(Vec<String>, Vec<String>)> {
+    let g = &vm.guest;
+    let home = format!("/home/{}", g.user.name);
+    let (unit_dir, unit_owner) = unit_dir(g, scenario.scope);
+    let mut written = Vec::new();
+    let keep = |sub: &str, name: &str, text: &str| -> Result<()> {
+        let path = vm.dir.join(sub).join(name);
+        std::fs::create_dir_all(path.parent().unwrap_or(&vm.dir))?;
+        std::fs::write(path, text)?;
+        Ok(())
+    };
+    for f in &scenario.dir_files {
+        let (text, diff) = files::rewritten(f, &scenario.rewrite, runtime, ECHO_IMAGE)?;
+        let (path, owner, mode) = match &f.dest {
+            Destination::Unit(rel) => (format!("{unit_dir}/{rel}"), unit_owner.clone(), 0o644),
+            Destination::Quadlet(rel) => (
+                format!("{}/{rel}", quadlet_dir(g)),
+                Some(g.user.name.clone()),
+                0o644,
+            ),
+            Destination::Declared(spec) => (
+                spec.dest.replace("{home}", &home),
+                (spec.owner == "user").then(|| g.user.name.clone()),
+                spec.mode_bits().map_err(anyhow::Error::msg)?,
+            ),
+        };
+        g.write_file(&path, text.as_bytes(), owner.as_deref(), mode)?;
+        keep("files", &f.name, &text)?;
+        if !diff.is_empty() {
+            keep("rewrites", &format!("{}.diff", f.name), &diff)?;
+        }
+        written.push(path);
+    }
+    if !files::names_a_runtime(&scenario.dir_files) {
+        let conf = files::containers_conf(runtime);
+        let path = format!("{home}/.config/containers/containers.conf");
+        g.write_file(&path, conf.as_bytes(), Some(&g.user.name), 0o644)?;
+        if scenario.scope == Scope::System {
+            g.write_file(
+                "/etc/containers/containers.conf.d/90-socket-activation-lab.conf",
+                conf.as_bytes(),
+                None,
+                0o644,
+            )?;
+        }
+        keep("files", "containers.conf", &conf)?;
+    }
+    let mut units: Vec<String> = files::unit_names(&scenario.dir_files)
+        .into_iter()
+        .filter(|u| !files::is_template(u))
+        .collect();
+    units.extend(files::quadlet_services(&scenario.dir_files));
+    units.extend(
+        scenario
+            .journal_units()
+            .into_iter()
+            .filter(|u| files::template_of(u).is_some()),
+    );
+    units.sort();
+    units.dedup();
+    Ok((written, units))
 }
 
 /// The lines of `journal` that name one of the files in `paths`: systemd's parser and the
