@@ -7,7 +7,8 @@
 //! listed as ignored. `SAL_TARGETS` and `SAL_RUNTIMES` (comma-separated) choose the axes,
 //! `SAL_RUN_DIR` where logs and reports go, `SAL_FILTERS` name filters (one per line; with
 //! `SAL_EXACT=1`, whole names), since libtest takes one filter; `SAL_MUTANTS=1` runs the
-//! mutants against their scenarios instead of the catalogue.
+//! mutants against their scenarios instead of the catalogue, `SAL_SCENARIO_PATHS` (one per
+//! line) scenario files or directories from anywhere (`cargo xtask repro`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -53,6 +54,12 @@ fn main() -> anyhow::Result<()> {
         targets: list("SAL_TARGETS"),
         runtimes: list("SAL_RUNTIMES"),
         mutants: std::env::var("SAL_MUTANTS").is_ok_and(|v| v == "1"),
+        scenario_paths: std::env::var("SAL_SCENARIO_PATHS")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(PathBuf::from)
+            .collect(),
     };
     let planned = run::plan(&workspace, &selection)?;
     let bins = Binaries::from_env();

@@ -57,6 +57,15 @@ fn run_matrix(
         sh.push_env("SAL_FILTERS", &filters),
         sh.push_env("SAL_EXACT", if selection.exact { "1" } else { "" }),
         sh.push_env("SAL_MUTANTS", if selection.mutants { "1" } else { "" }),
+        sh.push_env(
+            "SAL_SCENARIO_PATHS",
+            selection
+                .scenario_paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        ),
     );
     // A filter that selects nothing is an error before anything is built or run.
     let planned = run::plan_selected(root, &selection)?.len();
@@ -224,12 +233,27 @@ pub fn bisect(
     target: &str,
 ) -> Result<()> {
     let runtimes: Vec<String> = suites.iter().map(|s| format!("{runtime}@{s}")).collect();
-    let selection = Selection {
-        filters: vec![format!("{scenario}::")],
-        targets: vec![target.to_string()],
-        runtimes,
-        ..Default::default()
+    // A scenario name from the catalogue, or a scenario file or directory anywhere.
+    let path = Path::new(scenario);
+    let (selection, scenario) = if path.exists() {
+        let loaded = lab::scenario::schema::load_path(&std::fs::canonicalize(path)?)?;
+        let selection = Selection {
+            targets: vec![target.to_string()],
+            runtimes,
+            scenario_paths: vec![std::fs::canonicalize(path)?],
+            ..Default::default()
+        };
+        (selection, loaded.name)
+    } else {
+        let selection = Selection {
+            filters: vec![format!("{scenario}::")],
+            targets: vec![target.to_string()],
+            runtimes,
+            ..Default::default()
+        };
+        (selection, scenario.to_string())
     };
+    let scenario = scenario.as_str();
     let options = TestOptions {
         jobs: 1,
         ..Default::default()

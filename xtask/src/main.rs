@@ -50,6 +50,21 @@ enum Command {
         #[arg(long)]
         mutants: bool,
     },
+    /// Run a scenario directory (a bug report's own unit files and a scenario.toml) or
+    /// file from anywhere, with the same reports as `test`.
+    Repro {
+        /// The scenario directory (or file).
+        path: PathBuf,
+        /// Targets (vm/NAME.toml); default debian-13.
+        #[arg(long = "target", value_name = "NAME")]
+        targets: Vec<String>,
+        /// Runtimes, also NAME@SUITE and NAME@VERSION; default every runtime of the target.
+        #[arg(long = "runtime", value_name = "NAME")]
+        runtimes: Vec<String>,
+        /// Trials at once (default: one per core).
+        #[arg(long)]
+        jobs: Option<usize>,
+    },
     /// Guest images: build, list, remove, or open a shell in a fresh guest.
     Vm {
         #[command(subcommand)]
@@ -88,6 +103,7 @@ enum Command {
     },
     /// One scenario across a runtime's versions: where does the outcome change?
     Bisect {
+        /// A scenario of the catalogue, or a scenario file or directory anywhere.
         scenario: String,
         #[arg(long)]
         runtime: String,
@@ -214,12 +230,36 @@ fn run(cli: Cli) -> Result<()> {
                 targets,
                 runtimes,
                 mutants,
+                scenario_paths: Vec::new(),
             },
             &lab::TestOptions {
                 list,
                 jobs: jobs.unwrap_or_else(lab::default_jobs),
             },
         ),
+        Command::Repro {
+            path,
+            targets,
+            runtimes,
+            jobs,
+        } => {
+            let path = std::fs::canonicalize(&path)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            lab::test(
+                &sh,
+                &root,
+                ::lab::run::Selection {
+                    targets,
+                    runtimes,
+                    scenario_paths: vec![path],
+                    ..Default::default()
+                },
+                &lab::TestOptions {
+                    jobs: jobs.unwrap_or_else(lab::default_jobs),
+                    ..Default::default()
+                },
+            )
+        }
         Command::Matrix { targets, runtimes } => {
             println!("{}", lab::matrix(&root, &targets, &runtimes)?);
             Ok(())
@@ -410,6 +450,14 @@ fn ci(sh: &Shell, root: &Path, no_vm: bool) -> Result<()> {
         )
         .run()?;
     }
+    step(
+        "cargo xtask repro on a scenario directory outside the repository, and a unit systemd refuses",
+    );
+    cmd!(
+        sh,
+        "cargo test --locked -p xtask --test repro -- --ignored --test-threads=1"
+    )
+    .run()?;
     step("Ctrl-C during a trial, an image build and the ready state's provisioning");
     cmd!(
         sh,

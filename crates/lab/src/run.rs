@@ -54,6 +54,9 @@ pub struct Selection {
     /// Instead of the catalogue, every mutant (`tests/mutants/`) against the scenarios it
     /// names.
     pub mutants: bool,
+    /// Instead of the catalogue, these scenario files or directories, wherever they are
+    /// (`cargo xtask repro DIR`).
+    pub scenario_paths: Vec<PathBuf>,
 }
 
 impl Selection {
@@ -83,7 +86,15 @@ pub const DEFAULT_TARGET: &str = "debian-13";
 
 /// The trials `selection` picks, in a stable order (target, scenario, runtime).
 pub fn plan(workspace: &Path, selection: &Selection) -> Result<Vec<Trial>> {
-    let scenarios = scenario::load_all(&workspace.join("tests/scenarios"))?;
+    let scenarios = if selection.scenario_paths.is_empty() {
+        scenario::load_all(&workspace.join("tests/scenarios"))?
+    } else {
+        selection
+            .scenario_paths
+            .iter()
+            .map(|p| scenario::schema::load_path(p))
+            .collect::<Result<Vec<_>>>()?
+    };
     // (mutant, scenario) pairs: the catalogue with no mutant, or every mutant's scenarios.
     let pairs: Vec<(Option<Mutant>, Scenario)> = if selection.mutants {
         mutant::load_all(&mutant::dir(workspace), &scenarios)?

@@ -457,7 +457,8 @@ impl Scenario {
             .unwrap_or_default()
             .to_string();
         let p = manifest.display();
-        if s.socket.is_some() || s.service.is_some() || s.quadlet.is_some() || !s.helper.is_empty() {
+        if s.socket.is_some() || s.service.is_some() || s.quadlet.is_some() || !s.helper.is_empty()
+        {
             bail!(
                 "{p}: a scenario directory's units are its files; [socket], [service], [quadlet] and [[helper]] belong to TOML scenarios"
             );
@@ -467,10 +468,16 @@ impl Scenario {
             spec.mode_bits()
                 .map_err(|e| anyhow::anyhow!("{p}: [files.{name:?}]: {e}"))?;
             if !spec.dest.starts_with('/') && !spec.dest.starts_with("{home}/") {
-                bail!("{p}: [files.{name:?}]: dest = {:?}: expected an absolute path or {{home}}/...", spec.dest);
+                bail!(
+                    "{p}: [files.{name:?}]: dest = {:?}: expected an absolute path or {{home}}/...",
+                    spec.dest
+                );
             }
             if !["user", "root"].contains(&spec.owner.as_str()) {
-                bail!("{p}: [files.{name:?}]: owner = {:?}: expected user or root", spec.owner);
+                bail!(
+                    "{p}: [files.{name:?}]: owner = {:?}: expected user or root",
+                    spec.owner
+                );
             }
         }
         let units = files::unit_names(&s.dir_files);
@@ -495,7 +502,9 @@ impl Scenario {
                     files::is_template(u)
                         && u != t
                         && u.split_once('@').map(|x| x.0) == t.split_once('@').map(|x| x.0)
-                        && instances.iter().any(|i| files::template_of(i).as_deref() == Some(u.as_str()))
+                        && instances
+                            .iter()
+                            .any(|i| files::template_of(i).as_deref() == Some(u.as_str()))
                 });
             if !used {
                 bail!(

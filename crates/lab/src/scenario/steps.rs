@@ -201,7 +201,11 @@ fn write_lab_units(
         write(&name, &u.render().map_err(anyhow::Error::msg)?, &dir)?;
     }
     if let Some(text) = scenario.quadlet_file(runtime) {
-        write(&format!("{}.container", scenario.unit), &text, &quadlet_dir(g))?;
+        write(
+            &format!("{}.container", scenario.unit),
+            &text,
+            &quadlet_dir(g),
+        )?;
     }
     let mut units: Vec<String> = written
         .iter()

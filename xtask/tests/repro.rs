@@ -1,0 +1,120 @@
+//! `cargo xtask repro DIR` on a scenario directory outside the repository: a bug
+//! report's files copied into a temporary directory, run on a real guest, with the
+//! reports written as `cargo xtask test` writes them. And a unit file systemd refuses:
+//! a FAIL with systemd's own words, before any step.
+//!
+//! Needs root and QEMU; `cargo xtask ci` runs it with `--ignored`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let dest = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &dest);
+        } else {
+            std::fs::copy(&p, &dest).unwrap();
+        }
+    }
+}
+
+/// Runs `xtask repro DIR --runtime crun`; its exit status and output.
+fn repro(dir: &Path) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["repro"])
+        .arg(dir)
+        .args(["--runtime", "crun", "--jobs", "1"])
+        .current_dir(workspace())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    (out.status.success(), text)
+}
+
+/// The run directory `xtask` reported.
+fn run_dir(output: &str) -> PathBuf {
+    let line = output
+        .lines()
+        .rfind(|l| l.starts_with("reports: "))
+        .expect("a reports: line");
+    let dir = line
+        .trim_start_matches("reports: ")
+        .split("/{")
+        .next()
+        .unwrap();
+    PathBuf::from(dir)
+}
+
+#[test]
+#[ignore = "boots a guest; run by cargo xtask ci"]
+fn a_directory_outside_the_repository_runs_and_writes_its_reports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("my-report");
+    copy_dir(&workspace().join("tests/scenarios/echo-template"), &dir);
+    let (ok, output) = repro(&dir);
+    assert!(ok, "{output}");
+    assert!(
+        output.contains("PASS my-report::debian-13::crun"),
+        "{output}"
+    );
+    let run = run_dir(&output);
+    let results = std::fs::read_to_string(run.join("results.json")).unwrap();
+    assert!(
+        results.contains("\"my-report::debian-13::crun\""),
+        "{results}"
+    );
+    let trial = run.join("my-report--debian-13--crun");
+    let diff = std::fs::read_to_string(trial.join("rewrites/echo@.service.diff")).unwrap();
+    assert!(
+        diff.contains(
+            "+ExecStart=/usr/bin/podman run --rm --replace --name echo-%i --runtime crun"
+        ) && diff.contains("localhost/socket-activate-echo:latest"),
+        "{diff}"
+    );
+    assert!(
+        trial
+            .join("files/echo@demo.socket.d/override.conf")
+            .is_file()
+    );
+}
+
+#[test]
+#[ignore = "boots a guest; run by cargo xtask ci"]
+fn a_unit_file_systemd_refuses_fails_with_its_words() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("refused");
+    copy_dir(&workspace().join("tests/scenarios/restricted-echo"), &dir);
+    let service = dir.join("restricted-echo.service");
+    let text = std::fs::read_to_string(&service).unwrap();
+    std::fs::write(
+        &service,
+        text.replace(
+            "NoNewPrivileges=yes",
+            "NoNewPrivilege=yes\nExecStartPre=relative/path",
+        ),
+    )
+    .unwrap();
+    let (ok, output) = repro(&dir);
+    assert!(!ok, "{output}");
+    assert!(
+        output.contains("FAIL refused::debian-13::crun")
+            && output.contains("systemd does not take the units as written")
+            && output.contains("restricted-echo.service:13: Unknown key 'NoNewPrivilege'"),
+        "{output}"
+    );
+}
