@@ -5,6 +5,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
+/// The OCI runtimes a target can carry (and the lab can put on its matrix axis).
+pub const RUNTIMES: [&str; 2] = ["runc", "crun"];
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
@@ -121,7 +124,7 @@ impl Target {
             );
         }
         for r in &target.runtimes {
-            if !matches!(r.as_str(), "crun" | "runc") {
+            if !RUNTIMES.contains(&r.as_str()) {
                 bail!(
                     "{}: key `runtimes` has {r:?}; expected \"crun\" or \"runc\"",
                     path.display()

@@ -16,7 +16,7 @@ pub mod archive;
 pub mod dnf;
 pub mod install;
 
-pub const RUNTIMES: [&str; 2] = ["runc", "crun"];
+pub use vm::target::RUNTIMES;
 pub const SUITES: [&str; 5] = ["bullseye", "bookworm", "trixie", "forky", "sid"];
 /// Where a runtime's package comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

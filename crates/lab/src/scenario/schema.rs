@@ -635,7 +635,7 @@ impl Scenario {
                 )
             })?;
             if let Some(r) = &b.runtime
-                && !["runc", "crun"].contains(&r.as_str())
+                && !crate::runtimes::RUNTIMES.contains(&r.as_str())
             {
                 bail!(
                     "{p}: known_bug {}: runtime = {r:?}: expected runc or crun",
