@@ -107,6 +107,7 @@ pub fn echo(sh: &Shell, root: &Path, opts: &EchoBenchOptions) -> Result<()> {
         "| server | connections | MiB/s | p99 µs | throughput ratio vs blocking | p99 ratio vs blocking |\n|---|---|---|---|---|---|\n",
     );
     let mut verdicts = Vec::new();
+    let mut rounds: Vec<(String, usize, f64)> = Vec::new();
     for &conns in &opts.connections {
         let conns_text = conns.to_string();
         let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); servers.len()];
@@ -126,10 +127,16 @@ pub fn echo(sh: &Shell, root: &Path, opts: &EchoBenchOptions) -> Result<()> {
                     .read()
                     .with_context(|| format!("echo-probe bench against {name}"))?;
                 let v: serde_json::Value = serde_json::from_str(&out)?;
-                samples[i].push(Sample {
+                let sample = Sample {
                     mib_per_s: v["mib_per_s"].as_f64().unwrap_or(0.0),
                     p99_us: v["p99_us"].as_f64().unwrap_or(0.0),
-                });
+                };
+                rounds.push((
+                    format!("{name}, {conns} connection(s)"),
+                    round,
+                    sample.mib_per_s,
+                ));
+                samples[i].push(sample);
             }
         }
         for s in &mut _servers {
@@ -167,7 +174,37 @@ pub fn echo(sh: &Shell, root: &Path, opts: &EchoBenchOptions) -> Result<()> {
     let out_dir = root.join("target/bench");
     std::fs::create_dir_all(&out_dir)?;
     std::fs::write(out_dir.join("echo.md"), &table)?;
-    println!("\ntable written to {}", out_dir.join("echo.md").display());
+    // One chart per connection count, each against the blocking std echo at that count.
+    let mut bars = Vec::new();
+    for &conns in &opts.connections {
+        let suffix = format!(", {conns} connection(s)");
+        let these: Vec<(String, usize, f64)> = rounds
+            .iter()
+            .filter(|(n, _, _)| n.ends_with(&suffix))
+            .cloned()
+            .collect();
+        bars.extend(lab::report::html::ratio_bars(
+            &these,
+            &format!("{}{suffix}", servers[1].0),
+        ));
+    }
+    std::fs::write(
+        out_dir.join("echo.html"),
+        lab::report::html::chart_page(
+            "bench echo: throughput vs a blocking std echo",
+            &format!(
+                "TCP loopback, {size} B round trips, {seconds} s per run, {} rounds",
+                opts.rounds
+            ),
+            &bars,
+            &table,
+        ),
+    )?;
+    println!(
+        "\ntable written to {} and {}",
+        out_dir.join("echo.md").display(),
+        out_dir.join("echo.html").display()
+    );
     Ok(())
 }
 
@@ -209,12 +246,22 @@ pub fn methods(
     let table = lab::netbench::table(&results, opts, &context);
     std::fs::write(dir.join("summary.md"), &table)?;
     std::fs::write(
+        dir.join("report.html"),
+        lab::report::html::chart_page(
+            "bench methods: throughput vs directly on the guest",
+            &context,
+            &lab::netbench::bars(&results),
+            &table,
+        ),
+    )?;
+    std::fs::write(
         dir.join("samples.json"),
         serde_json::to_string_pretty(&results)?,
     )?;
     println!(
-        "\n{table}\n(written to {})",
-        dir.join("summary.md").display()
+        "\n{table}\n(written to {} and {})",
+        dir.join("summary.md").display(),
+        dir.join("report.html").display()
     );
     Ok(())
 }

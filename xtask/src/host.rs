@@ -35,6 +35,12 @@ pub const SOCAT: Tool = Tool {
     command: "socat",
     package: "socat",
 };
+/// The browser the report test loads `report.html` in (`cargo xtask ci` installs it for
+/// that step only; nothing else needs it).
+pub const CHROMIUM: Tool = Tool {
+    command: "chromium",
+    package: "chromium",
+};
 /// Everything `cargo xtask ci` and `cargo xtask host` make sure of.
 pub fn all_tools() -> Vec<Tool> {
     LAB.iter().copied().chain([SOCKET_ACTIVATE]).collect()

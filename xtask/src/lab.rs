@@ -125,7 +125,9 @@ fn run_matrix(
     )
     .run();
     let results = lab::report::collect(&run_dir)?;
-    if vm::cleanup::interrupted() && !results.is_empty() {
+    if !results.is_empty() {
+        // The harness writes them too; again here so a run the harness did not finish
+        // (Ctrl-C, a crash) has them.
         lab::report::write_all(&run_dir, &results)?;
     }
     println!();
@@ -174,7 +176,7 @@ fn run_matrix(
         println!("mutation score: {}", run_dir.join("mutants.md").display());
     }
     println!(
-        "reports: {}/{{results.json,junit.xml,summary.md}}",
+        "reports: {}/{{results.json,junit.xml,summary.md,report.html}}",
         run_dir.display()
     );
     let bad = results.iter().filter(|r| r.outcome.is_bad()).count();

@@ -53,8 +53,9 @@ enum Command {
     /// Run a scenario directory (a bug report's own unit files and a scenario.toml) or
     /// file from anywhere, with the same reports as `test`.
     Repro {
-        /// The scenario directory (or file).
-        path: PathBuf,
+        /// Scenario directories (or files).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
         /// Targets (vm/NAME.toml); default debian-13.
         #[arg(long = "target", value_name = "NAME")]
         targets: Vec<String>,
@@ -64,6 +65,12 @@ enum Command {
         /// Trials at once (default: one per core).
         #[arg(long)]
         jobs: Option<usize>,
+    },
+    /// Write a run directory's reports again (results.json, junit.xml, summary.md,
+    /// report.html) from its trials' result.json files.
+    Report {
+        /// The run directory (target/lab/run-...).
+        run_dir: PathBuf,
     },
     /// Guest images: build, list, remove, or open a shell in a fresh guest.
     Vm {
@@ -238,20 +245,24 @@ fn run(cli: Cli) -> Result<()> {
             },
         ),
         Command::Repro {
-            path,
+            paths,
             targets,
             runtimes,
             jobs,
         } => {
-            let path = std::fs::canonicalize(&path)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let paths = paths
+                .iter()
+                .map(|p| {
+                    std::fs::canonicalize(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+                })
+                .collect::<Result<Vec<_>>>()?;
             lab::test(
                 &sh,
                 &root,
                 ::lab::run::Selection {
                     targets,
                     runtimes,
-                    scenario_paths: vec![path],
+                    scenario_paths: paths,
                     ..Default::default()
                 },
                 &lab::TestOptions {
@@ -259,6 +270,15 @@ fn run(cli: Cli) -> Result<()> {
                     ..Default::default()
                 },
             )
+        }
+        Command::Report { run_dir } => {
+            let results = ::lab::report::collect(&run_dir)?;
+            if results.is_empty() {
+                anyhow::bail!("{}: no trial result.json in it", run_dir.display());
+            }
+            ::lab::report::write_all(&run_dir, &results)?;
+            println!("{}", run_dir.join("report.html").display());
+            Ok(())
         }
         Command::Matrix { targets, runtimes } => {
             println!("{}", lab::matrix(&root, &targets, &runtimes)?);
@@ -336,6 +356,17 @@ fn run(cli: Cli) -> Result<()> {
 
 fn step(name: &str) {
     eprintln!("\n==> {name}");
+}
+
+/// The most recent run directory under `target/lab/`.
+fn newest_run_dir(root: &Path) -> Result<PathBuf> {
+    let lab = root.join("target/lab");
+    std::fs::read_dir(&lab)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("results.json").is_file())
+        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .ok_or_else(|| anyhow::anyhow!("no run directory with results in {}", lab.display()))
 }
 
 fn ci(sh: &Shell, root: &Path, no_vm: bool) -> Result<()> {
@@ -428,6 +459,17 @@ fn ci(sh: &Shell, root: &Path, no_vm: bool) -> Result<()> {
             ..Default::default()
         },
     )?;
+    step("report.html of the trials above and of a recorded run, in headless Chromium");
+    {
+        host::ensure(sh, &[host::CHROMIUM])?;
+        let newest = newest_run_dir(root)?;
+        let _runs = sh.push_env("SAL_REPORT_RUNS", newest.display().to_string());
+        cmd!(
+            sh,
+            "cargo test --locked -p lab --test report_page -- --include-ignored --nocapture"
+        )
+        .run()?;
+    }
     step(
         "faults: QEMU killed and stopped mid-step, the ssh master killed, broken ready states, a full disk",
     );

@@ -12,7 +12,7 @@ pub enum Event {
     TrialStart {
         name: String,
     },
-    TrialEnd(TrialResult),
+    TrialEnd(Box<TrialResult>),
 }
 
 pub trait Reporter: Send + Sync {

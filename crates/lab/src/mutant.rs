@@ -45,9 +45,9 @@ pub enum Mutation {
         #[serde(default)]
         server_args: Vec<String>,
     },
-    /// A unit option (`[Service]`, `[Unit]`, `[Socket]` or a quadlet's) left out when the
+    /// Unit options (`[Service]`, `[Unit]`, `[Socket]` or a quadlet's) left out when the
     /// lab writes the units.
-    DropOption { option: String },
+    DropOptions { options: Vec<String> },
     /// `podman run` arguments of the service removed or added.
     PodmanArgs {
         #[serde(default)]
@@ -185,20 +185,22 @@ pub fn apply(scenario: &Scenario, mutation: &Mutation) -> Result<Scenario> {
             }
             // The runtime wrapper itself is put in place by `prepare_guest`.
         }
-        Mutation::DropOption { option } => {
-            let mut dropped = false;
-            if let Some(svc) = &mut s.service {
-                dropped |= svc.options.remove(option).is_some();
-                dropped |= svc.unit_options.remove(option).is_some();
-            }
-            if let Some(sock) = &mut s.socket {
-                dropped |= sock.options.remove(option).is_some();
-            }
-            if let Some(q) = &mut s.quadlet {
-                dropped |= q.options.remove(option).is_some();
-            }
-            if !dropped {
-                return unchanged(&format!("no unit has {option}="));
+        Mutation::DropOptions { options } => {
+            for option in options {
+                let mut dropped = false;
+                if let Some(svc) = &mut s.service {
+                    dropped |= svc.options.remove(option).is_some();
+                    dropped |= svc.unit_options.remove(option).is_some();
+                }
+                if let Some(sock) = &mut s.socket {
+                    dropped |= sock.options.remove(option).is_some();
+                }
+                if let Some(q) = &mut s.quadlet {
+                    dropped |= q.options.remove(option).is_some();
+                }
+                if !dropped {
+                    return unchanged(&format!("no unit has {option}="));
+                }
             }
         }
         Mutation::PodmanArgs { remove, add } => {
@@ -461,8 +463,8 @@ mod tests {
     #[test]
     fn dropping_an_option_leaves_it_out_of_the_written_unit() {
         let s = scenario("restrict");
-        let m = Mutation::DropOption {
-            option: "RestrictAddressFamilies".into(),
+        let m = Mutation::DropOptions {
+            options: vec!["RestrictAddressFamilies".into()],
         };
         let unit = apply(&s, &m)
             .unwrap()
@@ -472,8 +474,8 @@ mod tests {
             .unwrap();
         assert!(!unit.contains("RestrictAddressFamilies"), "{unit}");
         assert!(unit.contains("NoNewPrivileges=yes"), "{unit}");
-        let none = Mutation::DropOption {
-            option: "BindToDevice".into(),
+        let none = Mutation::DropOptions {
+            options: vec!["NoNewPrivileges".into(), "BindToDevice".into()],
         };
         let e = format!("{:#}", apply(&s, &none).unwrap_err());
         assert!(e.contains("no unit has BindToDevice="), "{e}");
@@ -529,6 +531,9 @@ mod tests {
             detail: String::new(),
             log_dir: "/tmp/x".into(),
             mutant: Some(m.into()),
+            claim: None,
+            failed_step: None,
+            evidence: None,
         };
         let results = vec![
             r("flip", "echo-tcp4", "crun", Outcome::Fail),

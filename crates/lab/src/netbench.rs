@@ -305,6 +305,16 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// The report: per method, the medians over rounds and throughput as a ratio to the
 /// baseline, beside what the article claims.
+/// Each method's throughput as a ratio to the baseline's in the same round.
+pub fn bars(results: &Results) -> Vec<crate::report::html::Bar> {
+    let samples: Vec<(String, usize, f64)> = results
+        .samples
+        .iter()
+        .map(|s| (s.method.clone(), s.round, s.measurement.mib_per_s))
+        .collect();
+    crate::report::html::ratio_bars(&samples, BASELINE)
+}
+
 pub fn table(results: &Results, opts: &Options, context: &str) -> String {
     let mut by_method: BTreeMap<&str, Vec<&Measurement>> = BTreeMap::new();
     for s in &results.samples {

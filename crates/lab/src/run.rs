@@ -280,6 +280,9 @@ pub fn not_started(trial: &Trial, run_dir: &Path, why: &str) -> TrialResult {
         detail: why.to_string(),
         log_dir,
         mutant: trial.mutant.as_ref().map(|m| m.name.clone()),
+        claim: trial.scenario.claim.clone(),
+        failed_step: None,
+        evidence: None,
     }
 }
 
@@ -357,9 +360,12 @@ pub fn run_trial(trial: &Trial, ready: &Ready, run_dir: &Path, events: &Events) 
         detail: verdict.detail,
         log_dir: dir,
         mutant: trial.mutant.as_ref().map(|m| m.name.clone()),
+        claim: trial.scenario.claim.clone(),
+        failed_step: verdict.step,
+        evidence: verdict.evidence,
     };
     vm::cleanup::forget(&result.log_dir);
-    events.emit(Event::TrialEnd(result.clone()));
+    events.emit(Event::TrialEnd(Box::new(result.clone())));
     result
 }
 

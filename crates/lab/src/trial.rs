@@ -53,6 +53,15 @@ pub struct TrialResult {
     /// The mutant the trial ran with (`cargo xtask test --mutants`), if any.
     #[serde(default)]
     pub mutant: Option<String>,
+    /// What the scenario claims, for readers of the report.
+    #[serde(default)]
+    pub claim: Option<String>,
+    /// The step that failed, counted from 1, if one did.
+    #[serde(default)]
+    pub failed_step: Option<usize>,
+    /// The line that decided the verdict, if one did.
+    #[serde(default)]
+    pub evidence: Option<String>,
 }
 
 impl TrialResult {

@@ -252,6 +252,16 @@ impl Guest {
         }
     }
 
+    /// Writes a heading line (`## ...`) into the command log, so a reader (and the HTML
+    /// report) can tell which commands belong to which step.
+    pub fn log_heading(&self, text: &str) {
+        let mut log = self.log.lock().expect("log lock");
+        if let Some(f) = log.as_mut() {
+            let _ = writeln!(f, "## {text}");
+            let _ = f.flush();
+        }
+    }
+
     /// Logs what an announced command gave.
     fn record(&self, result: &Result<Output>) {
         let mut log = self.log.lock().expect("log lock");

@@ -319,6 +319,36 @@ impl Step {
         }
     }
 
+    /// The step's main argument, for headings: the unit, the address, the command.
+    pub fn summary(&self) -> String {
+        match self {
+            Step::Start { unit }
+            | Step::Stop { unit }
+            | Step::Enable { unit }
+            | Step::ResetFailed { unit }
+            | Step::IsFailed { unit, .. } => unit.clone(),
+            Step::Probe { address, netns, .. } => match netns {
+                Some(ns) => format!("{address} from {ns}"),
+                None => address.clone(),
+            },
+            Step::Reboot => String::new(),
+            Step::Journal { contains, lacks } => format!(
+                "{}{}",
+                contains
+                    .as_deref()
+                    .map(|c| format!("contains {c:?} "))
+                    .unwrap_or_default(),
+                lacks
+                    .as_deref()
+                    .map(|l| format!("lacks {l:?}"))
+                    .unwrap_or_default()
+            ),
+            Step::Netinfo { container, .. } => container.clone(),
+            Step::Run { command, .. } => command.clone(),
+            Step::Sleep { seconds } => format!("{seconds} s"),
+        }
+    }
+
     /// Checks numbers, addresses and placeholders, so a mistake is a load error that
     /// names the key, never a trial that fails (or passes) for it.
     fn validate(&self) -> Result<(), String> {

@@ -101,6 +101,7 @@ pub fn add_client_netns(g: &Guest) -> Result<()> {
 /// systemd, which then runs the unit without it).
 pub fn prepare_guest(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> Result<()> {
     let g = &vm.guest;
+    g.log_heading("preparing the guest: files, units, daemon-reload");
     let t = Duration::from_secs(120);
     if !scenario.prepare.sysctl.is_empty() {
         let text: String = scenario
@@ -321,6 +322,12 @@ pub fn journal(vm: &TrialVm, scenario: &Scenario, after: Option<&str>) -> String
 /// step, so evidence is never a line logged before the step that failed).
 pub fn run_steps(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> StepResult {
     for (i, step) in scenario.steps.iter().enumerate() {
+        vm.guest.log_heading(&format!(
+            "step {} ({}): {}",
+            i + 1,
+            step.kind(),
+            step.summary()
+        ));
         let cursor = vm.guest.journal_cursor()?;
         let result = match step {
             Step::Start { unit }

@@ -41,6 +41,10 @@ pub struct Verdict {
     pub outcome: Outcome,
     pub detail: String,
     pub issue: Option<String>,
+    /// The step that failed, counted from 1, if one did.
+    pub step: Option<usize>,
+    /// The line that decided the verdict (an expected failure's or a known bug's text).
+    pub evidence: Option<String>,
 }
 
 impl Verdict {
@@ -49,7 +53,15 @@ impl Verdict {
             outcome,
             detail,
             issue,
+            step: None,
+            evidence: None,
         }
+    }
+
+    fn at(mut self, step: usize, evidence: Option<&str>) -> Verdict {
+        self.step = Some(step);
+        self.evidence = evidence.map(String::from);
+        self
     }
 }
 
@@ -163,7 +175,8 @@ pub fn judge(
                         Outcome::Xfail,
                         format!("known bug at step {} `{}`: {line}", f.index, f.step),
                         Some(b.issue.clone()),
-                    );
+                    )
+                    .at(f.index, Some(line));
                 }
             }
             if let (ExpectedOutcome::Fail, Some(pattern), Some(step)) = (
@@ -196,7 +209,8 @@ pub fn judge(
                         tail(journal)
                     ),
                     None,
-                );
+                )
+                .at(f.index, None);
             }
             Verdict::new(
                 Outcome::Fail,
@@ -209,6 +223,7 @@ pub fn judge(
                 ),
                 None,
             )
+            .at(f.index, None)
         }
     }
 }

@@ -1,5 +1,6 @@
-//! Reports of a run, all from the same results: `results.json`, `junit.xml` and
-//! `summary.md` (a scenario × target/runtime table, usable as a GitHub step summary).
+//! Reports of a run, all from the same results: `results.json`, `junit.xml`,
+//! `summary.md` (a scenario × target/runtime table, usable as a GitHub step summary) and
+//! `report.html` ([`html`]).
 //! Each trial also leaves `result.json` in its own directory, so a run split over several
 //! processes (nextest runs each trial in its own) still gets one report.
 
@@ -12,15 +13,24 @@ use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
 
 use crate::trial::{Outcome, TrialResult};
 
+pub mod html;
+
 pub const TRIAL_RESULT: &str = "result.json";
 
-/// Every `result.json` under `run_dir`, sorted by trial name.
+/// Every `result.json` under `run_dir`, sorted by trial name. Each result's `log_dir` is
+/// where it was found, so a run directory moved elsewhere (an unpacked CI artifact)
+/// still finds its files.
 pub fn collect(run_dir: &Path) -> Result<Vec<TrialResult>> {
     let mut results = Vec::new();
     for entry in std::fs::read_dir(run_dir)? {
-        let file = entry?.path().join(TRIAL_RESULT);
+        let dir = entry?.path();
+        let file = dir.join(TRIAL_RESULT);
         if file.is_file() {
-            results.push(serde_json::from_str(&std::fs::read_to_string(&file)?)?);
+            let text = std::fs::read_to_string(&file)?;
+            let mut r: TrialResult = serde_json::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            r.log_dir = dir;
+            results.push(r);
         }
     }
     results.sort_by(|a: &TrialResult, b| a.name.cmp(&b.name));
@@ -36,8 +46,9 @@ pub fn write_trial(result: &TrialResult) -> Result<()> {
     Ok(())
 }
 
-/// Writes the three run reports.
+/// Writes the run reports.
 pub fn write_all(run_dir: &Path, results: &[TrialResult]) -> Result<()> {
+    std::fs::write(run_dir.join("report.html"), html::page(run_dir, results))?;
     std::fs::write(
         run_dir.join("results.json"),
         serde_json::to_string_pretty(results)?,
@@ -189,6 +200,9 @@ mod tests {
             },
             log_dir: "/tmp/x".into(),
             mutant: None,
+            claim: None,
+            failed_step: None,
+            evidence: None,
         }
     }
 
