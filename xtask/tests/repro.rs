@@ -118,3 +118,29 @@ fn a_unit_file_systemd_refuses_fails_with_its_words() {
         "{output}"
     );
 }
+
+#[test]
+#[ignore = "boots a guest; run by cargo xtask ci"]
+fn an_image_no_rewrite_maps_is_an_error_naming_file_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("unmapped");
+    copy_dir(&workspace().join("tests/scenarios/quadlet-echo"), &dir);
+    let manifest = dir.join("scenario.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replace(
+            "images = { \"ghcr.io/eriksjolund/socket-activate-echo\" = \"echo\" }\n",
+            "",
+        ),
+    )
+    .unwrap();
+    let (ok, output) = repro(&dir);
+    assert!(!ok, "{output}");
+    assert!(
+        output.contains(
+            "echo.container:7: the image \"ghcr.io/eriksjolund/socket-activate-echo\" is not in the guest"
+        ),
+        "{output}"
+    );
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
-use vm::guest::quote;
+use vm::proc::quote;
 use vm::trial_vm::TrialVm;
 
 use crate::scenario::Scenario;

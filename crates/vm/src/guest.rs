@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::proc::{self, Output};
+use crate::proc::{self, Output, quote};
 use crate::target::User;
 
 /// The key pair to log in and the guest's pinned host key.
@@ -75,13 +75,6 @@ pub struct Guest {
     control_dir: tempfile::TempDir,
     master: Mutex<Option<Child>>,
     log: Mutex<Option<File>>,
-}
-
-/// `s` quoted for the guest's shell.
-pub fn quote(s: &str) -> String {
-    shlex::try_quote(s)
-        .expect("no NUL in commands")
-        .into_owned()
 }
 
 impl Guest {

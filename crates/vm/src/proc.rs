@@ -215,6 +215,15 @@ pub fn is_root() -> bool {
     (unsafe { libc::geteuid() }) == 0
 }
 
+/// `s` quoted for a POSIX shell (the guest's, or `sh -c` for QEMU's `exec:` URIs).
+/// Scenarios, paths and commands never hold a NUL: scenario files are checked for it
+/// when they load.
+pub fn quote(s: &str) -> String {
+    shlex::try_quote(s)
+        .expect("no NUL in a shell word")
+        .into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -154,10 +154,7 @@ pub fn incoming_args(state: Option<&Path>) -> Vec<String> {
         None => Vec::new(),
         Some(s) => vec![
             "-incoming".into(),
-            format!(
-                "exec:cat {}",
-                shlex::try_quote(&s.to_string_lossy()).expect("no NUL in path")
-            ),
+            format!("exec:cat {}", proc::quote(&s.to_string_lossy())),
         ],
     }
 }

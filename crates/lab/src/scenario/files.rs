@@ -347,6 +347,25 @@ pub fn rewritten(
     Ok((text, d))
 }
 
+/// The images quadlet files ask for (`Image=` in `[Container]`), with file and line, as
+/// installed (after the declared rewrites).
+pub fn quadlet_images(installed: &[(String, String)]) -> Vec<(&str, usize, &str)> {
+    installed
+        .iter()
+        .filter(|(name, _)| name.ends_with(".container"))
+        .flat_map(|(name, text)| {
+            text.lines().enumerate().filter_map(move |(i, l)| {
+                l.trim()
+                    .strip_prefix("Image=")
+                    .map(|img| (name.as_str(), i + 1, img.trim()))
+            })
+        })
+        .filter(|(_, _, img)| {
+            !img.is_empty() && !img.ends_with(".image") && !img.ends_with(".build")
+        })
+        .collect()
+}
+
 /// Whether any file names a runtime (else the trial's goes into containers.conf).
 pub fn names_a_runtime(files: &[DirFile]) -> bool {
     files.iter().any(|f| !pinned_runtimes(&f.text).is_empty())
@@ -557,6 +576,28 @@ mod tests {
         assert!(
             e.contains("[files.\"nope.conf\"] names a file the directory does not have"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn quadlet_images_with_file_and_line() {
+        let installed = vec![
+            (
+                "echo.container".to_string(),
+                "[Container]\nImage=localhost/echo:latest\n".to_string(),
+            ),
+            (
+                "web.container".to_string(),
+                "[Unit]\n\n[Container]\nImage=web.image\n".to_string(),
+            ),
+            (
+                "echo.socket".to_string(),
+                "Image=not-a-quadlet\n".to_string(),
+            ),
+        ];
+        assert_eq!(
+            quadlet_images(&installed),
+            vec![("echo.container", 2, "localhost/echo:latest")]
         );
     }
 

@@ -6,8 +6,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use vm::guest::{Guest, quote};
+use vm::guest::Guest;
 use vm::proc::Output;
+use vm::proc::quote;
 use vm::ready::ECHO_IMAGE;
 use vm::target::User;
 use vm::trial_vm::TrialVm;
@@ -237,6 +238,7 @@ fn write_dir_files(
     let home = format!("/home/{}", g.user.name);
     let (unit_dir, unit_owner) = unit_dir(g, scenario.scope);
     let mut written = Vec::new();
+    let mut installed: Vec<(String, String)> = Vec::new();
     let keep = |sub: &str, name: &str, text: &str| -> Result<()> {
         let path = vm.dir.join(sub).join(name);
         std::fs::create_dir_all(path.parent().unwrap_or(&vm.dir))?;
@@ -264,6 +266,19 @@ fn write_dir_files(
             keep("rewrites", &format!("{}.diff", f.name), &diff)?;
         }
         written.push(path);
+        installed.push((f.name.clone(), text));
+    }
+    // Trials reach no registry: an image no rewrite maps must already be in the guest.
+    for (file, line, image) in files::quadlet_images(&installed) {
+        let exists = g.user(
+            &format!("podman image exists {}", quote(image)),
+            Duration::from_secs(60),
+        )?;
+        if !exists.success() {
+            bail!(
+                "{file}:{line}: the image {image:?} is not in the guest and [rewrite] images does not map it to one that is (trials have no registry)"
+            );
+        }
     }
     if !files::names_a_runtime(&scenario.dir_files) {
         let conf = files::containers_conf(runtime);
