@@ -358,19 +358,29 @@ fn step(name: &str) {
     eprintln!("\n==> {name}");
 }
 
-/// The most recent run directory under `target/lab/`.
-fn newest_run_dir(root: &Path) -> Result<PathBuf> {
+/// The run directories under `target/lab/` with reports written since `since`.
+fn run_dirs_since(root: &Path, since: std::time::SystemTime) -> Result<Vec<PathBuf>> {
     let lab = root.join("target/lab");
-    std::fs::read_dir(&lab)?
+    let dirs: Vec<PathBuf> = std::fs::read_dir(&lab)?
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.join("results.json").is_file())
-        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-        .ok_or_else(|| anyhow::anyhow!("no run directory with results in {}", lab.display()))
+        .filter(|p| {
+            std::fs::metadata(p.join("results.json"))
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t >= since)
+        })
+        .collect();
+    anyhow::ensure!(
+        !dirs.is_empty(),
+        "no run directory with new results in {}",
+        lab.display()
+    );
+    Ok(dirs)
 }
 
 fn ci(sh: &Shell, root: &Path, no_vm: bool) -> Result<()> {
     let started = std::time::Instant::now();
+    let started_at = std::time::SystemTime::now();
     host::ensure(sh, &host::all_tools())?;
     step("cargo fmt --check");
     cmd!(sh, "cargo fmt --all --check").run()?;
@@ -462,8 +472,9 @@ fn ci(sh: &Shell, root: &Path, no_vm: bool) -> Result<()> {
     step("report.html of the trials above and of a recorded run, in headless Chromium");
     {
         host::ensure(sh, &[host::CHROMIUM])?;
-        let newest = newest_run_dir(root)?;
-        let _runs = sh.push_env("SAL_REPORT_RUNS", newest.display().to_string());
+        let runs = run_dirs_since(root, started_at)?;
+        let runs: Vec<String> = runs.iter().map(|p| p.display().to_string()).collect();
+        let _runs = sh.push_env("SAL_REPORT_RUNS", runs.join("\n"));
         cmd!(
             sh,
             "cargo test --locked -p lab --test report_page -- --include-ignored --nocapture"
