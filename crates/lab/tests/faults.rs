@@ -76,22 +76,27 @@ fn assert_nothing_left(dir: &Path, ssh_port: Option<u16>, tmp_before: &BTreeSet<
     assert!(new.is_empty(), "left in /tmp: {new:?}");
 }
 
-/// The trial's QEMU: its pid and the host port of the guest's ssh, once it runs.
+/// The trial's QEMU: its pid and the host port of the guest's ssh, once it runs. QEMU
+/// binds the forward itself (port 0 on its command line), so the port is the one its
+/// process listens on, as `ss` shows it.
 fn trial_qemu(dir: &Path) -> Option<(u32, u16)> {
     let overlay = dir.join("disk.qcow2").display().to_string();
-    vm::cleanup::processes()
+    let (pid, _) = vm::cleanup::processes()
         .into_iter()
-        .find(|(_, c)| c.starts_with("qemu-system") && c.contains(&overlay))
-        .and_then(|(pid, c)| {
-            let port = c
-                .split("hostfwd=tcp:127.0.0.1:")
-                .nth(1)?
-                .split('-')
-                .next()?
-                .parse()
-                .ok()?;
-            Some((pid, port))
+        .find(|(_, c)| c.starts_with("qemu-system") && c.contains(&overlay))?;
+    let out = std::process::Command::new("ss")
+        .args(["-Hltnp"])
+        .output()
+        .ok()?;
+    let owner = format!("pid={pid},");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&owner))
+        .find_map(|l| {
+            let local = l.split_whitespace().nth(3)?;
+            local.strip_prefix("127.0.0.1:")?.parse().ok()
         })
+        .map(|port| (pid, port))
 }
 
 /// Waits until the trial's long step has started (its command is in the log).
