@@ -180,24 +180,7 @@ fn run_matrix(
         run_dir.display()
     );
     let bad = results.iter().filter(|r| r.outcome.is_bad()).count();
-    let status = if selection.mutants {
-        // A FAIL is a mutant caught; the score decides.
-        if vm::cleanup::interrupted() {
-            Err(anyhow::anyhow!("interrupted (Ctrl-C or SIGTERM)"))
-        } else if results.len() != planned {
-            Err(anyhow::anyhow!(
-                "the harness recorded {} results for {planned} planned trials",
-                results.len()
-            ))
-        } else if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(anyhow::anyhow!(
-                "{} problems with the mutation score (above)",
-                problems.len()
-            ))
-        }
-    } else if vm::cleanup::interrupted() {
+    let status = if vm::cleanup::interrupted() {
         Err(anyhow::anyhow!("interrupted (Ctrl-C or SIGTERM)"))
     } else if results.len() != planned {
         Err(anyhow::anyhow!(
@@ -209,6 +192,16 @@ fn run_matrix(
                 "it exited 0"
             }
         ))
+    } else if selection.mutants {
+        // A FAIL is a mutant caught; the score decides.
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!(
+                "{} problems with the mutation score (above)",
+                problems.len()
+            ))
+        }
     } else {
         match (status, bad) {
             (Ok(()), 0) => Ok(()),

@@ -28,6 +28,25 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// A copy of the example `example` in a temp directory named `name`, with `from`
+/// replaced by `to` in its file `file`.
+fn edited_copy(
+    example: &str,
+    name: &str,
+    file: &str,
+    from: &str,
+    to: &str,
+) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join(name);
+    copy_dir(&workspace().join("tests/scenarios").join(example), &dir);
+    let path = dir.join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from), "{file} has no {from:?}");
+    std::fs::write(&path, text.replace(from, to)).unwrap();
+    (tmp, dir)
+}
+
 /// Runs `xtask repro DIR --runtime crun`; its exit status and output.
 fn repro(dir: &Path) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
@@ -96,19 +115,13 @@ fn a_directory_outside_the_repository_runs_and_writes_its_reports() {
 #[test]
 #[ignore = "boots a guest; run by cargo xtask ci"]
 fn a_unit_file_systemd_refuses_fails_with_its_words() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("refused");
-    copy_dir(&workspace().join("tests/scenarios/restricted-echo"), &dir);
-    let service = dir.join("restricted-echo.service");
-    let text = std::fs::read_to_string(&service).unwrap();
-    std::fs::write(
-        &service,
-        text.replace(
-            "NoNewPrivileges=yes",
-            "NoNewPrivilege=yes\nExecStartPre=relative/path",
-        ),
-    )
-    .unwrap();
+    let (_tmp, dir) = edited_copy(
+        "restricted-echo",
+        "refused",
+        "restricted-echo.service",
+        "NoNewPrivileges=yes",
+        "NoNewPrivilege=yes\nExecStartPre=relative/path",
+    );
     let (ok, output) = repro(&dir);
     assert!(!ok, "{output}");
     assert!(
@@ -122,19 +135,13 @@ fn a_unit_file_systemd_refuses_fails_with_its_words() {
 #[test]
 #[ignore = "boots a guest; run by cargo xtask ci"]
 fn an_image_no_rewrite_maps_is_an_error_naming_file_and_line() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("unmapped");
-    copy_dir(&workspace().join("tests/scenarios/quadlet-echo"), &dir);
-    let manifest = dir.join("scenario.toml");
-    let text = std::fs::read_to_string(&manifest).unwrap();
-    std::fs::write(
-        &manifest,
-        text.replace(
-            "images = { \"ghcr.io/eriksjolund/socket-activate-echo\" = \"echo\" }\n",
-            "",
-        ),
-    )
-    .unwrap();
+    let (_tmp, dir) = edited_copy(
+        "quadlet-echo",
+        "unmapped",
+        "scenario.toml",
+        "images = { \"ghcr.io/eriksjolund/socket-activate-echo\" = \"echo\" }\n",
+        "",
+    );
     let (ok, output) = repro(&dir);
     assert!(!ok, "{output}");
     assert!(

@@ -13,6 +13,7 @@ use std::path::Path;
 
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
+use crate::scenario::files;
 use crate::trial::{Outcome, TrialResult};
 
 const CSS: &str = r#"
@@ -110,41 +111,14 @@ fn diff_text(text: &str) -> Markup {
     }
 }
 
-/// The files of a trial directory worth showing, relative to it, sorted.
-fn trial_files(dir: &Path) -> Vec<String> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
-        let Ok(rd) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(root, &p, out);
-            } else if let Ok(r) = p.strip_prefix(root) {
-                out.push(r.display().to_string());
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(dir, dir, &mut out);
-    out.sort();
-    out
-}
-
+/// A unit, drop-in, quadlet or `containers.conf` file the trial installed (rewrite
+/// diffs are shown apart).
 fn is_unit_file(name: &str) -> bool {
-    let unit_ext = [
-        ".socket",
-        ".service",
-        ".container",
-        ".timer",
-        ".target",
-        ".volume",
-        ".network",
-        ".kube",
-        ".pod",
-        ".conf",
-    ];
-    unit_ext.iter().any(|e| name.ends_with(e)) && !name.starts_with("rewrites/")
+    let ext = name.rsplit_once('.').map_or("", |(_, e)| e);
+    (files::UNIT_EXTENSIONS.contains(&ext)
+        || files::QUADLET_EXTENSIONS.contains(&ext)
+        || ext == "conf")
+        && !name.starts_with("rewrites/")
 }
 
 /// The tail of a text: its last `n` lines.
@@ -161,7 +135,7 @@ fn trial_section(run_dir: &Path, r: &TrialResult) -> Markup {
     let steps = read("commands.log")
         .map(|l| split_steps(&l))
         .unwrap_or_default();
-    let files = trial_files(dir);
+    let files = files::relative_files(dir).unwrap_or_default();
     let failing = r.failed_step.map(|n| format!("step {n} "));
     html! {
         section.trial id=(anchor(r)) {

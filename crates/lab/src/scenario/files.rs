@@ -73,10 +73,10 @@ pub struct Rewrite {
     pub runtime: bool,
 }
 
-const UNIT_EXTENSIONS: [&str; 7] = [
+pub const UNIT_EXTENSIONS: [&str; 7] = [
     "socket", "service", "timer", "target", "path", "slice", "mount",
 ];
-const QUADLET_EXTENSIONS: [&str; 7] = [
+pub const QUADLET_EXTENSIONS: [&str; 7] = [
     "container",
     "volume",
     "network",
@@ -99,9 +99,7 @@ pub struct DirFile {
 /// where each goes. A file that is neither a unit, a drop-in nor a quadlet file must be
 /// in `declared`; a declared file must exist.
 pub fn read_dir(dir: &Path, declared: &BTreeMap<String, FileSpec>) -> Result<Vec<DirFile>> {
-    let mut paths = Vec::new();
-    collect(dir, dir, &mut paths)?;
-    paths.sort();
+    let paths = relative_files(dir)?;
     let mut files = Vec::new();
     for rel in paths {
         if rel == "scenario.toml" {
@@ -126,6 +124,14 @@ pub fn read_dir(dir: &Path, declared: &BTreeMap<String, FileSpec>) -> Result<Vec
         }
     }
     Ok(files)
+}
+
+/// Every file under `dir`, as paths relative to it, sorted.
+pub fn relative_files(dir: &Path) -> Result<Vec<String>> {
+    let mut paths = Vec::new();
+    collect(dir, dir, &mut paths)?;
+    paths.sort();
+    Ok(paths)
 }
 
 fn collect(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {

@@ -53,6 +53,12 @@ fn systemctl(vm: &TrialVm, scope: Scope, args: &str) -> Result<Output> {
         .systemctl(scope.manager(), args, Duration::from_secs(120))
 }
 
+/// `systemctl VERB UNIT...` with each unit name quoted.
+fn systemctl_units(vm: &TrialVm, scope: Scope, verb: &str, units: &[String]) -> Result<Output> {
+    let names: Vec<String> = units.iter().map(|u| quote(u)).collect();
+    systemctl(vm, scope, &format!("{verb} {}", names.join(" ")))
+}
+
 /// The scenario's socket units that are in the failed state, if any.
 fn failed_sockets(vm: &TrialVm, scenario: &Scenario) -> Result<Option<String>> {
     let sockets: Vec<String> = scenario
@@ -63,12 +69,7 @@ fn failed_sockets(vm: &TrialVm, scenario: &Scenario) -> Result<Option<String>> {
     if sockets.is_empty() {
         return Ok(None);
     }
-    let names: Vec<String> = sockets.iter().map(|u| quote(u)).collect();
-    let out = systemctl(
-        vm,
-        scenario.scope,
-        &format!("is-failed {}", names.join(" ")),
-    )?;
+    let out = systemctl_units(vm, scenario.scope, "is-failed", &sockets)?;
     let failed: Vec<&str> = sockets
         .iter()
         .zip(out.stdout.lines())
@@ -137,11 +138,11 @@ pub fn prepare_guest(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> Result
     }
     // systemd parses a unit file when it loads the unit, not at daemon-reload: load them
     // all now, so a complaint comes before any step.
-    let names: Vec<String> = units.iter().map(|u| quote(u)).collect();
-    let loaded = systemctl(
+    let loaded = systemctl_units(
         vm,
         scenario.scope,
-        &format!("show -p Id,LoadState,LoadError -- {}", names.join(" ")),
+        "show -p Id,LoadState,LoadError --",
+        &units,
     )?;
     let not_loaded: Vec<&str> = loaded
         .stdout
