@@ -68,6 +68,16 @@ pub enum Manager {
 /// The alias the pinned host key is recorded under, whatever port the guest is on.
 pub const HOST_ALIAS: &str = "socket-activation-lab-guest";
 
+/// A file for [`Guest::write_files`]: owned by `owner` (root when `None`), its parent
+/// directories created likewise.
+#[derive(Debug, Clone)]
+pub struct GuestFile {
+    pub path: String,
+    pub content: Vec<u8>,
+    pub owner: Option<String>,
+    pub mode: u32,
+}
+
 pub struct Guest {
     port: u16,
     keys: SshKeys,
@@ -364,25 +374,56 @@ impl Guest {
         owner: Option<&str>,
         mode: u32,
     ) -> Result<()> {
-        let dir = Path::new(path)
-            .parent()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "/".into());
-        let (p, d) = (quote(path), quote(&dir));
-        let script = match owner {
-            None => format!("mkdir -p {d} && cat > {p} && chmod {mode:o} {p}"),
-            Some(o) => format!(
-                "runuser -u {o} -- mkdir -p {d} && cat > {p} && chown {o}: {p} && chmod {mode:o} {p}"
-            ),
+        let file = GuestFile {
+            path: path.to_string(),
+            content: content.to_vec(),
+            owner: owner.map(String::from),
+            mode,
         };
-        let out = self.root_stdin(&script, Some(content), Duration::from_secs(60))?;
+        self.write_files(&[file], "").map(drop)
+    }
+
+    /// Writes several files in one round trip (each as [`Guest::write_file`] would), then
+    /// runs `then` (as root) in the same shell: its output is returned. The contents go
+    /// one after the other through stdin, each read by `dd` to its exact length, so the
+    /// commands log shows the paths and sizes, not the contents.
+    pub fn write_files(&self, files: &[GuestFile], then: &str) -> Result<Output> {
+        let mut script = String::from("set -e\n");
+        let mut stdin: Vec<u8> = Vec::new();
+        for f in files {
+            let dir = Path::new(&f.path)
+                .parent()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "/".into());
+            let (p, d, mode) = (quote(&f.path), quote(&dir), f.mode);
+            let mkdir = match &f.owner {
+                None => format!("mkdir -p {d}"),
+                Some(o) => format!("runuser -u {} -- mkdir -p {d}", quote(o)),
+            };
+            // dd reads a pipe in short reads; fullblock makes it wait for the whole file.
+            let fill = match f.content.len() {
+                0 => format!(": > {p}"),
+                n => format!("dd of={p} bs={n} count=1 iflag=fullblock status=none"),
+            };
+            let chown = f
+                .owner
+                .as_ref()
+                .map(|o| format!(" && chown {}: {p}", quote(o)))
+                .unwrap_or_default();
+            script += &format!("{mkdir} && {fill}{chown} && chmod {mode:o} {p}\n");
+            stdin.extend_from_slice(&f.content);
+        }
+        script += then;
+        let out = self.root_stdin(&script, Some(&stdin), Duration::from_secs(120))?;
         if !out.success() {
+            let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
             bail!(
-                "writing {path} in the guest failed: {}",
+                "writing {} in the guest failed: {}",
+                paths.join(", "),
                 out.combined().trim()
             );
         }
-        Ok(())
+        Ok(out)
     }
 
     /// Copies a host file into the guest.
@@ -512,29 +553,40 @@ impl Guest {
         lines: usize,
         after: Option<&str>,
     ) -> String {
-        let matches: Vec<String> = units
-            .iter()
-            .flat_map(|u| match manager {
-                Manager::User => vec![
-                    format!("_SYSTEMD_USER_UNIT={}", quote(u)),
-                    format!("USER_UNIT={}", quote(u)),
-                ],
-                Manager::System => vec![format!("-u {}", quote(u))],
-            })
-            .collect();
-        let matches = match manager {
-            Manager::User => matches.join(" + "),
-            Manager::System => matches.join(" "),
-        };
-        let after = after
-            .map(|c| format!("--after-cursor={} ", quote(c)))
-            .unwrap_or_default();
-        let script =
-            format!("journalctl --no-pager -o short-monotonic -n {lines} {after}{matches}");
+        let script = unit_journal_command(manager, units, Some(lines), after);
         self.root(&script, Duration::from_secs(60))
             .map(|o| o.combined())
             .unwrap_or_else(|e| format!("(journal unavailable: {e:#})"))
     }
+}
+
+/// The `journalctl` command (run as root) of [`Guest::unit_journal`]: the last `lines`
+/// (all when `None`) logged by or about `units`, after the cursor `after` when given.
+pub fn unit_journal_command(
+    manager: Manager,
+    units: &[&str],
+    lines: Option<usize>,
+    after: Option<&str>,
+) -> String {
+    let matches: Vec<String> = units
+        .iter()
+        .flat_map(|u| match manager {
+            Manager::User => vec![
+                format!("_SYSTEMD_USER_UNIT={}", quote(u)),
+                format!("USER_UNIT={}", quote(u)),
+            ],
+            Manager::System => vec![format!("-u {}", quote(u))],
+        })
+        .collect();
+    let matches = match manager {
+        Manager::User => matches.join(" + "),
+        Manager::System => matches.join(" "),
+    };
+    let after = after
+        .map(|c| format!("--after-cursor={} ", quote(c)))
+        .unwrap_or_default();
+    let lines = lines.map(|n| format!("-n {n} ")).unwrap_or_default();
+    format!("journalctl --no-pager -o short-monotonic {lines}{after}{matches}")
 }
 
 /// The cursor in `journalctl --show-cursor` output (`-- cursor: s=...`).

@@ -86,9 +86,14 @@ fn ready_key(
     ]))
 }
 
-/// The guest's hardware; the accelerator is decided with the base image's kernel.
-pub fn machine_for(target: &Target, base: &BaseImage) -> MachineSpec {
-    MachineSpec::for_target(target, base.kernel.as_ref().map(|(k, _)| k.as_path()))
+/// The guest's hardware, for one of `guests_at_once` guests; the accelerator is decided
+/// with the base image's kernel.
+pub fn machine_for(target: &Target, base: &BaseImage, guests_at_once: usize) -> MachineSpec {
+    MachineSpec::for_target(
+        target,
+        base.kernel.as_ref().map(|(k, _)| k.as_path()),
+        guests_at_once,
+    )
 }
 
 pub(crate) fn vm_config(
@@ -141,11 +146,18 @@ fn keep_logs(stage: &Path, entry: &Path) -> String {
     }
 }
 
-/// The target's ready state from the cache, made first if missing.
-pub fn ensure_ready(target: &Target, bins: &Binaries, events: &Events) -> Result<Ready> {
+/// The target's ready state from the cache, made first if missing, for guests that run
+/// `guests_at_once` at a time (under TCG that decides their vCPUs, and a saved state
+/// loads only into the same hardware).
+pub fn ensure_ready(
+    target: &Target,
+    bins: &Binaries,
+    guests_at_once: usize,
+    events: &Events,
+) -> Result<Ready> {
     crate::cleanup::install_handler();
     let base = image::ensure_base(target, events)?;
-    let machine = machine_for(target, &base);
+    let machine = machine_for(target, &base, guests_at_once);
     let qemu_version = qemu::version()?;
     let key = ready_key(&base, &machine, &qemu_version, bins)?;
     let dir = cache::root().join("images").join(format!(

@@ -765,6 +765,11 @@ impl Scenario {
             .collect()
     }
 
+    /// Whether a step reboots the guest (such a trial takes several times as long).
+    pub fn reboots(&self) -> bool {
+        self.steps.iter().any(|s| matches!(s, Step::Reboot))
+    }
+
     /// The units whose journal explains a failure.
     pub fn journal_units(&self) -> Vec<String> {
         if !self.dir_files.is_empty() {

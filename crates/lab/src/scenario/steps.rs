@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use vm::guest::Guest;
+use vm::guest::{Guest, GuestFile};
 use vm::proc::Output;
 use vm::proc::quote;
 use vm::ready::ECHO_IMAGE;
@@ -126,24 +126,35 @@ pub fn prepare_guest(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> Result
     if scenario.prepare.client_netns {
         add_client_netns(g)?;
     }
-    let (written, units) = if scenario.dir_files.is_empty() {
-        write_lab_units(vm, scenario, runtime)?
+    let (files, units) = if scenario.dir_files.is_empty() {
+        lab_units(vm, scenario, runtime)?
     } else {
-        write_dir_files(vm, scenario, runtime)?
+        dir_files(vm, scenario, runtime)?
     };
-    let cursor = g.journal_cursor()?;
-    let reload = systemctl(vm, scenario.scope, "daemon-reload")?;
-    if !reload.success() {
-        bail!("daemon-reload failed: {}", reload.combined());
-    }
+    let written: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
+    // One round trip writes the files and reads the journal's position, one reloads the
+    // manager and loads the units, one reads what was logged meanwhile.
+    let wrote = g.write_files(&files, "journalctl -q -n 0 --show-cursor")?;
+    let cursor = vm::guest::parse_cursor(&wrote.stdout)
+        .with_context(|| format!("no journal cursor in {:?}", wrote.stdout))?;
     // systemd parses a unit file when it loads the unit, not at daemon-reload: load them
     // all now, so a complaint comes before any step.
-    let loaded = systemctl_units(
-        vm,
-        scenario.scope,
-        "show -p Id,LoadState,LoadError --",
-        &units,
-    )?;
+    let names: Vec<String> = units.iter().map(|u| quote(u)).collect();
+    let scope_flag = match scenario.scope {
+        Scope::User => " --user",
+        Scope::System => "",
+    };
+    let script = format!(
+        "systemctl{scope_flag} daemon-reload && systemctl{scope_flag} show -p Id,LoadState,LoadError -- {}",
+        names.join(" ")
+    );
+    let loaded = match scenario.scope {
+        Scope::User => g.user(&script, t)?,
+        Scope::System => g.root(&script, t)?,
+    };
+    if !loaded.success() {
+        bail!("daemon-reload failed: {}", loaded.combined());
+    }
     let not_loaded: Vec<&str> = loaded
         .stdout
         .lines()
@@ -169,21 +180,24 @@ pub fn prepare_guest(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> Result
     Ok(())
 }
 
-/// Writes the units the lab renders from a TOML scenario; the paths written and the
-/// units to load.
-fn write_lab_units(
+/// The units the lab renders from a TOML scenario (each also written to the trial
+/// directory): the files to write and the units to load.
+fn lab_units(
     vm: &TrialVm,
     scenario: &Scenario,
     runtime: &str,
-) -> Result<(Vec<String>, Vec<String>)> {
+) -> Result<(Vec<GuestFile>, Vec<String>)> {
     let g = &vm.guest;
     let (dir, owner) = unit_dir(g, scenario.scope);
-    let mut written: Vec<String> = Vec::new();
+    let mut files: Vec<GuestFile> = Vec::new();
     let mut write = |name: &str, text: &str, dir: &str| -> Result<()> {
-        let path = format!("{dir}/{name}");
-        g.write_file(&path, text.as_bytes(), owner.as_deref(), 0o644)?;
         std::fs::write(vm.dir.join(name), text)?;
-        written.push(path);
+        files.push(GuestFile {
+            path: format!("{dir}/{name}"),
+            content: text.as_bytes().to_vec(),
+            owner: owner.clone(),
+            mode: 0o644,
+        });
         Ok(())
     };
     if let Some(u) = scenario.socket_unit() {
@@ -210,31 +224,31 @@ fn write_lab_units(
             &quadlet_dir(g),
         )?;
     }
-    let mut units: Vec<String> = written
+    let mut units: Vec<String> = files
         .iter()
-        .filter_map(|p| p.rsplit('/').next())
+        .filter_map(|f| f.path.rsplit('/').next())
         .filter(|name| !name.ends_with(".container"))
         .map(String::from)
         .collect();
     if scenario.quadlet.is_some() {
         units.push(format!("{}.service", scenario.unit));
     }
-    Ok((written, units))
+    Ok((files, units))
 }
 
 fn quadlet_dir(g: &Guest) -> String {
     format!("/home/{}/.config/containers/systemd", g.user.name)
 }
 
-/// Installs a scenario directory's files as they are, with only the declared rewrites
-/// (each written to the trial directory as `rewrites/NAME.diff`, every installed file
-/// as `files/NAME`); where no file names a runtime, the trial's goes into the test
-/// user's containers.conf. The paths written and the units to load.
-fn write_dir_files(
+/// A scenario directory's files as they are, with only the declared rewrites (each
+/// written to the trial directory as `rewrites/NAME.diff`, every file to install as
+/// `files/NAME`); where no file names a runtime, the trial's goes into the test user's
+/// containers.conf. The files to write and the units to load.
+fn dir_files(
     vm: &TrialVm,
     scenario: &Scenario,
     runtime: &str,
-) -> Result<(Vec<String>, Vec<String>)> {
+) -> Result<(Vec<GuestFile>, Vec<String>)> {
     let g = &vm.guest;
     let home = format!("/home/{}", g.user.name);
     let (unit_dir, unit_owner) = unit_dir(g, scenario.scope);
@@ -261,12 +275,16 @@ fn write_dir_files(
                 spec.mode_bits().map_err(anyhow::Error::msg)?,
             ),
         };
-        g.write_file(&path, text.as_bytes(), owner.as_deref(), mode)?;
         keep("files", &f.name, &text)?;
         if !diff.is_empty() {
             keep("rewrites", &format!("{}.diff", f.name), &diff)?;
         }
-        written.push(path);
+        written.push(GuestFile {
+            path,
+            content: text.as_bytes().to_vec(),
+            owner,
+            mode,
+        });
         installed.push((f.name.clone(), text));
     }
     // Trials reach no registry: an image no rewrite maps must already be in the guest.
@@ -283,15 +301,19 @@ fn write_dir_files(
     }
     if !files::names_a_runtime(&scenario.dir_files) {
         let conf = files::containers_conf(runtime);
-        let path = format!("{home}/.config/containers/containers.conf");
-        g.write_file(&path, conf.as_bytes(), Some(&g.user.name), 0o644)?;
+        written.push(GuestFile {
+            path: format!("{home}/.config/containers/containers.conf"),
+            content: conf.as_bytes().to_vec(),
+            owner: Some(g.user.name.clone()),
+            mode: 0o644,
+        });
         if scenario.scope == Scope::System {
-            g.write_file(
-                "/etc/containers/containers.conf.d/90-socket-activation-lab.conf",
-                conf.as_bytes(),
-                None,
-                0o644,
-            )?;
+            written.push(GuestFile {
+                path: "/etc/containers/containers.conf.d/90-socket-activation-lab.conf".into(),
+                content: conf.as_bytes().to_vec(),
+                owner: None,
+                mode: 0o644,
+            });
         }
         keep("files", "containers.conf", &conf)?;
     }
@@ -350,7 +372,7 @@ pub fn run_steps(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> StepResult
             | Step::Stop { unit }
             | Step::Enable { unit }
             | Step::ResetFailed { unit } => unit_verb(vm, scenario, step, unit),
-            Step::Probe { .. } => probe(vm, scenario, runtime, step),
+            Step::Probe { .. } => probe(vm, scenario, runtime, step, &cursor),
             Step::Reboot => reboot(vm),
             Step::IsFailed { unit, failed } => is_failed(vm, scenario, unit, *failed),
             Step::Journal { contains, lacks } => {
@@ -387,8 +409,47 @@ fn unit_verb(vm: &TrialVm, scenario: &Scenario, step: &Step, unit: &str) -> Step
     Ok(None)
 }
 
+/// A service that failed this often since its step began has failed for the pending
+/// connection and again on its retry: nothing later will answer, and the probe stops
+/// waiting for it.
+const SERVICE_FAILURES_TO_GIVE_UP: usize = 2;
+
+/// The marker a watched probe writes to stderr when it stopped waiting.
+const STOPPED_WAITING: &str = "lab: stopped waiting:";
+
+/// `probe` (a shell command) run in the background while the shell watches the journal
+/// (`journal`: a `journalctl` command for the units since the step began): once one of
+/// `services` has logged `Failed with result` [`SERVICE_FAILURES_TO_GIVE_UP`] times, it
+/// says so on stderr and ends the probe. It looks from the fourth second on, every
+/// other second, so a probe answered at once costs no journal read.
+pub fn watched_probe(probe: &str, journal: &str, services: &[String]) -> String {
+    if services.is_empty() {
+        return probe.to_string();
+    }
+    let names: Vec<String> = services.iter().map(|s| quote(s)).collect();
+    format!(
+        "{probe} & p=$!; n=0\n\
+         while kill -0 $p 2>/dev/null; do\n\
+         \x20 sleep 1; n=$((n + 1)); [ $n -ge 4 ] && [ $((n % 2)) -eq 0 ] || continue\n\
+         \x20 for u in {names}; do\n\
+         \x20   c=$({journal} | grep -c -F \" $u: Failed with result '\")\n\
+         \x20   if [ \"$c\" -ge {SERVICE_FAILURES_TO_GIVE_UP} ]; then echo \"{STOPPED_WAITING} $u failed $c times during the step\" >&2; kill $p 2>/dev/null; fi\n\
+         \x20 done\n\
+         done\n\
+         wait $p",
+        names = names.join(" ")
+    )
+}
+
 /// `echo-probe` in the guest, retried while the server is starting if the step says so.
-fn probe(vm: &TrialVm, scenario: &Scenario, runtime: &str, step: &Step) -> StepResult {
+/// `cursor` is the journal's position when the step began.
+fn probe(
+    vm: &TrialVm,
+    scenario: &Scenario,
+    runtime: &str,
+    step: &Step,
+    cursor: &str,
+) -> StepResult {
     let Step::Probe {
         address,
         send,
@@ -415,11 +476,29 @@ fn probe(vm: &TrialVm, scenario: &Scenario, runtime: &str, step: &Step) -> StepR
     if let Some(ns) = netns {
         cmd = format!("ip netns exec {} {cmd}", quote(ns));
     }
+    // A probe that must fail in a given way runs as it is: its own result is the
+    // evidence. Any other stops waiting once the service has failed for it twice.
+    if must_fail.is_none() {
+        let units = scenario.journal_units();
+        let refs: Vec<&str> = units.iter().map(String::as_str).collect();
+        let services: Vec<String> = units
+            .iter()
+            .filter(|u| u.ends_with(".service"))
+            .cloned()
+            .collect();
+        let journal =
+            vm::guest::unit_journal_command(scenario.scope.manager(), &refs, None, Some(cursor));
+        cmd = watched_probe(&cmd, &journal, &services);
+    }
     let deadline = Instant::now() + Duration::from_secs_f64(*timeout);
     let mut gave_up = None;
     let out = loop {
         let out = g.root(&cmd, Duration::from_secs_f64(timeout + 30.0))?;
-        if out.success() || !*retry || Instant::now() >= deadline {
+        if out.success()
+            || !*retry
+            || Instant::now() >= deadline
+            || out.stderr.contains(STOPPED_WAITING)
+        {
             break out;
         }
         // A failed socket unit (the service hit its start limit, or the socket its
@@ -700,5 +779,49 @@ Reloading finished in 212 ms.\n";
         assert_eq!(c.len(), 2, "{c:?}");
         assert!(c[0].contains("RestrictAddressFamilie"));
         assert!(complaints_about(journal, &["/etc/systemd/system/echo.socket".into()]).is_empty());
+    }
+
+    #[test]
+    fn a_watched_probe_stops_once_the_service_failed_twice() {
+        // The shell script itself, in sh, with a probe that would wait 60 s and, for the
+        // journal, systemd 257's lines about crun 1.21 failing echo.service (crun#1828).
+        let dir = tempfile::tempdir().unwrap();
+        let lines = dir.path().join("journal");
+        let once =
+            "[  109.129819] lab systemd[384]: echo.service: Failed with result 'exit-code'.\n";
+        std::fs::write(&lines, once.repeat(2)).unwrap();
+        let journal = format!("cat {}", lines.display());
+        let services = vec!["echo.service".to_string()];
+        let run = |script: &str| {
+            std::process::Command::new("sh")
+                .args(["-c", script])
+                .output()
+                .unwrap()
+        };
+        let started = Instant::now();
+        let out = run(&watched_probe("sleep 60", &journal, &services));
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "it waited out the probe"
+        );
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("lab: stopped waiting: echo.service failed 2 times during the step"),
+            "{stderr}"
+        );
+        // One failure, or another unit's, lets the probe finish on its own.
+        std::fs::write(
+            &lines,
+            once.to_string() + &once.replace("echo.service", "other.service"),
+        )
+        .unwrap();
+        let out = run(&watched_probe(
+            "sleep 5; echo answered",
+            &journal,
+            &services,
+        ));
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "answered");
     }
 }
