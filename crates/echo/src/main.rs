@@ -38,8 +38,9 @@ struct Cli {
     /// instead of an echo.
     #[arg(long)]
     reply_peer: bool,
-    /// Also listen on ADDRESS itself (tcp:HOST:PORT or udp:HOST:PORT), for set-ups without
-    /// socket activation (pasta, slirp4netns and host networking in the lab).
+    /// Also listen on ADDRESS itself (tcp:HOST:PORT, udp:HOST:PORT or unix:PATH), for
+    /// set-ups without socket activation (pasta, slirp4netns, host networking, a Unix
+    /// socket behind systemd-socket-proxyd).
     #[arg(long, value_name = "ADDRESS")]
     listen: Vec<String>,
     /// Sleep SECS seconds before serving (to study slow container starts).
@@ -118,7 +119,8 @@ fn mutant_flip_first_byte() -> bool {
     false
 }
 
-/// Binds and (for TCP) listens on `tcp:HOST:PORT` or `udp:HOST:PORT`.
+/// Binds and (for streams) listens on `tcp:HOST:PORT`, `udp:HOST:PORT` or `unix:PATH`
+/// (a stale socket file at PATH is replaced).
 fn listen_on(address: &str) -> Result<InheritedSocket, String> {
     use std::os::fd::{AsFd, OwnedFd};
     let fail = |why: String| format!("Error: --listen {address}: {why}");
@@ -129,7 +131,22 @@ fn listen_on(address: &str) -> Result<InheritedSocket, String> {
         Some(("udp", addr)) => std::net::UdpSocket::bind(addr)
             .map_err(|e| fail(e.to_string()))?
             .into(),
-        _ => return Err(fail("expected tcp:HOST:PORT or udp:HOST:PORT".into())),
+        Some(("unix", path)) if !path.is_empty() => {
+            // A socket file left by an earlier run would make bind fail.
+            if std::fs::symlink_metadata(path)
+                .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+            {
+                std::fs::remove_file(path).map_err(|e| fail(e.to_string()))?;
+            }
+            std::os::unix::net::UnixListener::bind(path)
+                .map_err(|e| fail(e.to_string()))?
+                .into()
+        }
+        _ => {
+            return Err(fail(
+                "expected tcp:HOST:PORT, udp:HOST:PORT or unix:PATH".into(),
+            ));
+        }
     };
     let info = activation::classify(fd.as_fd(), None).map_err(|e| fail(e.to_string()))?;
     Ok(InheritedSocket {

@@ -164,12 +164,37 @@ fn listen_option_serves_without_activation() {
 }
 
 #[test]
+fn listen_option_on_a_unix_path_replaces_a_stale_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("echo.sock");
+    // A socket file left behind by an earlier server.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    let mut launch = Launch::new(vec![]);
+    launch.listen_fds = None;
+    launch.pid = ListenPid::Unset;
+    let _echo = launch
+        .arg("--listen")
+        .arg(&format!("unix:{}", path.display()))
+        .spawn();
+    let address = format!("unix:{}", path.display());
+    let start = std::time::Instant::now();
+    let result = loop {
+        let r = probe(&address, "behind a proxy");
+        if r.ok || start.elapsed() > std::time::Duration::from_secs(10) {
+            break r;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(result.ok, "{result:?}");
+}
+
+#[test]
 fn listen_option_with_a_bad_address() {
     let mut launch = Launch::new(vec![]);
     launch.listen_fds = None;
     launch.pid = ListenPid::Unset;
     refused(
         launch.arg("--listen").arg("sctp:1.2.3.4:5"),
-        "Error: --listen sctp:1.2.3.4:5: expected tcp:HOST:PORT or udp:HOST:PORT",
+        "Error: --listen sctp:1.2.3.4:5: expected tcp:HOST:PORT, udp:HOST:PORT or unix:PATH",
     );
 }

@@ -206,6 +206,25 @@ pub fn quadlet_services(files: &[DirFile]) -> Vec<String> {
         .collect()
 }
 
+/// The socket units among `files` with `Accept=yes` (or true, on, 1): each connection
+/// starts an instance of the template service of the same name (`echo.socket` →
+/// `echo@.service`), so that template needs no instance of its own.
+pub fn accepting_sockets(files: &[DirFile]) -> Vec<String> {
+    files
+        .iter()
+        .filter(|f| matches!(f.dest, Destination::Unit(_)) && f.name.ends_with(".socket"))
+        .filter(|f| {
+            f.text.lines().any(|l| {
+                l.trim().split_once('=').is_some_and(|(k, v)| {
+                    k.trim() == "Accept"
+                        && ["yes", "true", "on", "1"].contains(&v.trim().to_lowercase().as_str())
+                })
+            })
+        })
+        .map(|f| f.name.clone())
+        .collect()
+}
+
 /// `true` for a template unit name: `echo@.socket`.
 pub fn is_template(unit: &str) -> bool {
     unit.split_once('@')

@@ -523,7 +523,13 @@ impl Scenario {
         }
         // A template needs an instance: a step that names one, or an instance drop-in.
         let instances = s.instances();
+        let accepting = files::accepting_sockets(&s.dir_files);
         for t in units.iter().filter(|u| files::is_template(u)) {
+            // An Accept=yes socket starts an instance of its template per connection.
+            let prefix = t.split_once('@').map(|x| x.0).unwrap_or_default();
+            if t.ends_with(".service") && accepting.contains(&format!("{prefix}.socket")) {
+                continue;
+            }
             let used = instances
                 .iter()
                 .any(|i| files::template_of(i).as_deref() == Some(t.as_str()))
