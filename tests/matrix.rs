@@ -75,10 +75,6 @@ fn main() -> anyhow::Result<()> {
         std::fs::create_dir_all(&run_dir)?;
     }
     let events = Events::console();
-    // As many guests run at once as libtest runs trials (its default: one per core).
-    let guests_at_once = args
-        .test_threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     // One ready state per target per process, made at the first trial that needs it. A
     // failure is remembered too: the target's other trials fail at once with it instead
     // of building the image again. Each target has its own cell, so with --jobs N a
@@ -101,14 +97,7 @@ fn main() -> anyhow::Result<()> {
                 // A panic anywhere in a trial (the engine's bug, a bad scenario value) is a
                 // FAIL with its message in result.json, so every report counts it.
                 let body = std::panic::AssertUnwindSafe(|| {
-                    trial_body(
-                        &trial,
-                        bins.as_ref(),
-                        guests_at_once,
-                        &run_dir,
-                        &events,
-                        &readies,
-                    )
+                    trial_body(&trial, bins.as_ref(), &run_dir, &events, &readies)
                 });
                 std::panic::catch_unwind(body).unwrap_or_else(|panic| {
                     let message = panic
@@ -148,7 +137,6 @@ type ReadyCell = Arc<OnceLock<Result<Arc<Ready>, String>>>;
 fn trial_body(
     trial: &run::Trial,
     bins: Option<&Binaries>,
-    guests_at_once: usize,
     run_dir: &Path,
     events: &Events,
     readies: &Mutex<HashMap<String, ReadyCell>>,
@@ -164,7 +152,7 @@ fn trial_body(
     let mut made_here = false;
     let ready = match cell.get_or_init(|| {
         made_here = true;
-        vm::ready::ensure_ready(&trial.target, bins, guests_at_once, events.machine())
+        vm::ready::ensure_ready(&trial.target, bins, events.machine())
             .map(Arc::new)
             .map_err(|e| format!("preparing {name}: {e:#}"))
     }) {

@@ -229,7 +229,7 @@ pub fn methods(
     vm::cleanup::install_handler();
     let bins = statics::build(sh, root)?;
     let events = crate::lab::events();
-    let ready = vm::ready::ensure_ready(&target, &bins, 1, events.machine())?;
+    let ready = vm::ready::ensure_ready(&target, &bins, events.machine())?;
     let dir = lab::run::new_run_dir(root)?.join("bench-methods");
     let vm = vm::trial_vm::TrialVm::start(&ready, &dir, events.machine())?;
     let results = lab::netbench::run(&vm, runtime, opts, &events)

@@ -16,9 +16,8 @@ pub(crate) fn events() -> Events {
 }
 
 /// Guests at once when `--jobs` is not given: one per core. Measured here (2 cores, TCG,
-/// the 24 CI trials, vCPUs shared out by `vm::qemu::guest_cpus`): 1 job 233 s, 2 jobs
-/// 166 s (1.40x), 3 jobs 181 s; with KVM a guest costs less CPU, so one per core is, if
-/// anything, cautious.
+/// the 22 CI trials): 1 job 233 s, 2 jobs 181 s (1.29x), 3 jobs 204 s; with KVM a guest
+/// costs less CPU, so one per core is, if anything, cautious.
 pub fn default_jobs() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -99,19 +98,8 @@ fn run_matrix(
     };
     let run_dir = run::new_run_dir(root)?;
     let accel = host::accelerator();
-    let cores = default_jobs();
-    let vcpus = match accel {
-        vm::qemu::Accel::Kvm => "each with its target's vCPUs".to_string(),
-        vm::qemu::Accel::Tcg => {
-            let n = vm::qemu::guest_cpus(accel, u32::MAX, cores, options.jobs);
-            format!(
-                "each with at most {n} vCPU{} ({cores} cores shared out)",
-                if n > 1 { "s" } else { "" }
-            )
-        }
-    };
     eprintln!(
-        "xtask: {} guest{} at once ({}), accelerator {} ({}), {vcpus}",
+        "xtask: {} guest{} at once ({}), accelerator {} ({})",
         options.jobs.max(1),
         if options.jobs > 1 { "s" } else { "" },
         if options.jobs == default_jobs() {
@@ -318,7 +306,7 @@ pub fn build(sh: &Shell, root: &Path, target: &str) -> Result<()> {
     host::ensure(sh, host::LAB)?;
     let target = vm::target::find(&root.join("vm"), target)?;
     let bins = statics::build(sh, root)?;
-    let ready = vm::ready::ensure_ready(&target, &bins, 1, events().machine())?;
+    let ready = vm::ready::ensure_ready(&target, &bins, events().machine())?;
     println!("{} ready in {}", target.name, ready.dir.display());
     for (k, v) in &ready.versions {
         println!("  {k}: {v}");
@@ -368,7 +356,7 @@ pub fn ssh(sh: &Shell, root: &Path, target: &str, command: &[String]) -> Result<
     host::ensure(sh, host::LAB)?;
     let target = vm::target::find(&root.join("vm"), target)?;
     let bins = statics::build(sh, root)?;
-    let ready = vm::ready::ensure_ready(&target, &bins, 1, events().machine())?;
+    let ready = vm::ready::ensure_ready(&target, &bins, events().machine())?;
     let dir = tempfile::Builder::new()
         .prefix("vm-ssh-")
         .tempdir_in(statics::target_dir(sh, root)?)?;

@@ -57,6 +57,8 @@ pub enum Mutation {
     },
     /// A text replaced in the scenario's `run` commands.
     CommandText { from: String, to: String },
+    /// A text replaced in a scenario directory's files (its units as a user wrote them).
+    FileText { from: String, to: String },
     /// A helper unit whose command does nothing (`/bin/true`).
     HelperNoop { unit: String },
     /// Every inet probe goes to a port `offset` away.
@@ -228,6 +230,18 @@ pub fn apply(scenario: &Scenario, mutation: &Mutation) -> Result<Scenario> {
             }
             if !replaced {
                 return unchanged(&format!("no run command contains {from:?}"));
+            }
+        }
+        Mutation::FileText { from, to } => {
+            let mut replaced = false;
+            for f in &mut s.dir_files {
+                if f.text.contains(from.as_str()) {
+                    f.text = f.text.replace(from.as_str(), to);
+                    replaced = true;
+                }
+            }
+            if !replaced {
+                return unchanged(&format!("no file of the scenario directory contains {from:?}"));
             }
         }
         Mutation::HelperNoop { unit } => {
@@ -534,6 +548,7 @@ mod tests {
             claim: None,
             failed_step: None,
             evidence: None,
+            measurements: Vec::new(),
         };
         let results = vec![
             r("flip", "echo-tcp4", "crun", Outcome::Fail),

@@ -145,10 +145,6 @@ pub fn plan(workspace: &Path, selection: &Selection) -> Result<Vec<Trial>> {
             }
         }
     }
-    // Trials that reboot take 4-10 times as long as the others (a cold boot under TCG):
-    // run them first, so with --jobs N the short ones fill in around them instead of one
-    // of them ending the run alone. The sort is stable: otherwise in catalogue order.
-    trials.sort_by_key(|t| !t.scenario.reboots());
     Ok(trials)
 }
 
@@ -287,6 +283,7 @@ pub fn not_started(trial: &Trial, run_dir: &Path, why: &str) -> TrialResult {
         claim: trial.scenario.claim.clone(),
         failed_step: None,
         evidence: None,
+        measurements: Vec::new(),
     }
 }
 
@@ -352,6 +349,7 @@ pub fn run_trial(trial: &Trial, ready: &Ready, run_dir: &Path, events: &Events) 
             })
         }
     };
+    let measurements = crate::scenario::steps::measurements(&dir);
     let result = TrialResult {
         name,
         scenario: trial.scenario.name.clone(),
@@ -367,6 +365,7 @@ pub fn run_trial(trial: &Trial, ready: &Ready, run_dir: &Path, events: &Events) 
         claim: trial.scenario.claim.clone(),
         failed_step: verdict.step,
         evidence: verdict.evidence,
+        measurements,
     };
     vm::cleanup::forget(&result.log_dir);
     events.emit(Event::TrialEnd(Box::new(result.clone())));

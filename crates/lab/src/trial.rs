@@ -62,6 +62,9 @@ pub struct TrialResult {
     /// The line that decided the verdict, if one did.
     #[serde(default)]
     pub evidence: Option<String>,
+    /// What `run` steps with `record` measured (name, value), in step order.
+    #[serde(default)]
+    pub measurements: Vec<(String, String)>,
 }
 
 impl TrialResult {

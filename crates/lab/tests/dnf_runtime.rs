@@ -253,7 +253,7 @@ fn dnf_installs_a_runtime_version_from_the_targets_repositories() {
     run(Command::new("createrepo_c").arg("--quiet").arg(&repo));
     let server = serve(repo);
 
-    let ready = vm::ready::ensure_ready(&target, &bins, 1, events.machine()).unwrap();
+    let ready = vm::ready::ensure_ready(&target, &bins, events.machine()).unwrap();
     let vm = vm::trial_vm::TrialVm::start(&ready, &d.join("trial"), events.machine()).unwrap();
     let g = &vm.guest;
     // QEMU's user network reaches the host's loopback at 10.0.2.2.

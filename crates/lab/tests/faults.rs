@@ -39,7 +39,7 @@ fn target() -> vm::target::Target {
 }
 
 fn ready() -> Ready {
-    vm::ready::ensure_ready(&target(), &bins(), 1, events().machine()).unwrap()
+    vm::ready::ensure_ready(&target(), &bins(), events().machine()).unwrap()
 }
 
 /// What a trial may leave: nothing running that names its directory or its ssh port,

@@ -22,7 +22,7 @@ fn trial(fixture: &str, runtime: &str) -> TrialResult {
         .expect("SAL_ECHO_BIN and SAL_PROBE_BIN: the static binaries (cargo xtask build-static)");
     let target = vm::target::Target::load(&workspace().join("vm/debian-13.toml")).unwrap();
     let events = Events::console();
-    let ready = vm::ready::ensure_ready(&target, &bins, 1, events.machine()).unwrap();
+    let ready = vm::ready::ensure_ready(&target, &bins, events.machine()).unwrap();
     let run_dir = workspace()
         .join("target/lab")
         .join(format!("unit-checks-{}", std::process::id()));

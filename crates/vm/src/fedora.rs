@@ -112,7 +112,7 @@ pub fn provision(target: &Target, dir: &Path, boot: Option<Boot>, events: &Event
             &read("host_ed25519.pub")?,
         ),
     )?;
-    let machine = MachineSpec::for_target(target, boot.as_ref().map(|b| b.kernel.as_path()), 1);
+    let machine = MachineSpec::for_target(target, boot.as_ref().map(|b| b.kernel.as_path()));
     let config = VmConfig {
         machine,
         boot,

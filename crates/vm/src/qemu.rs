@@ -37,40 +37,16 @@ pub struct MachineSpec {
 }
 
 impl MachineSpec {
-    /// `target`'s hardware for one of `guests_at_once` guests. The accelerator is decided
-    /// by booting `kernel` (direct kernel boot) or, for a disk that boots itself, from the
-    /// host alone; the vCPUs by [`guest_cpus`].
-    pub fn for_target(
-        target: &Target,
-        kernel: Option<&Path>,
-        guests_at_once: usize,
-    ) -> MachineSpec {
-        let accel = match kernel {
-            Some(k) => decide_accel(k),
-            None => detect_accel(),
-        };
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    /// `target`'s hardware. The accelerator is decided by booting `kernel` (direct kernel
+    /// boot) or, for a disk that boots itself, from the host alone.
+    pub fn for_target(target: &Target, kernel: Option<&Path>) -> MachineSpec {
         MachineSpec {
-            accel,
+            accel: match kernel {
+                Some(k) => decide_accel(k),
+                None => detect_accel(),
+            },
             memory_mib: target.machine.memory_mib,
-            cpus: guest_cpus(accel, target.machine.cpus, cores, guests_at_once),
-        }
-    }
-}
-
-/// The vCPUs of one of `guests_at_once` guests on a host with `host_cores`: the target's
-/// count under KVM; under TCG, where each vCPU is a host thread emulating a CPU, no more
-/// than the host's cores shared out among the guests (at least one). Measured on 2 cores,
-/// the 24 CI trials with --jobs 2: 166 s with 1 vCPU each, 215 s with 2; with --jobs 1,
-/// 286 s with 1 vCPU, 233 s with 2.
-pub fn guest_cpus(accel: Accel, target_cpus: u32, host_cores: usize, guests_at_once: usize) -> u32 {
-    match accel {
-        Accel::Kvm => target_cpus,
-        Accel::Tcg => {
-            let share = host_cores / guests_at_once.max(1);
-            u32::try_from(share)
-                .unwrap_or(u32::MAX)
-                .clamp(1, target_cpus.max(1))
+            cpus: target.machine.cpus,
         }
     }
 }
@@ -539,18 +515,6 @@ pub fn forwarded_port(usernet: &str, guest_port: u16) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tcg_shares_the_host_cores_out_and_kvm_keeps_the_targets_count() {
-        // The measured case: 2 cores, --jobs 2 under TCG gives each guest 1 vCPU.
-        assert_eq!(guest_cpus(Accel::Tcg, 2, 2, 2), 1);
-        assert_eq!(guest_cpus(Accel::Tcg, 2, 2, 1), 2);
-        // Never more than the target asks for, never fewer than one.
-        assert_eq!(guest_cpus(Accel::Tcg, 2, 16, 1), 2);
-        assert_eq!(guest_cpus(Accel::Tcg, 4, 2, 3), 1);
-        assert_eq!(guest_cpus(Accel::Tcg, 2, 2, 0), 2);
-        assert_eq!(guest_cpus(Accel::Kvm, 2, 2, 2), 2);
-    }
 
     fn config() -> VmConfig {
         VmConfig {

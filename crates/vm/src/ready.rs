@@ -25,7 +25,7 @@ use crate::qemu::{self, Accel, Boot, MachineSpec, Qemu, VmConfig};
 use crate::target::Target;
 
 /// Bump when provisioning changes in a way the inputs do not show.
-const READY_RECIPE: &str = "ready-2";
+const READY_RECIPE: &str = "ready-3";
 /// The echo image every ready state holds: `FROM scratch` with the two static binaries.
 pub const ECHO_IMAGE: &str = "localhost/socket-activate-echo:latest";
 
@@ -86,14 +86,9 @@ fn ready_key(
     ]))
 }
 
-/// The guest's hardware, for one of `guests_at_once` guests; the accelerator is decided
-/// with the base image's kernel.
-pub fn machine_for(target: &Target, base: &BaseImage, guests_at_once: usize) -> MachineSpec {
-    MachineSpec::for_target(
-        target,
-        base.kernel.as_ref().map(|(k, _)| k.as_path()),
-        guests_at_once,
-    )
+/// The guest's hardware; the accelerator is decided with the base image's kernel.
+pub fn machine_for(target: &Target, base: &BaseImage) -> MachineSpec {
+    MachineSpec::for_target(target, base.kernel.as_ref().map(|(k, _)| k.as_path()))
 }
 
 pub(crate) fn vm_config(
@@ -146,18 +141,11 @@ fn keep_logs(stage: &Path, entry: &Path) -> String {
     }
 }
 
-/// The target's ready state from the cache, made first if missing, for guests that run
-/// `guests_at_once` at a time (under TCG that decides their vCPUs, and a saved state
-/// loads only into the same hardware).
-pub fn ensure_ready(
-    target: &Target,
-    bins: &Binaries,
-    guests_at_once: usize,
-    events: &Events,
-) -> Result<Ready> {
+/// The target's ready state from the cache, made first if missing.
+pub fn ensure_ready(target: &Target, bins: &Binaries, events: &Events) -> Result<Ready> {
     crate::cleanup::install_handler();
     let base = image::ensure_base(target, events)?;
-    let machine = machine_for(target, &base, guests_at_once);
+    let machine = machine_for(target, &base);
     let qemu_version = qemu::version()?;
     let key = ready_key(&base, &machine, &qemu_version, bins)?;
     let dir = cache::root().join("images").join(format!(
@@ -299,6 +287,8 @@ fn provision(guest: &Guest, bins: &Binaries) -> Result<BTreeMap<String, String>>
         ("runc", "runc --version | awk 'NR==1{print $3}'"),
         ("crun", "crun --version | awk 'NR==1{print $3}'"),
         ("systemd", "systemctl --version | awk 'NR==1{print $2}'"),
+        // conmon relays the container's sd_notify messages (STATUS= from 2.1.9 on).
+        ("conmon", "conmon --version | awk 'NR==1{print $3}'"),
         ("kernel", "uname -r"),
         ("os", ". /etc/os-release && echo \"$PRETTY_NAME\""),
         // Only on SELinux guests (Fedora); known bugs of a component a guest lacks do not apply.

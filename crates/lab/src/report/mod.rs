@@ -119,7 +119,22 @@ pub fn summary(results: &[TrialResult]) -> String {
     );
     s += "| scenario |";
     for (t, r, v) in &columns {
-        s += &format!(" {t} {r} {v} |");
+        // The guest's other versions under the runtime's: podman, conmon and systemd
+        // decide as much as the runtime does.
+        let guest = results
+            .iter()
+            .find(|x| &x.target == t && &x.runtime == r && x.runtime_version() == v)
+            .map(|x| {
+                ["podman", "conmon", "systemd"]
+                    .iter()
+                    .filter_map(|tool| x.versions.get(*tool).map(|ver| format!("{tool} {ver}")))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .filter(|g| !g.is_empty())
+            .map(|g| format!("<br>{g}"))
+            .unwrap_or_default();
+        s += &format!(" {t} {r} {v}{guest} |");
     }
     s += "\n|---|";
     s += &"---|".repeat(columns.len());
@@ -167,6 +182,19 @@ pub fn summary(results: &[TrialResult]) -> String {
             s += &format!("- {t}: {l}\n");
         }
     }
+    let measured: Vec<String> = results
+        .iter()
+        .flat_map(|r| {
+            r.measurements
+                .iter()
+                .map(move |(k, v)| format!("- {}: {k} = {v}", r.name))
+        })
+        .collect();
+    if !measured.is_empty() {
+        s += "\n### Measurements (not part of the verdicts)\n\n";
+        s += &measured.join("\n");
+        s += "\n";
+    }
     if !notes.is_empty() {
         s += "\n### Not passing\n\n";
         s += &notes.join("\n");
@@ -203,6 +231,7 @@ mod tests {
             claim: None,
             failed_step: None,
             evidence: None,
+            measurements: Vec::new(),
         }
     }
 
@@ -225,7 +254,9 @@ mod tests {
             "{s}"
         );
         assert!(
-            s.contains("| scenario | debian-13 crun 1.21 | debian-13 runc 1.1.15 |"),
+            s.contains(
+                "| scenario | debian-13 crun 1.21<br>podman 5.4.2 | debian-13 runc 1.1.15<br>podman 5.4.2 |"
+            ),
             "{s}"
         );
         assert!(s.contains("| echo-tcp4 | PASS | PASS |"), "{s}");

@@ -627,6 +627,17 @@ mod tests {
     }
 
     #[test]
+    fn accept_yes_sockets_instantiate_their_template() {
+        let files = vec![
+            unit("echo.socket", "[Socket]\nListenStream=3000\nAccept = Yes\n"),
+            unit("plain.socket", "[Socket]\nListenStream=3001\nAccept=no\n"),
+            unit("other.socket", "[Socket]\nListenStream=3002\n"),
+            unit("echo@.service", "[Service]\nExecStart=/bin/true\n"),
+        ];
+        assert_eq!(accepting_sockets(&files), vec!["echo.socket".to_string()]);
+    }
+
+    #[test]
     fn templates_and_instances() {
         assert!(is_template("echo@.socket"));
         assert!(!is_template("echo@demo.socket"));

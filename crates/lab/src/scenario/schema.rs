@@ -254,6 +254,10 @@ pub enum Step {
         /// Seconds the command may take (default 300).
         #[serde(default)]
         timeout: Option<f64>,
+        /// Record the command's output (trimmed) under this name: a measurement that goes
+        /// to the reports beside the verdict, never into it.
+        #[serde(default)]
+        record: Option<String>,
     },
     /// Wait, for things that settle on their own.
     Sleep {
@@ -371,10 +375,20 @@ impl Step {
                 }
             }
             Step::Run {
-                command, timeout, ..
+                command,
+                timeout,
+                record,
+                ..
             } => {
                 if let Some(t) = timeout {
                     check_seconds("timeout", *t, false)?;
+                }
+                if let Some(name) = record
+                    && (name.trim().is_empty() || name.contains(['\t', '\n']))
+                {
+                    return Err(format!(
+                        "record = {name:?}: expected a name (no tab, no line break)"
+                    ));
                 }
                 with_sample_placeholders(command)?;
             }
@@ -769,11 +783,6 @@ impl Scenario {
                 )
             })
             .collect()
-    }
-
-    /// Whether a step reboots the guest (such a trial takes several times as long).
-    pub fn reboots(&self) -> bool {
-        self.steps.iter().any(|s| matches!(s, Step::Reboot))
     }
 
     /// The units whose journal explains a failure.

@@ -729,6 +729,7 @@ fn run_command(vm: &TrialVm, runtime: &str, step: &Step) -> StepResult {
         exit,
         contains,
         timeout,
+        record,
     } = step
     else {
         unreachable!("run_command() is called with run steps")
@@ -755,7 +756,28 @@ fn run_command(vm: &TrialVm, runtime: &str, step: &Step) -> StepResult {
             out.combined(),
         );
     }
+    if let Some(name) = record {
+        let value = out.stdout.trim().replace(['\n', '\t'], " ");
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(vm.dir.join(MEASUREMENTS))?;
+        std::io::Write::write_all(&mut file, format!("{name}\t{value}\n").as_bytes())?;
+    }
     Ok(None)
+}
+
+/// The trial directory's file of `record`ed values, one `NAME<TAB>VALUE` per line.
+pub const MEASUREMENTS: &str = "measurements.tsv";
+
+/// The values the steps recorded in the trial directory `dir`, in step order.
+pub fn measurements(dir: &std::path::Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(dir.join(MEASUREMENTS))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 #[cfg(test)]
