@@ -311,6 +311,7 @@ fn reply_peer_answers_with_the_client_address(#[case] kind: Kind) {
         send: b"who am i\n".to_vec(),
         expect: echo_probe::Expect::OwnAddress,
         timeout: TIMEOUT,
+        keep_open: false,
     };
     let result = echo_probe::probe(&spec);
     assert!(result.ok, "{result:?}");

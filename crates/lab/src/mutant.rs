@@ -241,7 +241,9 @@ pub fn apply(scenario: &Scenario, mutation: &Mutation) -> Result<Scenario> {
                 }
             }
             if !replaced {
-                return unchanged(&format!("no file of the scenario directory contains {from:?}"));
+                return unchanged(&format!(
+                    "no file of the scenario directory contains {from:?}"
+                ));
             }
         }
         Mutation::HelperNoop { unit } => {

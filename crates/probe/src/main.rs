@@ -43,6 +43,10 @@ struct ProbeArgs {
     /// Send and expect the text without appending a newline.
     #[arg(long)]
     no_newline: bool,
+    /// Keep the write side open after sending instead of half-closing it (a proxy that
+    /// ends the whole connection on the client's half-close loses the reply otherwise).
+    #[arg(long, requires = "expect")]
+    keep_open: bool,
     /// Give up after SECS seconds (connect, send and reply together).
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     timeout: f64,
@@ -126,6 +130,7 @@ fn run_probe(args: ProbeArgs) -> Result<ExitCode, String> {
         send: format!("{}{newline}", args.send).into_bytes(),
         expect,
         timeout: duration(args.timeout, "timeout")?,
+        keep_open: args.keep_open,
     };
     let result = echo_probe::probe(&spec);
     if args.json {

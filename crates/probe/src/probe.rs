@@ -15,6 +15,10 @@ pub struct ProbeSpec {
     pub send: Vec<u8>,
     pub expect: Expect,
     pub timeout: Duration,
+    /// On a stream, keep the write side open after sending (as a client that waits for
+    /// the answer before it closes does) instead of half-closing it; the reply then
+    /// ends when it matches `expect`, or when the server closes.
+    pub keep_open: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,7 +165,9 @@ fn exchange(
             Ok(buf)
         }
         Exchange::Stream => {
-            client.shutdown_write().map_err(err)?;
+            if !spec.keep_open {
+                client.shutdown_write().map_err(err)?;
+            }
             let mut reply = Vec::new();
             let mut buf = vec![0u8; 64 * 1024];
             loop {

@@ -233,3 +233,42 @@ fn netinfo_lists_loopback_and_tries_outbound() {
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains(&format!("outbound {open}: failed")), "{text}");
 }
+
+/// A server like systemd-socket-proxyd on a client's half-close: it reads the request,
+/// waits a little, and drops the connection without answering if the client has sent
+/// EOF by then; otherwise it answers with what it read.
+fn drops_on_half_close(n: usize) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("tcp4:{}", l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for s in l.incoming().take(n) {
+            let mut s = s.unwrap();
+            let mut buf = [0u8; 64];
+            let k = s.read(&mut buf).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            s.set_nonblocking(true).unwrap();
+            let mut more = [0u8; 1];
+            if matches!(s.read(&mut more), Ok(0)) {
+                continue; // EOF: closed without an answer
+            }
+            s.write_all(&buf[..k]).unwrap();
+        }
+    });
+    addr
+}
+
+#[test]
+fn keep_open_gets_the_answer_a_half_close_loses() {
+    let addr = drops_on_half_close(2);
+    let o = run(&[&addr, "--send", "hello", "--expect", "hello"]);
+    assert!(!o.status.success(), "the half-closing probe was answered");
+    let o = run(&[&addr, "--send", "hello", "--expect", "hello", "--keep-open"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(o.stdout, b"hello\n");
+}
+
+#[test]
+fn keep_open_needs_an_expected_reply() {
+    let o = run(&["tcp4:127.0.0.1:9", "--keep-open"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}

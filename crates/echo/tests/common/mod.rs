@@ -256,6 +256,7 @@ pub fn probe(address: &str, text: &str) -> echo_probe::ProbeResult {
         send: format!("{text}\n").into_bytes(),
         expect: echo_probe::Expect::Bytes(format!("{text}\n").into_bytes()),
         timeout: Duration::from_secs(10),
+        keep_open: false,
     };
     echo_probe::probe(&spec)
 }

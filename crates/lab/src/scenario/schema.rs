@@ -212,6 +212,11 @@ pub enum Step {
         /// background, where a connection can be refused before they listen).
         #[serde(default)]
         retry: bool,
+        /// On a stream, half-close after sending (the default, as `echo hello | nc -N`
+        /// does); `false` keeps the write side open until the reply is in
+        /// (`echo-probe --keep-open`, needs `expect`).
+        #[serde(default = "yes")]
+        half_close: bool,
     },
     /// A real reboot of the guest.
     Reboot,
@@ -363,9 +368,16 @@ impl Step {
                 fail,
                 retry,
                 source,
+                expect,
+                half_close,
                 ..
             } => {
                 check_seconds("timeout", *timeout, false)?;
+                if !half_close && expect.is_none() {
+                    return Err(
+                        "half_close = false needs `expect`: the reply ends when it matches".into(),
+                    );
+                }
                 let filled = with_sample_placeholders(address)?;
                 filled
                     .parse::<echo_probe::Address>()
@@ -792,7 +804,11 @@ impl Scenario {
                 .into_iter()
                 .filter(|u| !files::is_template(u))
                 .collect();
-            units.extend(files::quadlet_services(&self.dir_files));
+            units.extend(
+                files::quadlet_services(&self.dir_files)
+                    .into_iter()
+                    .filter(|u| !files::is_template(u)),
+            );
             for i in self.instances() {
                 // A socket instance activates the service instance of the same name.
                 if let Some(stem) = i.strip_suffix(".socket") {

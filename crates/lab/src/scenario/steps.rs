@@ -153,7 +153,10 @@ pub fn prepare_guest(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> Result
         Scope::System => g.root(&script, t)?,
     };
     if !loaded.success() {
-        bail!("daemon-reload failed: {}", loaded.combined());
+        bail!(
+            "daemon-reload, or loading the units, failed: {}",
+            loaded.combined()
+        );
     }
     let not_loaded: Vec<&str> = loaded
         .stdout
@@ -321,7 +324,12 @@ fn dir_files(
         .into_iter()
         .filter(|u| !files::is_template(u))
         .collect();
-    units.extend(files::quadlet_services(&scenario.dir_files));
+    // A template (a unit file or a quadlet's) cannot be loaded, only its instances.
+    units.extend(
+        files::quadlet_services(&scenario.dir_files)
+            .into_iter()
+            .filter(|u| !files::is_template(u)),
+    );
     units.extend(
         scenario
             .journal_units()
@@ -459,6 +467,7 @@ fn probe(
         source,
         fail: must_fail,
         retry,
+        half_close,
     } = step
     else {
         unreachable!("probe() is called with probe steps")
@@ -472,6 +481,9 @@ fn probe(
     );
     if let Some(e) = expect {
         cmd += &format!(" --expect {}", quote(e));
+    }
+    if !half_close {
+        cmd += " --keep-open";
     }
     if let Some(ns) = netns {
         cmd = format!("ip netns exec {} {cmd}", quote(ns));
