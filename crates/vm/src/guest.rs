@@ -558,6 +558,21 @@ impl Guest {
             .map(|o| o.combined())
             .unwrap_or_else(|e| format!("(journal unavailable: {e:#})"))
     }
+
+    /// The last `lines` journal lines logged by the test user's processes (its user
+    /// manager included), after the cursor `after` when given.
+    pub fn user_journal(&self, lines: usize, after: Option<&str>) -> String {
+        let after = after
+            .map(|c| format!("--after-cursor={} ", quote(c)))
+            .unwrap_or_default();
+        let script = format!(
+            "journalctl --no-pager -o short-monotonic -n {lines} {after}_UID={}",
+            self.user.uid
+        );
+        self.root(&script, Duration::from_secs(60))
+            .map(|o| o.combined())
+            .unwrap_or_else(|e| format!("(journal unavailable: {e:#})"))
+    }
 }
 
 /// The `journalctl` command (run as root) of [`Guest::unit_journal`]: the last `lines`

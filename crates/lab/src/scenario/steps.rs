@@ -357,6 +357,12 @@ pub fn complaints_about(journal: &str, paths: &[String]) -> Vec<String> {
 /// The last 300 journal lines of the scenario's units (logged after the cursor `after`,
 /// when given).
 pub fn journal(vm: &TrialVm, scenario: &Scenario, after: Option<&str>) -> String {
+    // An Accept=yes socket starts a service instance per connection, named after the
+    // connection: no name to match in advance, so the test user's whole journal (its
+    // user manager, podman, conmon and the containers all log as the user).
+    if scenario.scope == Scope::User && !files::accepting_sockets(&scenario.dir_files).is_empty() {
+        return vm.guest.user_journal(300, after);
+    }
     let units = scenario.journal_units();
     let refs: Vec<&str> = units.iter().map(String::as_str).collect();
     vm.guest
