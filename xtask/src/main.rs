@@ -433,13 +433,16 @@ fn ci(sh: &Shell, root: &Path, no_vm: bool) -> Result<()> {
         .run()?;
     }
     step("VM trials: the scenarios marked ci = true, on debian-13 with crun and runc");
-    let ci_scenarios: Vec<String> = ::lab::scenario::load_all(&root.join("tests/scenarios"))?
+    // Whole trial names: a substring filter such as "quadlet::" would also select
+    // accept-yes-quadlet.
+    let ci_trials: Vec<String> = ::lab::scenario::load_all(&root.join("tests/scenarios"))?
         .into_iter()
         .filter(|s| s.ci)
-        .map(|s| format!("{}::", s.name))
+        .flat_map(|s| ["crun", "runc"].map(|r| format!("{}::debian-13::{r}", s.name)))
         .collect();
     let subset = ::lab::run::Selection {
-        filters: ci_scenarios,
+        filters: ci_trials,
+        exact: true,
         targets: vec!["debian-13".into()],
         runtimes: vec!["crun".into(), "runc".into()],
         ..Default::default()
