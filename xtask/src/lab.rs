@@ -32,6 +32,32 @@ pub fn test(sh: &Shell, root: &Path, selection: Selection, options: &TestOptions
     }
 }
 
+/// Builds the trial harness (`tests/matrix.rs`) and returns its executable, as cargo
+/// reports it (under whatever target directory cargo uses).
+fn harness_executable(sh: &Shell) -> Result<std::path::PathBuf> {
+    let fail = || {
+        anyhow::anyhow!(
+            "building the trial harness (tests/matrix.rs) failed, see above; no trial ran"
+        )
+    };
+    let messages = cmd!(
+        sh,
+        "cargo test --no-run --quiet --locked -p lab-matrix --test matrix --message-format=json-render-diagnostics"
+    )
+    .read()
+    .map_err(|_| fail())?;
+    messages
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "matrix")
+        .find_map(|m| m["executable"].as_str().map(std::path::PathBuf::from))
+        .ok_or_else(|| anyhow::anyhow!("cargo built the trial harness but named no executable"))
+}
+
+fn libc_sigint() -> i32 {
+    nix::sys::signal::Signal::SIGINT as i32
+}
+
 type MatrixOutcome = (Vec<lab::trial::TrialResult>, Result<()>);
 
 /// Runs the harness; `None` for `--list`, else the results and whether any trial failed.
@@ -71,22 +97,9 @@ fn run_matrix(
     let planned = run::plan_selected(root, &selection)?.len();
     // Built apart from the run, so a compile error is reported as one, not as failed
     // trials.
-    cmd!(
-        sh,
-        "cargo test --no-run --quiet --locked -p lab-matrix --test matrix"
-    )
-    .run()
-    .map_err(|_| {
-        anyhow::anyhow!(
-            "building the trial harness (tests/matrix.rs) failed, see above; no trial ran"
-        )
-    })?;
+    let harness = harness_executable(sh)?;
     if options.list {
-        cmd!(
-            sh,
-            "cargo test --quiet --locked -p lab-matrix --test matrix -- {libtest...}"
-        )
-        .run()?;
+        cmd!(sh, "{harness} {libtest...}").run()?;
         return Ok(None);
     }
     host::ensure(sh, host::LAB)?;
@@ -119,11 +132,21 @@ fn run_matrix(
     // Ctrl-C reaches the harness too: it records the running trials as interrupted
     // FAILs and exits; this process stays to report what was recorded.
     vm::cleanup::defer_exit();
-    let status = cmd!(
-        sh,
-        "cargo test --quiet --locked -p lab-matrix --test matrix -- --include-ignored {libtest...}"
-    )
-    .run();
+    // The harness runs as this process's child, not under `cargo test`: cargo dies at
+    // once on Ctrl-C, and the harness it orphaned would record its interrupted trials
+    // after this process had already collected the results.
+    let exit = std::process::Command::from(cmd!(sh, "{harness} --include-ignored {libtest...}"))
+        .status()
+        .map_err(|e| anyhow::anyhow!("running the trial harness {}: {e}", harness.display()))?;
+    // Ctrl-C reached the harness as well: its 130 says so even if this process's own
+    // handler thread has not run yet.
+    let harness_interrupted = exit.code() == Some(130)
+        || std::os::unix::process::ExitStatusExt::signal(&exit).is_some_and(|s| s == libc_sigint());
+    let status = if exit.success() {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!("the trial harness exited with {exit}"))
+    };
     let results = lab::report::collect(&run_dir)?;
     if !results.is_empty() {
         // The harness writes them too; again here so a run the harness did not finish
@@ -180,7 +203,8 @@ fn run_matrix(
         run_dir.display()
     );
     let bad = results.iter().filter(|r| r.outcome.is_bad()).count();
-    let status = if vm::cleanup::interrupted() {
+    let status = if vm::cleanup::interrupted() || harness_interrupted {
+        vm::cleanup::mark_interrupted();
         Err(anyhow::anyhow!("interrupted (Ctrl-C or SIGTERM)"))
     } else if results.len() != planned {
         Err(anyhow::anyhow!(

@@ -53,6 +53,11 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
+/// Records an interruption seen another way (a child that exited with 130).
+pub fn mark_interrupted() {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
 /// Registers a file or directory to remove if the run is interrupted.
 pub fn register(path: &Path) {
     PATHS.lock().expect("cleanup lock").push(path.to_path_buf());
