@@ -4,6 +4,7 @@
 pub mod address;
 pub mod bench;
 pub mod conn;
+pub mod inherited;
 pub mod netinfo;
 pub mod probe;
 

@@ -70,6 +70,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Use every fd handed over through LISTEN_FDS (systemd's OpenFile= hands over files
+    /// and connected sockets): read each file, echo TEXT over each connected stream
+    /// socket. Exit status 0 when every fd worked and every reply was TEXT.
+    Inherited {
+        #[arg(long, default_value = "hello")]
+        send: String,
+        #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+        timeout: f64,
+    },
     /// List interfaces and addresses; with --outbound, say whether a connection succeeds.
     Netinfo {
         /// A stream address to try, e.g. tcp4:10.0.2.2:8080.
@@ -107,6 +116,7 @@ fn main() -> ExitCode {
             timeout,
             json,
         }) => run_netinfo(outbound.as_deref(), timeout, json),
+        Some(Command::Inherited { send, timeout }) => run_inherited(&send, timeout),
     };
     match result {
         Ok(code) => code,
@@ -175,6 +185,16 @@ fn run_bench(
         println!("{}", result.summary());
     }
     Ok(if result.errors.is_empty() && result.round_trips > 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn run_inherited(send: &str, timeout: f64) -> Result<ExitCode, String> {
+    let report = echo_probe::inherited::inspect(send, duration(timeout, "timeout")?);
+    print!("{report}");
+    Ok(if report.all_ok(send) {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

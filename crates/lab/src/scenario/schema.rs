@@ -500,6 +500,9 @@ pub struct Requires {
     /// Why a scenario cannot run anywhere yet (reported as SKIP).
     #[serde(default)]
     pub unavailable: Option<String>,
+    /// Why the version ranges are what they are, added to the SKIP's reason.
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 impl Scenario {

@@ -91,7 +91,10 @@ pub fn requirements_verdict(
             Ok(false) => {
                 return Some(Verdict::new(
                     Outcome::Skip,
-                    format!("needs {tool} {range}, the guest has {v}"),
+                    match &scenario.requires.reason {
+                        Some(why) => format!("needs {tool} {range}, the guest has {v}: {why}"),
+                        None => format!("needs {tool} {range}, the guest has {v}"),
+                    },
                     None,
                 ));
             }
@@ -442,6 +445,11 @@ mod tests {
         let skip = requirements_verdict(&s, &v).unwrap();
         assert_eq!(skip.outcome, Outcome::Skip);
         assert_eq!(skip.detail, "needs podman >=4.4, the guest has 4.3.1");
+        s.requires.reason = Some("quadlet is new in podman 4.4".into());
+        assert_eq!(
+            requirements_verdict(&s, &v).unwrap().detail,
+            "needs podman >=4.4, the guest has 4.3.1: quadlet is new in podman 4.4"
+        );
         let v = BTreeMap::from([("podman".to_string(), "5.4.2".to_string())]);
         assert!(requirements_verdict(&s, &v).is_none());
         // A version the guest did not tell is a FAIL naming it, never "0".
