@@ -43,6 +43,11 @@ struct Cli {
     /// socket behind systemd-socket-proxyd).
     #[arg(long, value_name = "ADDRESS")]
     listen: Vec<String>,
+    /// inetd style: echo standard input to standard output until its end, then exit (for
+    /// `StandardInput=socket`, where the connection is stdin and stdout, or the pipes
+    /// `podman run -i` gives a container). No socket activation needed.
+    #[arg(long, conflicts_with_all = ["listen", "idle_exit", "reply_peer", "sdnotify"])]
+    inetd: bool,
     /// Sleep SECS seconds before serving (to study slow container starts).
     #[arg(long, value_name = "SECS")]
     start_sleep: Option<f64>,
@@ -69,6 +74,9 @@ fn main() -> ExitCode {
 }
 
 fn start(cli: Cli) -> Result<ExitCode, String> {
+    if cli.inetd {
+        return inetd(cli.debug);
+    }
     let idle_exit = seconds(cli.idle_exit, "idle-exit")?;
     let start_sleep = seconds(cli.start_sleep, "start-sleep")?;
     // Before any thread exists: this unsets LISTEN_* in our environment.
@@ -105,6 +113,32 @@ fn start(cli: Cli) -> Result<ExitCode, String> {
     // Connections still open must not delay the exit (SIGTERM must end us within 1 s).
     runtime.shutdown_timeout(Duration::from_millis(100));
     code
+}
+
+/// Echoes stdin to stdout, each read written back at once (a client waiting for its line
+/// gets it before it closes).
+fn inetd(debug: bool) -> Result<ExitCode, String> {
+    use std::io::{Read, Write};
+    let (mut input, mut output) = (std::io::stdin().lock(), std::io::stdout().lock());
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0usize;
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("Error: reading standard input: {e}")),
+        };
+        output
+            .write_all(&buf[..n])
+            .and_then(|()| output.flush())
+            .map_err(|e| format!("Error: writing standard output: {e}"))?;
+        total += n;
+    }
+    if debug {
+        eprintln!("inetd: echoed {total} bytes from standard input");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Only a build with the `mutants` feature reads `SAL_ECHO_MUTANT`: the lab's mutation

@@ -429,3 +429,32 @@ fn echoes_vsock_stream() {
     let result = probe(&format!("vsock:1:{port}"), "vsock");
     assert!(result.ok, "{result:?}");
 }
+
+/// inetd style (`StandardInput=socket`): the connection is stdin and stdout, no
+/// LISTEN_FDS; the server echoes until the client half-closes, then exits 0.
+#[test]
+fn inetd_echoes_a_connection_on_stdin_and_stdout() {
+    let (mut client, server) = UnixStream::pair().unwrap();
+    let server: OwnedFd = server.into();
+    let mut child = std::process::Command::new(BIN)
+        .arg("--inetd")
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .stdin(std::process::Stdio::from(server.try_clone().unwrap()))
+        .stdout(std::process::Stdio::from(server))
+        .spawn()
+        .unwrap();
+    client.write_all(b"hello\n").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut line = [0u8; 6];
+    // The reply comes before the client closes: each read is written back at once.
+    client.read_exact(&mut line).unwrap();
+    assert_eq!(&line, b"hello\n");
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    assert!(child.wait().unwrap().success());
+}
