@@ -327,6 +327,12 @@ pub fn run_trial(trial: &Trial, ready: &Ready, run_dir: &Path, events: &Events) 
                     }
                     Ok(Ok(rt)) => {
                         versions.insert(trial.runtime.clone(), rt.version.clone());
+                        scenario::steps::import_images(
+                            &vm,
+                            &trial.target,
+                            &trial.scenario,
+                            events.machine(),
+                        )?;
                         match &trial.mutant {
                             None => scenario::run_on_guest(&vm, &trial.scenario, &rt, &versions),
                             Some(m) => run_mutant(&vm, trial, m, rt, &versions),

@@ -75,6 +75,28 @@ pub fn debootstrap(
     label: &str,
     events: &Events,
 ) -> Result<PathBuf> {
+    debootstrap_with(suite, mirror, packages, customize, &[], dir, label, events)
+}
+
+/// Paths dpkg leaves out of an image nobody reads documentation in.
+pub const NO_DOCS: [&str; 3] = [
+    "--dpkgopt=path-exclude=/usr/share/man/*",
+    "--dpkgopt=path-exclude=/usr/share/doc/*",
+    "--dpkgopt=path-exclude=/usr/share/locale/*",
+];
+
+/// [`debootstrap`] with more mmdebstrap options (`extra`, before the suite).
+#[allow(clippy::too_many_arguments)]
+pub fn debootstrap_with(
+    suite: &str,
+    mirror: &str,
+    packages: &[String],
+    customize: Option<&str>,
+    extra: &[&str],
+    dir: &Path,
+    label: &str,
+    events: &Events,
+) -> Result<PathBuf> {
     if !proc::is_root() {
         bail!(
             "building a Debian image needs root (mmdebstrap, and mkfs.ext4 -d of a root-owned tree); run as root or fetch a cached image"
@@ -105,6 +127,7 @@ pub fn debootstrap(
         // signature is still checked.
         c.arg("--aptopt=Acquire::Check-Valid-Until \"false\"");
     }
+    c.args(extra);
     c.arg(suite).arg(&tar).arg(mirror);
     let out = proc::run_own_group(c, Duration::from_secs(1800))?;
     let log = dir.join("mmdebstrap.log");

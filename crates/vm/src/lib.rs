@@ -6,6 +6,7 @@
 
 pub mod cache;
 pub mod cleanup;
+pub mod container_image;
 pub mod debian;
 pub mod download;
 pub mod events;

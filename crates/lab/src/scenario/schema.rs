@@ -94,6 +94,10 @@ pub struct Prepare {
     /// 192.0.2.1/24, the client end 192.0.2.10/24.
     #[serde(default)]
     pub client_netns: bool,
+    /// Container images the lab builds from the Debian archive and imports into the
+    /// guest (`systemd`: systemd as PID 1, as `localhost/sal-systemd`).
+    #[serde(default)]
+    pub images: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -671,6 +675,14 @@ impl Scenario {
             check_step("expect.", step)?;
         } else if s.expect.pattern.is_some() || s.expect.step.is_some() {
             bail!("{p}: expect.pattern and expect.step belong to `outcome = \"fail\"`");
+        }
+        for image in &s.prepare.images {
+            if !vm::container_image::KNOWN.contains(&image.as_str()) {
+                bail!(
+                    "{p}: prepare.images: unknown image {image:?} (the lab builds: {})",
+                    vm::container_image::KNOWN.join(", ")
+                );
+            }
         }
         if s.service.is_some() && s.quadlet.is_some() {
             bail!("{p}: give either [service] or [quadlet], not both");

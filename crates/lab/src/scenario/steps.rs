@@ -97,6 +97,37 @@ pub fn add_client_netns(g: &Guest) -> Result<()> {
     Ok(())
 }
 
+/// Builds (once, in the cache) and imports into the guest the container images the
+/// scenario's `prepare.images` names, as the test user.
+pub fn import_images(
+    vm: &TrialVm,
+    target: &vm::target::Target,
+    scenario: &Scenario,
+    events: &vm::events::Events,
+) -> Result<()> {
+    use vm::container_image as ci;
+    for image in &scenario.prepare.images {
+        let tar = ci::ensure(image, target, events)
+            .with_context(|| format!("building the {image} container image"))?;
+        let g = &vm.guest;
+        g.log_heading(&format!("importing the {image} container image"));
+        let remote = format!("/var/tmp/sal-{image}.tar.gz");
+        g.copy_in(&tar, &remote, 0o644)?;
+        let changes: String = ci::import_changes(image)
+            .iter()
+            .map(|c| format!(" --change {}", quote(c)))
+            .collect();
+        g.user_ok(
+            &format!(
+                "podman import --quiet{changes} {remote} {} >/dev/null && rm -f {remote}",
+                ci::local_name(image)
+            ),
+            Duration::from_secs(300),
+        )?;
+    }
+    Ok(())
+}
+
 /// Puts what the scenario declares into the guest (each unit also into the trial
 /// directory, as written), reloads the manager, and fails when systemd or the quadlet
 /// generator complained about a file it wrote (an unknown key is only a warning to

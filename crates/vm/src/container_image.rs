@@ -1,0 +1,103 @@
+//! Container images built offline from the Debian archive, like the guests, for what the
+//! echo image cannot be: `systemd`, an image whose entrypoint is systemd (article 004:
+//! systemd as the container's PID 1). Kept in the cache as a gzipped root file system
+//! per suite; a trial that needs one copies it in and `podman import`s it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+
+use crate::events::{Event, Events};
+use crate::target::{ImageSource, Target};
+use crate::{cache, debian, proc};
+
+/// The images the lab can build, by the name scenarios use.
+pub const KNOWN: [&str; 1] = ["systemd"];
+
+/// The name the image gets in the guest.
+pub fn local_name(image: &str) -> String {
+    format!("localhost/sal-{image}:latest")
+}
+
+/// What `podman import` gets besides the tar: the image's entrypoint.
+pub fn import_changes(image: &str) -> &'static [&'static str] {
+    match image {
+        "systemd" => &["CMD [\"/sbin/init\"]", "STOPSIGNAL SIGRTMIN+3"],
+        _ => &[],
+    }
+}
+
+fn packages(image: &str) -> Result<Vec<String>> {
+    match image {
+        "systemd" => Ok(vec!["systemd".into(), "systemd-sysv".into()]),
+        other => bail!(
+            "unknown container image {other:?} (the lab builds: {})",
+            KNOWN.join(", ")
+        ),
+    }
+}
+
+/// Bump when what goes into the images changes.
+const RECIPE: &str = "container-1";
+
+/// The suite and mirror an image for `target` comes from: the guest's own suite, so the
+/// container's systemd is the one the guest's Debian ships; trixie for other targets.
+fn source(target: &Target) -> (String, String) {
+    match &target.source {
+        ImageSource::Debian { suite, mirror, .. } => (suite.clone(), mirror.clone()),
+        ImageSource::Fedora { .. } => ("trixie".into(), "http://deb.debian.org/debian".into()),
+    }
+}
+
+/// The gzipped root file system of `image` for `target`, from the cache, built first if
+/// missing or broken.
+pub fn ensure(image: &str, target: &Target, events: &Events) -> Result<PathBuf> {
+    let packages = packages(image)?;
+    let (suite, mirror) = source(target);
+    let key = cache::key(&[
+        ("recipe", RECIPE.as_bytes()),
+        ("image", image.as_bytes()),
+        ("suite", suite.as_bytes()),
+        ("mirror", mirror.as_bytes()),
+        ("packages", packages.join(",").as_bytes()),
+    ]);
+    let dir = cache::root()
+        .join("images")
+        .join(format!("container-{image}-{suite}-{key}"));
+    let _lock = cache::lock(&dir)?;
+    if cache::lookup_keyed(&dir, &key).is_some() {
+        return Ok(dir.join("rootfs.tar.gz"));
+    }
+    let stage = cache::stage(&dir, &key)?;
+    let label = format!("{image} image ({suite})");
+    let tar = debian::debootstrap_with(
+        &suite,
+        &mirror,
+        &packages,
+        None,
+        &debian::NO_DOCS,
+        stage.path(),
+        &label,
+        events,
+    )?;
+    // Compressed, it is a third of the bytes to copy into a guest.
+    let mut gzip = Command::new("gzip");
+    gzip.arg("-1").arg(&tar);
+    let out = proc::run_own_group(gzip, Duration::from_secs(600))?;
+    if !out.success() {
+        bail!("gzip {} failed: {}", tar.display(), out.combined());
+    }
+    let facts = BTreeMap::from([
+        ("suite".to_string(), suite.clone()),
+        ("build_id".to_string(), cache::build_id()),
+    ]);
+    stage.publish(facts)?;
+    events.emit(Event::Note {
+        target: target.name.clone(),
+        text: format!("{label} cached in {}", dir.display()),
+    });
+    Ok(dir.join("rootfs.tar.gz"))
+}
