@@ -1,7 +1,11 @@
 //! Article 003's "native performance" column, measured. One guest serves the echo server
 //! behind each rootless inbound method (socket activation, pasta, slirp4netns with each
-//! port handler, host networking) and, as the baseline, directly on the guest without a
-//! container. A client in the `client` network namespace (a veth pair, so its traffic
+//! port handler, host networking, systemd-socket-proxyd in front of a container without
+//! socket activation, Accept=yes with a container per connection) and, as the baseline,
+//! directly on the guest without a container. The outbound column too: the same client
+//! in a container (host networking, pasta `--map-gw`, slirp4netns
+//! `allow_host_loopback=true`) against the baseline server, beside that client run
+//! directly on the guest. A client in the `client` network namespace (a veth pair, so its traffic
 //! arrives from outside the guest's loopback, as a remote client's does) runs the same
 //! `echo-probe bench` against each, in rounds whose order rotates; the report is medians
 //! and their ratios to the baseline, all from one run (absolute numbers from different
@@ -30,6 +34,8 @@ pub enum Kind {
     Pasta,
     SlirpRootlesskit,
     SlirpSlirp,
+    SocketProxyd,
+    AcceptYes,
 }
 
 /// One inbound method: how its server starts and the port the client reaches it on.
@@ -38,13 +44,14 @@ pub struct Method {
     pub kind: Kind,
     pub name: &'static str,
     pub port: u16,
-    /// What article 003 says: "no slowdown compared to running directly on the host".
+    /// What article 003 says: "no slowdown compared to running directly on the host";
+    /// `None` where it says nothing (the baseline, and methods it does not list).
     pub article_native: Option<bool>,
 }
 
 pub const BASELINE: &str = "directly on the guest";
 
-pub const METHODS: [Method; 6] = [
+pub const METHODS: [Method; 8] = [
     Method {
         kind: Kind::Direct,
         name: BASELINE,
@@ -81,7 +88,71 @@ pub const METHODS: [Method; 6] = [
         port: 4105,
         article_native: Some(false),
     },
+    Method {
+        kind: Kind::SocketProxyd,
+        name: "systemd-socket-proxyd to a --network=none container's Unix socket",
+        port: 4106,
+        article_native: None,
+    },
+    Method {
+        kind: Kind::AcceptYes,
+        name: "Accept=yes, a container per connection",
+        port: 4107,
+        article_native: None,
+    },
 ];
+
+/// Outbound: where a client reaches the baseline server (port 4100 on every address of
+/// the guest) from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outbound {
+    pub name: &'static str,
+    /// `None`: the client runs directly on the guest (the baseline).
+    pub network: Option<&'static str>,
+    /// The server's address as the client sees it.
+    pub address: &'static str,
+}
+
+pub const OUTBOUND_BASELINE: &str = "the client directly on the guest";
+
+pub const OUTBOUND: [Outbound; 4] = [
+    Outbound {
+        name: OUTBOUND_BASELINE,
+        network: None,
+        address: "tcp4:127.0.0.1:4100",
+    },
+    Outbound {
+        name: "host",
+        network: Some("host"),
+        address: "tcp4:127.0.0.1:4100",
+    },
+    // QEMU's user network gives the guest the gateway 10.0.2.2; both map it to the
+    // guest's loopback.
+    Outbound {
+        name: "pasta --map-gw",
+        network: Some("pasta:--map-gw"),
+        address: "tcp4:10.0.2.2:4100",
+    },
+    Outbound {
+        name: "slirp4netns allow_host_loopback=true",
+        network: Some("slirp4netns:allow_host_loopback=true"),
+        address: "tcp4:10.0.2.2:4100",
+    },
+];
+
+/// The `echo-probe bench` command (as the test user) of an outbound client.
+pub fn outbound_command(o: &Outbound, runtime: &str, opts: &Options) -> String {
+    let bench = format!(
+        "bench {} --connections {} --seconds {} --size {} --json",
+        o.address, opts.connections, opts.seconds, opts.size
+    );
+    match o.network {
+        None => format!("echo-probe {bench}"),
+        Some(net) => format!(
+            "podman run --rm --runtime {runtime} --pull=never --network={net} --entrypoint /echo-probe {ECHO_IMAGE} {bench}"
+        ),
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -110,6 +181,41 @@ pub struct Sample {
 }
 
 const UNIT: &str = "bench-echo";
+const PROXYD: &str = "bench-proxyd";
+const ACCEPT: &str = "bench-accept";
+
+/// The units of the systemd-socket-proxyd and Accept=yes methods, as (file name, text).
+fn other_units(runtime: &str) -> Vec<(String, String)> {
+    let port = |k: Kind| METHODS.iter().find(|m| m.kind == k).map_or(0, |m| m.port);
+    vec![
+        (
+            format!("{PROXYD}.socket"),
+            format!(
+                "[Socket]\nListenStream=0.0.0.0:{}\n",
+                port(Kind::SocketProxyd)
+            ),
+        ),
+        (
+            format!("{PROXYD}.service"),
+            format!(
+                "[Service]\nExecStart=/usr/lib/systemd/systemd-socket-proxyd %t/{PROXYD}/echo.sock\n"
+            ),
+        ),
+        (
+            format!("{ACCEPT}.socket"),
+            format!(
+                "[Socket]\nListenStream=0.0.0.0:{}\nAccept=yes\n",
+                port(Kind::AcceptYes)
+            ),
+        ),
+        (
+            format!("{ACCEPT}@.service"),
+            format!(
+                "[Service]\nType=notify\nNotifyAccess=all\nExecStart=/usr/bin/podman run --rm --runtime {runtime} --cgroups=no-conmon --sdnotify=conmon --network=none --pull=never {ECHO_IMAGE} --idle-exit 1\n"
+            ),
+        ),
+    ]
+}
 
 /// The socket and service of the socket-activation method: the lab's usual
 /// `podman run --network=none` service behind a TCP listener.
@@ -159,6 +265,14 @@ pub fn start_command(method: &Method, runtime: &str) -> String {
         // The port is in the socket unit.
         Kind::SocketActivation => {
             format!("systemctl --user daemon-reload && systemctl --user start {UNIT}.socket")
+        }
+        // The units are written by start_all; the backend is the echo server on a Unix
+        // socket in a directory it shares with systemd-socket-proxyd.
+        Kind::SocketProxyd => format!(
+            "mkdir -p $XDG_RUNTIME_DIR/{PROXYD} && podman run -d --name bench-{p} --runtime {runtime} --pull=never --network=none --user 0:0 --volume $XDG_RUNTIME_DIR/{PROXYD}:/run/backend {ECHO_IMAGE} --listen unix:/run/backend/echo.sock && systemctl --user daemon-reload && systemctl --user start {PROXYD}.socket"
+        ),
+        Kind::AcceptYes => {
+            format!("systemctl --user daemon-reload && systemctl --user start {ACCEPT}.socket")
         }
         Kind::Host => run("host", false),
         Kind::Pasta => run("pasta", true),
@@ -212,6 +326,9 @@ fn start_all(vm: &TrialVm, runtime: &str, events: &Events) -> Result<Vec<Unavail
         owner,
         0o644,
     )?;
+    for (name, text) in other_units(runtime) {
+        g.write_file(&format!("{dir}/{name}"), text.as_bytes(), owner, 0o644)?;
+    }
     let mut unavailable = Vec::new();
     for m in &METHODS {
         let step = events.step(m.name, "starting the server");
@@ -244,6 +361,75 @@ fn start_all(vm: &TrialVm, runtime: &str, events: &Events) -> Result<Vec<Unavail
 pub struct Results {
     pub samples: Vec<Sample>,
     pub unavailable: Vec<Unavailable>,
+    /// The outbound clients' samples (method = the client's [`Outbound::name`]).
+    #[serde(default)]
+    pub outbound: Vec<Sample>,
+    #[serde(default)]
+    pub outbound_unavailable: Vec<Unavailable>,
+}
+
+fn parse_measurement(what: &str, round: usize, stdout: &str) -> Result<Measurement> {
+    let measurement: Measurement = serde_json::from_str(stdout.trim())
+        .with_context(|| format!("echo-probe bench printed {stdout:?}"))?;
+    if !measurement.errors.is_empty() {
+        bail!(
+            "{what} (round {round}): the benchmark's connections failed: {}",
+            measurement.errors.join("; ")
+        );
+    }
+    Ok(measurement)
+}
+
+/// The outbound clients, in rotating rounds like the inbound methods. A client whose
+/// network podman refuses (pasta options before podman 4.4) is unavailable, with
+/// podman's words.
+fn run_outbound(
+    vm: &TrialVm,
+    runtime: &str,
+    opts: &Options,
+    events: &Events,
+) -> Result<(Vec<Sample>, Vec<Unavailable>)> {
+    let mut samples = Vec::new();
+    let mut unavailable: Vec<Unavailable> = Vec::new();
+    let n = OUTBOUND.len();
+    for round in 1..=opts.rounds {
+        for i in 0..n {
+            let o = &OUTBOUND[(i + round - 1) % n];
+            if unavailable.iter().any(|u| u.method == o.name) {
+                continue;
+            }
+            let out = vm.guest.user(
+                &outbound_command(o, runtime, opts),
+                Duration::from_secs_f64(opts.seconds + 120.0),
+            )?;
+            if !out.success() && o.network.is_some() && out.stdout.trim().is_empty() {
+                let why = vm::proc::tail(out.combined().trim(), 3);
+                events.note(o.name, format!("unavailable on this guest: {why}"));
+                unavailable.push(Unavailable {
+                    method: o.name.into(),
+                    why,
+                });
+                continue;
+            }
+            let m = parse_measurement(o.name, round, &out.stdout)?;
+            events.note(
+                o.name,
+                format!(
+                    "outbound round {round}: {:.1} MiB/s, {:.0} round trips/s",
+                    m.mib_per_s, m.round_trips_per_s
+                ),
+            );
+            samples.push(Sample {
+                method: o.name.into(),
+                round,
+                measurement: m,
+            });
+        }
+    }
+    if unavailable.iter().any(|u| u.method == OUTBOUND_BASELINE) {
+        bail!("the outbound baseline client failed: {unavailable:?}");
+    }
+    Ok((samples, unavailable))
 }
 
 /// Runs the benchmark in `vm` (restored from the ready state; the caller owns it).
@@ -266,15 +452,7 @@ pub fn run(vm: &TrialVm, runtime: &str, opts: &Options, events: &Events) -> Resu
         let out = vm
             .guest
             .root_ok(&cmd, Duration::from_secs_f64(opts.seconds + 120.0))?;
-        let measurement: Measurement = serde_json::from_str(out.stdout.trim())
-            .with_context(|| format!("echo-probe bench printed {:?}", out.stdout))?;
-        if !measurement.errors.is_empty() {
-            bail!(
-                "{} (round {round}): the benchmark's connections failed: {}",
-                m.name,
-                measurement.errors.join("; ")
-            );
-        }
+        let measurement = parse_measurement(m.name, round, &out.stdout)?;
         events.note(
             m.name,
             format!(
@@ -288,9 +466,12 @@ pub fn run(vm: &TrialVm, runtime: &str, opts: &Options, events: &Events) -> Resu
             measurement,
         });
     }
+    let (outbound, outbound_unavailable) = run_outbound(vm, runtime, opts, events)?;
     Ok(Results {
         samples,
         unavailable,
+        outbound,
+        outbound_unavailable,
     })
 }
 
@@ -345,10 +526,11 @@ pub fn table(results: &Results, opts: &Options, context: &str) -> String {
     )
     .unwrap();
     for m in &METHODS {
-        let claim = match m.article_native {
-            None => "(baseline)",
-            Some(true) => "yes",
-            Some(false) => "no",
+        let claim = match (m.kind, m.article_native) {
+            (Kind::Direct, _) => "(baseline)",
+            (_, None) => "(not listed)",
+            (_, Some(true)) => "yes",
+            (_, Some(false)) => "no",
         };
         if let Some(u) = results.unavailable.iter().find(|u| u.method == m.name) {
             let why = u.why.replace('\n', " ").replace('|', "\\|");
@@ -370,6 +552,62 @@ pub fn table(results: &Results, opts: &Options, context: &str) -> String {
         )
         .unwrap();
     }
+    if results.outbound.is_empty() && results.outbound_unavailable.is_empty() {
+        return s;
+    }
+    s += &outbound_table(results, opts);
+    s
+}
+
+/// Article 003's outbound column: the same client in a container and directly on the
+/// guest, against the same server, as ratios.
+fn outbound_table(results: &Results, opts: &Options) -> String {
+    let mut by: BTreeMap<&str, Vec<&Measurement>> = BTreeMap::new();
+    for x in &results.outbound {
+        by.entry(x.method.as_str())
+            .or_default()
+            .push(&x.measurement);
+    }
+    let med = |name: &str, f: fn(&Measurement) -> f64| {
+        median(
+            by.get(name)
+                .map(|v| v.iter().map(|m| f(m)).collect())
+                .unwrap_or_default(),
+        )
+    };
+    let base = med(OUTBOUND_BASELINE, |m| m.mib_per_s);
+    let mut s = format!(
+        "\n## Outbound: echo round trips from a client in a container to a server on the guest\n\n\
+         The baseline server above (port 4100); {} connection(s), {} B per round trip, {} s per \
+         measurement, {} rounds in rotating order; medians.\n\n\
+         | client | MiB/s | vs the client directly on the guest | round trips/s | p50 µs | p99 µs |\n|---|---|---|---|---|---|\n",
+        opts.connections, opts.size, opts.seconds, opts.rounds
+    );
+    for o in &OUTBOUND {
+        if let Some(u) = results
+            .outbound_unavailable
+            .iter()
+            .find(|u| u.method == o.name)
+        {
+            let why = u.why.replace('\n', " ").replace('|', "\\|");
+            writeln!(s, "| {} | unavailable: {why} | | | | |", o.name).unwrap();
+            continue;
+        }
+        if !by.contains_key(o.name) {
+            continue;
+        }
+        let mib = med(o.name, |x| x.mib_per_s);
+        writeln!(
+            s,
+            "| {} | {mib:.1} | {:.2}x | {:.0} | {:.0} | {:.0} |",
+            o.name,
+            mib / base,
+            med(o.name, |x| x.round_trips_per_s),
+            med(o.name, |x| x.p50_us),
+            med(o.name, |x| x.p99_us),
+        )
+        .unwrap();
+    }
     s
 }
 
@@ -380,7 +618,8 @@ mod tests {
     #[test]
     fn every_round_has_every_method_and_the_first_rotates() {
         let s = schedule(&METHODS, 3);
-        assert_eq!(s.len(), 18);
+        let n = METHODS.len();
+        assert_eq!(s.len(), 3 * n);
         for r in 1..=3 {
             let names: std::collections::BTreeSet<_> = s
                 .iter()
@@ -389,13 +628,17 @@ mod tests {
                 .collect();
             assert_eq!(names.len(), METHODS.len());
         }
-        let firsts: Vec<_> = (0..3).map(|r| s[r * 6].1.name).collect();
+        let firsts: Vec<_> = (0..3).map(|r| s[r * n].1.name).collect();
         assert_eq!(firsts, [METHODS[0].name, METHODS[1].name, METHODS[2].name]);
     }
 
     #[test]
     fn servers_listen_where_the_client_connects() {
-        for m in METHODS.iter().filter(|m| m.kind != Kind::SocketActivation) {
+        // Methods whose port is in a socket unit are checked with their units.
+        for m in METHODS
+            .iter()
+            .filter(|m| ![Kind::SocketActivation, Kind::AcceptYes].contains(&m.kind))
+        {
             let c = start_command(m, "crun");
             assert!(c.contains(&m.port.to_string()), "{c}");
         }
@@ -448,6 +691,7 @@ mod tests {
                 method: "pasta".into(),
                 why: "Error: unknown network mode | pasta".into(),
             }],
+            ..Default::default()
         };
         let t = table(&results, &opts, "debian-13, crun 1.21, tcg");
         assert!(
@@ -460,7 +704,7 @@ mod tests {
         );
         let measured = Results {
             samples: results.samples.clone(),
-            unavailable: vec![],
+            ..Default::default()
         };
         let t = table(&measured, &opts, "x");
         assert!(
@@ -473,6 +717,81 @@ mod tests {
         );
         assert!(
             t.contains("x; 1 connection(s), 16384 B per round trip"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn proxyd_and_accept_yes_units_listen_where_the_client_connects() {
+        let units: BTreeMap<String, String> = other_units("runc").into_iter().collect();
+        assert!(units["bench-proxyd.socket"].contains("ListenStream=0.0.0.0:4106"));
+        assert!(
+            units["bench-proxyd.service"]
+                .contains("systemd-socket-proxyd %t/bench-proxyd/echo.sock")
+        );
+        assert!(units["bench-accept.socket"].contains("ListenStream=0.0.0.0:4107\nAccept=yes"));
+        assert!(units["bench-accept@.service"].contains("--runtime runc "));
+        // The backend listens where the proxy forwards.
+        let proxyd = start_command(&METHODS[6], "crun");
+        assert!(
+            proxyd.contains("--volume $XDG_RUNTIME_DIR/bench-proxyd:/run/backend")
+                && proxyd.contains("--listen unix:/run/backend/echo.sock"),
+            "{proxyd}"
+        );
+    }
+
+    #[test]
+    fn outbound_clients_reach_the_baseline_server() {
+        let opts = Options {
+            seconds: 2.0,
+            size: 1024,
+            connections: 1,
+            rounds: 1,
+        };
+        let direct = outbound_command(&OUTBOUND[0], "crun", &opts);
+        assert!(
+            direct.starts_with("echo-probe bench tcp4:127.0.0.1:4100 "),
+            "{direct}"
+        );
+        let pasta = outbound_command(&OUTBOUND[2], "crun", &opts);
+        assert!(
+            pasta.contains("--network=pasta:--map-gw --entrypoint /echo-probe")
+                && pasta.contains("bench tcp4:10.0.2.2:4100"),
+            "{pasta}"
+        );
+        let baseline_port = METHODS[0].port.to_string();
+        assert!(OUTBOUND.iter().all(|o| o.address.ends_with(&baseline_port)));
+    }
+
+    #[test]
+    fn outbound_table_gives_ratios_to_the_client_on_the_guest() {
+        let opts = Options {
+            seconds: 2.0,
+            size: 1024,
+            connections: 1,
+            rounds: 1,
+        };
+        let results = Results {
+            samples: vec![sample(BASELINE, 1, 10.0)],
+            outbound: vec![
+                sample(OUTBOUND_BASELINE, 1, 40.0),
+                sample("host", 1, 40.0),
+                sample("slirp4netns allow_host_loopback=true", 1, 10.0),
+            ],
+            outbound_unavailable: vec![Unavailable {
+                method: "pasta --map-gw".into(),
+                why: "Error: unknown bridge network option: --map-gw".into(),
+            }],
+            ..Default::default()
+        };
+        let t = table(&results, &opts, "x");
+        assert!(t.contains("| host | 40.0 | 1.00x |"), "{t}");
+        assert!(
+            t.contains("| slirp4netns allow_host_loopback=true | 10.0 | 0.25x |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| pasta --map-gw | unavailable: Error: unknown bridge network option"),
             "{t}"
         );
     }
