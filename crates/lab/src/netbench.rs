@@ -169,6 +169,10 @@ pub struct Measurement {
     pub round_trips_per_s: f64,
     pub p50_us: f64,
     pub p99_us: f64,
+    /// The slowest connection's first, unmeasured round trip (Accept=yes: its container's
+    /// start).
+    #[serde(default)]
+    pub first_reply_ms: f64,
     #[serde(default)]
     pub errors: Vec<String>,
 }
@@ -522,7 +526,7 @@ pub fn table(results: &Results, opts: &Options, context: &str) -> String {
     .unwrap();
     writeln!(
         s,
-        "| method | article 003: native performance | MiB/s | vs directly on the guest | round trips/s | p50 µs | p99 µs |\n|---|---|---|---|---|---|---|"
+        "| method | article 003: native performance | MiB/s | vs directly on the guest | round trips/s | p50 µs | p99 µs | first reply ms |\n|---|---|---|---|---|---|---|---|"
     )
     .unwrap();
     for m in &METHODS {
@@ -534,7 +538,7 @@ pub fn table(results: &Results, opts: &Options, context: &str) -> String {
         };
         if let Some(u) = results.unavailable.iter().find(|u| u.method == m.name) {
             let why = u.why.replace('\n', " ").replace('|', "\\|");
-            writeln!(s, "| {} | {claim} | unavailable: {why} | | | | |", m.name).unwrap();
+            writeln!(s, "| {} | {claim} | unavailable: {why} | | | | | |", m.name).unwrap();
             continue;
         }
         if !by_method.contains_key(m.name) {
@@ -543,12 +547,13 @@ pub fn table(results: &Results, opts: &Options, context: &str) -> String {
         let mib = med(m.name, |x| x.mib_per_s);
         writeln!(
             s,
-            "| {} | {claim} | {mib:.1} | {:.2}x | {:.0} | {:.0} | {:.0} |",
+            "| {} | {claim} | {mib:.1} | {:.2}x | {:.0} | {:.0} | {:.0} | {:.0} |",
             m.name,
             mib / base,
             med(m.name, |x| x.round_trips_per_s),
             med(m.name, |x| x.p50_us),
             med(m.name, |x| x.p99_us),
+            med(m.name, |x| x.first_reply_ms),
         )
         .unwrap();
     }
@@ -664,6 +669,7 @@ mod tests {
                 round_trips_per_s: mib * 64.0,
                 p50_us: 100.0,
                 p99_us: 300.0,
+                first_reply_ms: 2.0,
                 errors: vec![],
             },
         }
@@ -708,7 +714,7 @@ mod tests {
         };
         let t = table(&measured, &opts, "x");
         assert!(
-            t.contains("| pasta | no | 5.0 | 0.25x | 320 | 100 | 300 |"),
+            t.contains("| pasta | no | 5.0 | 0.25x | 320 | 100 | 300 | 2 |"),
             "{t}"
         );
         assert!(

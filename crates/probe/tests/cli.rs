@@ -14,20 +14,23 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// A blocking TCP echo for `n` connections.
+/// A TCP echo for `n` connections, a thread each (they are served at once, as by any
+/// real server).
 fn tcp_echo(n: usize) -> String {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = format!("tcp4:{}", l.local_addr().unwrap());
     std::thread::spawn(move || {
         for s in l.incoming().take(n) {
             let mut s = s.unwrap();
-            let mut buf = [0u8; 65536];
-            loop {
-                match s.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(k) => s.write_all(&buf[..k]).unwrap(),
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => s.write_all(&buf[..k]).unwrap(),
+                    }
                 }
-            }
+            });
         }
     });
     addr
