@@ -112,7 +112,8 @@ pub fn import_images(
         let g = &vm.guest;
         g.log_heading(&format!("importing the {image} container image"));
         let remote = format!("/var/tmp/sal-{image}.tar.gz");
-        g.copy_in(&tar, &remote, 0o644)?;
+        let data = std::fs::read(&tar).with_context(|| format!("reading {}", tar.display()))?;
+        g.write_file(&remote, &data, Some(g.user.name.as_str()), 0o644)?;
         let changes: String = ci::import_changes(image)
             .iter()
             .map(|c| format!(" --change {}", quote(c)))
