@@ -562,13 +562,7 @@ impl Guest {
     /// The last `lines` journal lines logged by the test user's processes (its user
     /// manager included), after the cursor `after` when given.
     pub fn user_journal(&self, lines: usize, after: Option<&str>) -> String {
-        let after = after
-            .map(|c| format!("--after-cursor={} ", quote(c)))
-            .unwrap_or_default();
-        let script = format!(
-            "journalctl --no-pager -o short-monotonic -n {lines} {after}_UID={}",
-            self.user.uid
-        );
+        let script = journal_command(&format!("_UID={}", self.user.uid), Some(lines), after);
         self.root(&script, Duration::from_secs(60))
             .map(|o| o.combined())
             .unwrap_or_else(|e| format!("(journal unavailable: {e:#})"))
@@ -597,11 +591,29 @@ pub fn unit_journal_command(
         Manager::User => matches.join(" + "),
         Manager::System => matches.join(" "),
     };
-    let after = after
-        .map(|c| format!("--after-cursor={} ", quote(c)))
-        .unwrap_or_default();
-    let lines = lines.map(|n| format!("-n {n} ")).unwrap_or_default();
-    format!("journalctl --no-pager -o short-monotonic {lines}{after}{matches}")
+    journal_command(&matches, lines, after)
+}
+
+/// `journalctl` with `matches`: the last `lines` (all when `None`), after the cursor
+/// `after` when given.
+///
+/// Not `--after-cursor` with matches: before systemd 255 that skips the first matching
+/// entry after the cursor (systemd issue 30288, fixed by PR 30336), so on debian-12 a
+/// step's evidence lost its first line. `--cursor` starts at the cursor's own entry
+/// instead, which is dropped when it is the first line shown (it was logged before the
+/// step).
+pub fn journal_command(matches: &str, lines: Option<usize>, after: Option<&str>) -> String {
+    let Some(cursor) = after else {
+        let lines = lines.map(|n| format!("-n {n} ")).unwrap_or_default();
+        return format!("journalctl --no-pager -o short-monotonic {lines}{matches}");
+    };
+    let tail = lines.map(|n| format!(" | tail -n {n}")).unwrap_or_default();
+    format!(
+        "c={}; at=$(journalctl --no-pager -o short-monotonic --cursor=\"$c\" | head -n 1); \
+         journalctl --no-pager -o short-monotonic --cursor=\"$c\" {matches} \
+         | AT=\"$at\" awk 'NR == 1 && $0 == ENVIRON[\"AT\"] {{ next }} {{ print }}'{tail}",
+        quote(cursor)
+    )
 }
 
 /// The cursor in `journalctl --show-cursor` output (`-- cursor: s=...`).
@@ -623,6 +635,38 @@ impl Drop for Guest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The window after a cursor, run by sh against a stand-in `journalctl` that prints
+    /// the cursor's own entry first (with a backslash, which awk -v would mangle) when no
+    /// match is given, and the matching entries otherwise.
+    fn window(matching: &str) -> String {
+        let fake = format!(
+            "journalctl() {{ case \"$*\" in *UNIT*) printf '%s' {};; *) printf '%s\\n' 'cursor entry \\ x' 'other';; esac; }}; ",
+            quote(matching)
+        );
+        let script = fake + &journal_command("UNIT=a", Some(2), Some("s=1;i=2"));
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[test]
+    fn a_window_after_a_cursor_drops_only_the_cursors_own_entry() {
+        // The cursor's entry matched: it was logged before the step, so it goes.
+        assert_eq!(
+            window("cursor entry \\ x\nfirst\nsecond\n"),
+            "first\nsecond\n"
+        );
+        // It did not match: the first matching entry after it stays (systemd 252's
+        // --after-cursor lost this one).
+        assert_eq!(window("first\nsecond\n"), "first\nsecond\n");
+        // `lines` keeps the last ones.
+        assert_eq!(window("a\nb\nc\n"), "b\nc\n");
+        assert!(!journal_command("UNIT=a", None, Some("c")).contains("--after-cursor"));
+    }
 
     #[test]
     fn cursor_from_show_cursor_output() {
