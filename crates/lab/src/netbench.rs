@@ -488,8 +488,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// The report: per method, the medians over rounds and throughput as a ratio to the
-/// baseline, beside what the article claims.
 /// Each method's throughput as a ratio to the baseline's in the same round.
 pub fn bars(results: &Results) -> Vec<crate::report::html::Bar> {
     let samples: Vec<(String, usize, f64)> = results
@@ -500,23 +498,47 @@ pub fn bars(results: &Results) -> Vec<crate::report::html::Bar> {
     crate::report::html::ratio_bars(&samples, BASELINE)
 }
 
-pub fn table(results: &Results, opts: &Options, context: &str) -> String {
-    let mut by_method: BTreeMap<&str, Vec<&Measurement>> = BTreeMap::new();
-    for s in &results.samples {
-        by_method
-            .entry(s.method.as_str())
-            .or_default()
-            .push(&s.measurement);
+/// Samples grouped by method, for medians over the rounds.
+struct ByMethod<'a>(BTreeMap<&'a str, Vec<&'a Measurement>>);
+
+impl<'a> ByMethod<'a> {
+    fn new(samples: &'a [Sample]) -> Self {
+        let mut by: BTreeMap<&str, Vec<&Measurement>> = BTreeMap::new();
+        for s in samples {
+            by.entry(s.method.as_str())
+                .or_default()
+                .push(&s.measurement);
+        }
+        ByMethod(by)
     }
-    let med = |name: &str, f: fn(&Measurement) -> f64| {
+
+    fn has(&self, name: &str) -> bool {
+        self.0.contains_key(name)
+    }
+
+    fn median(&self, name: &str, f: fn(&Measurement) -> f64) -> f64 {
         median(
-            by_method
+            self.0
                 .get(name)
                 .map(|v| v.iter().map(|m| f(m)).collect())
                 .unwrap_or_default(),
         )
-    };
-    let base = med(BASELINE, |m| m.mib_per_s);
+    }
+}
+
+/// Why `name` could not be measured, escaped for a table cell.
+fn unavailable_cell(unavailable: &[Unavailable], name: &str) -> Option<String> {
+    unavailable
+        .iter()
+        .find(|u| u.method == name)
+        .map(|u| u.why.replace('\n', " ").replace('|', "\\|"))
+}
+
+/// The report: per method, the medians over rounds and throughput as a ratio to the
+/// baseline, beside what the article claims; then the outbound clients.
+pub fn table(results: &Results, opts: &Options, context: &str) -> String {
+    let by = ByMethod::new(&results.samples);
+    let base = by.median(BASELINE, |m| m.mib_per_s);
     let mut s = String::new();
     writeln!(
         s,
@@ -536,24 +558,23 @@ pub fn table(results: &Results, opts: &Options, context: &str) -> String {
             (_, Some(true)) => "yes",
             (_, Some(false)) => "no",
         };
-        if let Some(u) = results.unavailable.iter().find(|u| u.method == m.name) {
-            let why = u.why.replace('\n', " ").replace('|', "\\|");
+        if let Some(why) = unavailable_cell(&results.unavailable, m.name) {
             writeln!(s, "| {} | {claim} | unavailable: {why} | | | | | |", m.name).unwrap();
             continue;
         }
-        if !by_method.contains_key(m.name) {
+        if !by.has(m.name) {
             continue;
         }
-        let mib = med(m.name, |x| x.mib_per_s);
+        let mib = by.median(m.name, |x| x.mib_per_s);
         writeln!(
             s,
             "| {} | {claim} | {mib:.1} | {:.2}x | {:.0} | {:.0} | {:.0} | {:.0} |",
             m.name,
             mib / base,
-            med(m.name, |x| x.round_trips_per_s),
-            med(m.name, |x| x.p50_us),
-            med(m.name, |x| x.p99_us),
-            med(m.name, |x| x.first_reply_ms),
+            by.median(m.name, |x| x.round_trips_per_s),
+            by.median(m.name, |x| x.p50_us),
+            by.median(m.name, |x| x.p99_us),
+            by.median(m.name, |x| x.first_reply_ms),
         )
         .unwrap();
     }
@@ -567,20 +588,8 @@ pub fn table(results: &Results, opts: &Options, context: &str) -> String {
 /// Article 003's outbound column: the same client in a container and directly on the
 /// guest, against the same server, as ratios.
 fn outbound_table(results: &Results, opts: &Options) -> String {
-    let mut by: BTreeMap<&str, Vec<&Measurement>> = BTreeMap::new();
-    for x in &results.outbound {
-        by.entry(x.method.as_str())
-            .or_default()
-            .push(&x.measurement);
-    }
-    let med = |name: &str, f: fn(&Measurement) -> f64| {
-        median(
-            by.get(name)
-                .map(|v| v.iter().map(|m| f(m)).collect())
-                .unwrap_or_default(),
-        )
-    };
-    let base = med(OUTBOUND_BASELINE, |m| m.mib_per_s);
+    let by = ByMethod::new(&results.outbound);
+    let base = by.median(OUTBOUND_BASELINE, |m| m.mib_per_s);
     let mut s = format!(
         "\n## Outbound: echo round trips from a client in a container to a server on the guest\n\n\
          The baseline server above (port 4100); {} connection(s), {} B per round trip, {} s per \
@@ -589,27 +598,22 @@ fn outbound_table(results: &Results, opts: &Options) -> String {
         opts.connections, opts.size, opts.seconds, opts.rounds
     );
     for o in &OUTBOUND {
-        if let Some(u) = results
-            .outbound_unavailable
-            .iter()
-            .find(|u| u.method == o.name)
-        {
-            let why = u.why.replace('\n', " ").replace('|', "\\|");
+        if let Some(why) = unavailable_cell(&results.outbound_unavailable, o.name) {
             writeln!(s, "| {} | unavailable: {why} | | | | |", o.name).unwrap();
             continue;
         }
-        if !by.contains_key(o.name) {
+        if !by.has(o.name) {
             continue;
         }
-        let mib = med(o.name, |x| x.mib_per_s);
+        let mib = by.median(o.name, |x| x.mib_per_s);
         writeln!(
             s,
             "| {} | {mib:.1} | {:.2}x | {:.0} | {:.0} | {:.0} |",
             o.name,
             mib / base,
-            med(o.name, |x| x.round_trips_per_s),
-            med(o.name, |x| x.p50_us),
-            med(o.name, |x| x.p99_us),
+            by.median(o.name, |x| x.round_trips_per_s),
+            by.median(o.name, |x| x.p50_us),
+            by.median(o.name, |x| x.p99_us),
         )
         .unwrap();
     }
