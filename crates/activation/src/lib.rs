@@ -7,6 +7,7 @@
 //! podman.
 
 pub mod env;
+pub mod handover;
 pub mod notify;
 pub mod socket;
 

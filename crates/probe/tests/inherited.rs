@@ -4,7 +4,6 @@
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Output};
 
 const BIN: &str = env!("CARGO_BIN_EXE_echo-probe");
@@ -27,10 +26,6 @@ fn server(dir: &std::path::Path, reply: fn(&str) -> String) -> std::path::PathBu
 /// `echo-probe inherited` with `fds` at 3.. and LISTEN_* as systemd sets them
 /// (`listen_pid` None: the probe's own pid).
 fn run(fds: Vec<OwnedFd>, names: &str, listen_pid: Option<&str>) -> Output {
-    let raws: Vec<i32> = fds
-        .iter()
-        .map(|f| nix::fcntl::fcntl(f, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(40)).unwrap())
-        .collect();
     let pid = listen_pid.map_or("$$".to_string(), |p| format!("'{p}'"));
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
@@ -40,17 +35,7 @@ fn run(fds: Vec<OwnedFd>, names: &str, listen_pid: Option<&str>) -> Output {
         .arg(BIN)
         .env("LISTEN_FDS", fds.len().to_string())
         .env("LISTEN_FDNAMES", names);
-    // SAFETY: only dup2, async-signal-safe, between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            for (i, &raw) in raws.iter().enumerate() {
-                if libc::dup2(raw, 3 + i as i32) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
+    activation::handover::at_listen_fds(&mut cmd, &fds).unwrap();
     let out = cmd.output().unwrap();
     drop(fds);
     out

@@ -5,7 +5,6 @@
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -55,19 +54,6 @@ impl Launch {
 
     pub fn spawn(self) -> Echo {
         let stderr_file = tempfile::NamedTempFile::new().unwrap();
-        let n = self.fds.len() as i32;
-        // Move every source fd above the target range so dup2 never clobbers one.
-        let sources: Vec<OwnedFd> = self
-            .fds
-            .iter()
-            .map(|fd| {
-                let raw = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3 + n + 16))
-                    .unwrap();
-                // SAFETY: F_DUPFD_CLOEXEC returned a new fd we own.
-                unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) }
-            })
-            .collect();
-        let raws: Vec<i32> = sources.iter().map(|f| f.as_raw_fd()).collect();
         let mut cmd = Command::new("/bin/sh");
         // `exec` keeps the shell's pid, so `$$` is the server's pid, as LISTEN_PID must be.
         let script = match &self.pid {
@@ -92,20 +78,10 @@ impl Launch {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr_file.reopen().unwrap());
-        // SAFETY: only dup2, which is async-signal-safe, runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                for (i, &raw) in raws.iter().enumerate() {
-                    if libc::dup2(raw, 3 + i as i32) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
+        activation::handover::at_listen_fds(&mut cmd, &self.fds).unwrap();
         let child = cmd.spawn().expect("spawn socket-activate-echo");
-        drop(sources);
         // The parent's copies are closed so the server alone holds the sockets.
+        drop(cmd);
         drop(self.fds);
         Echo {
             child: Some(child),
