@@ -14,30 +14,43 @@ use crate::events::{Event, Events};
 use crate::target::{ImageSource, Target};
 use crate::{cache, debian, proc};
 
-/// The images the lab can build, by the name scenarios use.
-pub const KNOWN: [&str; 1] = ["systemd"];
+/// One image the lab can build: what goes in, and what `podman import` adds.
+struct Recipe {
+    /// The name scenarios use (`prepare.images`).
+    name: &'static str,
+    packages: &'static [&'static str],
+    /// `--change` instructions: the image's entrypoint.
+    changes: &'static [&'static str],
+}
+
+const RECIPES: [Recipe; 1] = [Recipe {
+    name: "systemd",
+    packages: &["systemd", "systemd-sysv"],
+    changes: &["CMD [\"/sbin/init\"]", "STOPSIGNAL SIGRTMIN+3"],
+}];
+
+/// The names of the images the lab can build.
+pub fn known() -> Vec<&'static str> {
+    RECIPES.iter().map(|r| r.name).collect()
+}
+
+fn recipe(image: &str) -> Result<&'static Recipe> {
+    RECIPES.iter().find(|r| r.name == image).ok_or_else(|| {
+        anyhow::anyhow!(
+            "unknown container image {image:?} (the lab builds: {})",
+            known().join(", ")
+        )
+    })
+}
 
 /// The name the image gets in the guest.
 pub fn local_name(image: &str) -> String {
     format!("localhost/sal-{image}:latest")
 }
 
-/// What `podman import` gets besides the tar: the image's entrypoint.
+/// What `podman import` gets besides the tar (none for an unknown image).
 pub fn import_changes(image: &str) -> &'static [&'static str] {
-    match image {
-        "systemd" => &["CMD [\"/sbin/init\"]", "STOPSIGNAL SIGRTMIN+3"],
-        _ => &[],
-    }
-}
-
-fn packages(image: &str) -> Result<Vec<String>> {
-    match image {
-        "systemd" => Ok(vec!["systemd".into(), "systemd-sysv".into()]),
-        other => bail!(
-            "unknown container image {other:?} (the lab builds: {})",
-            KNOWN.join(", ")
-        ),
-    }
+    recipe(image).map_or(&[], |r| r.changes)
 }
 
 /// Bump when what goes into the images changes.
@@ -55,7 +68,11 @@ fn source(target: &Target) -> (String, String) {
 /// The gzipped root file system of `image` for `target`, from the cache, built first if
 /// missing or broken.
 pub fn ensure(image: &str, target: &Target, events: &Events) -> Result<PathBuf> {
-    let packages = packages(image)?;
+    let packages: Vec<String> = recipe(image)?
+        .packages
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
     let (suite, mirror) = source(target);
     let key = cache::key(&[
         ("recipe", RECIPE.as_bytes()),

@@ -677,10 +677,11 @@ impl Scenario {
             bail!("{p}: expect.pattern and expect.step belong to `outcome = \"fail\"`");
         }
         for image in &s.prepare.images {
-            if !vm::container_image::KNOWN.contains(&image.as_str()) {
+            let known = vm::container_image::known();
+            if !known.contains(&image.as_str()) {
                 bail!(
                     "{p}: prepare.images: unknown image {image:?} (the lab builds: {})",
-                    vm::container_image::KNOWN.join(", ")
+                    known.join(", ")
                 );
             }
         }
