@@ -116,52 +116,32 @@ impl fmt::Display for Report {
 /// sockets, waiting up to `timeout` for the reply.
 pub fn inspect(send: &str, timeout: Duration) -> Report {
     let own_pid = std::process::id();
-    let vars = match env::read_vars() {
-        Ok(v) => v,
-        Err(e) => {
-            return Report {
-                listen_pid: None,
-                own_pid,
-                fds: Vec::new(),
-                refused: Some(e.to_string()),
-            };
-        }
-    };
-    let listen_pid = vars.listen_pid.clone();
-    let listen = match env::parse(&vars, own_pid) {
-        Ok(Some(l)) => l,
-        Ok(None) => {
-            return Report {
-                listen_pid,
-                own_pid,
-                fds: Vec::new(),
-                refused: None,
-            };
-        }
-        Err(e) => {
-            return Report {
-                listen_pid,
-                own_pid,
-                fds: Vec::new(),
-                refused: Some(e.to_string()),
-            };
-        }
-    };
-    let fds = listen
-        .fds()
-        .enumerate()
-        .map(|(index, raw)| Inherited {
-            fd: raw,
-            name: listen.name(index).map(str::to_owned),
-            kind: use_fd(raw, send, timeout),
-        })
-        .collect();
-    Report {
-        listen_pid,
+    let mut report = Report {
+        listen_pid: None,
         own_pid,
-        fds,
+        fds: Vec::new(),
         refused: None,
+    };
+    let listen = env::read_vars().and_then(|vars| {
+        report.listen_pid = vars.listen_pid.clone();
+        env::parse(&vars, own_pid)
+    });
+    match listen {
+        Err(e) => report.refused = Some(e.to_string()),
+        Ok(None) => {}
+        Ok(Some(listen)) => {
+            report.fds = listen
+                .fds()
+                .enumerate()
+                .map(|(index, raw)| Inherited {
+                    fd: raw,
+                    name: listen.name(index).map(str::to_owned),
+                    kind: use_fd(raw, send, timeout),
+                })
+                .collect();
+        }
     }
+    report
 }
 
 fn use_fd(raw: i32, send: &str, timeout: Duration) -> Kind {
