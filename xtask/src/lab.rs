@@ -54,10 +54,6 @@ fn harness_executable(sh: &Shell) -> Result<std::path::PathBuf> {
         .ok_or_else(|| anyhow::anyhow!("cargo built the trial harness but named no executable"))
 }
 
-fn libc_sigint() -> i32 {
-    nix::sys::signal::Signal::SIGINT as i32
-}
-
 type MatrixOutcome = (Vec<lab::trial::TrialResult>, Result<()>);
 
 /// Runs the harness; `None` for `--list`, else the results and whether any trial failed.
@@ -141,7 +137,8 @@ fn run_matrix(
     // Ctrl-C reached the harness as well: its 130 says so even if this process's own
     // handler thread has not run yet.
     let harness_interrupted = exit.code() == Some(130)
-        || std::os::unix::process::ExitStatusExt::signal(&exit).is_some_and(|s| s == libc_sigint());
+        || std::os::unix::process::ExitStatusExt::signal(&exit)
+            .is_some_and(|s| s == nix::sys::signal::Signal::SIGINT as i32);
     let status = if exit.success() {
         Ok(())
     } else {
