@@ -2,13 +2,13 @@
 //! inside a container (`podman exec`) to show what `--network=none` leaves.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::net::if_::InterfaceFlags;
 use serde::Serialize;
 
 use crate::address::Address;
-use crate::conn::Client;
+use crate::probe::{Expect, Failure, ProbeSpec, probe};
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Interface {
@@ -23,8 +23,15 @@ pub struct Interface {
 pub struct Outbound {
     pub address: String,
     pub connected: bool,
+    /// The line sent came back: an echo server answered, not just something that
+    /// accepted the connection (a NAT that completes any handshake, say).
+    pub echoed: bool,
+    pub reply: Option<String>,
     pub error: Option<String>,
 }
+
+/// What an outbound attempt sends, expecting it back from an echo server.
+pub const OUTBOUND_LINE: &str = "netinfo\n";
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct NetInfo {
@@ -71,20 +78,28 @@ pub fn interfaces() -> Result<Vec<Interface>, String> {
     Ok(by_name.into_values().collect())
 }
 
-/// Tries to open a connection to `address` (any stream address; datagrams have no
-/// handshake to prove reachability, so they are refused by the CLI).
+/// Tries one echo round trip to `address` (any stream address; datagrams have no
+/// handshake to prove reachability, so they are refused by the CLI): `connected` when
+/// the connection was made, `echoed` when [`OUTBOUND_LINE`] came back.
 pub fn outbound(address: &Address, timeout: Duration) -> Outbound {
-    match Client::connect(address, Instant::now() + timeout) {
-        Ok(_) => Outbound {
-            address: address.to_string(),
-            connected: true,
-            error: None,
-        },
-        Err(e) => Outbound {
-            address: address.to_string(),
-            connected: false,
-            error: Some(e.to_string()),
-        },
+    let line = OUTBOUND_LINE.as_bytes().to_vec();
+    let result = probe(&ProbeSpec {
+        address: address.clone(),
+        send: line.clone(),
+        expect: Expect::Bytes(line),
+        timeout,
+        keep_open: false,
+    });
+    let connected = !matches!(
+        result.failure,
+        Some(Failure::Refused | Failure::ConnectTimeout | Failure::ConnectError)
+    );
+    Outbound {
+        address: result.address,
+        connected,
+        echoed: result.ok,
+        reply: result.reply,
+        error: result.error,
     }
 }
 
@@ -97,9 +112,12 @@ impl NetInfo {
             out += &format!("{:<16} {:<6} {}\n", i.name, state, i.addresses.join(" "));
         }
         if let Some(o) = &self.outbound {
-            match &o.error {
-                None => out += &format!("outbound {}: connected\n", o.address),
-                Some(e) => out += &format!("outbound {}: failed: {e}\n", o.address),
+            match (&o.error, o.connected) {
+                (None, _) => out += &format!("outbound {}: connected, echoed\n", o.address),
+                (Some(e), true) => {
+                    out += &format!("outbound {}: connected, no echo: {e}\n", o.address)
+                }
+                (Some(e), false) => out += &format!("outbound {}: failed: {e}\n", o.address),
             }
         }
         out

@@ -209,10 +209,9 @@ fn bench_reports_round_trips() {
 }
 
 #[test]
-fn netinfo_lists_loopback_and_tries_outbound() {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let open = format!("tcp4:{}", l.local_addr().unwrap());
-    let o = run(&["netinfo", "--outbound", &open, "--json"]);
+fn netinfo_lists_loopback_and_tries_an_echo_round_trip_outbound() {
+    let echo = tcp_echo(1);
+    let o = run(&["netinfo", "--outbound", &echo, "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let lo = v["interfaces"]
@@ -230,8 +229,24 @@ fn netinfo_lists_loopback_and_tries_outbound() {
         "{lo}"
     );
     assert_eq!(v["outbound"]["connected"], true);
+    assert_eq!(v["outbound"]["echoed"], true, "{}", v["outbound"]);
 
-    drop(l);
+    // The kernel completes the handshake of a listener that never accepts: connected,
+    // but nobody echoes.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let open = format!("tcp4:{}", silent.local_addr().unwrap());
+    let o = run(&["netinfo", "--outbound", &open, "--timeout", "1", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["outbound"]["connected"], true, "{}", v["outbound"]);
+    assert_eq!(v["outbound"]["echoed"], false, "{}", v["outbound"]);
+    let o = run(&["netinfo", "--outbound", &open, "--timeout", "1"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains(&format!("outbound {open}: connected, no echo")),
+        "{text}"
+    );
+
+    drop(silent);
     let o = run(&["netinfo", "--outbound", &open]);
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains(&format!("outbound {open}: failed")), "{text}");

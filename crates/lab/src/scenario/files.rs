@@ -188,8 +188,8 @@ pub fn unit_names(files: &[DirFile]) -> Vec<String> {
         .collect()
 }
 
-/// The services quadlet generates from a directory's quadlet files (`echo.container` →
-/// `echo.service`, `data.volume` → `data-volume.service`).
+/// The services quadlet generates from a directory's quadlet files (`echo.container` and
+/// `echo.kube` → `echo.service`, `data.volume` → `data-volume.service`).
 pub fn quadlet_services(files: &[DirFile]) -> Vec<String> {
     files
         .iter()
@@ -197,7 +197,7 @@ pub fn quadlet_services(files: &[DirFile]) -> Vec<String> {
             Destination::Quadlet(rel) => {
                 let (stem, ext) = rel.rsplit_once('.')?;
                 Some(match ext {
-                    "container" => format!("{stem}.service"),
+                    "container" | "kube" => format!("{stem}.service"),
                     other => format!("{stem}-{other}.service"),
                 })
             }
@@ -594,6 +594,13 @@ mod tests {
         );
         assert_eq!(unit_names(&files), ["echo@.service", "echo@.socket"]);
         assert_eq!(quadlet_services(&files), ["web.service"]);
+        let quadlet = |name: &str| DirFile {
+            name: name.into(),
+            text: String::new(),
+            dest: Destination::Quadlet(name.into()),
+        };
+        let kube = vec![quadlet("app.kube"), quadlet("app.pod")];
+        assert_eq!(quadlet_services(&kube), ["app.service", "app-pod.service"]);
         let missing = BTreeMap::from([("nope.conf".to_string(), declared["Caddyfile"].clone())]);
         let mut with_missing = declared.clone();
         with_missing.extend(missing);

@@ -246,10 +246,17 @@ pub enum Step {
         /// Whether an interface other than `lo` has an address (its name varies).
         #[serde(default)]
         other_interfaces: Option<bool>,
+        /// A stream address to reach from inside the container: it must be the test's
+        /// own echo server, since reaching it means a line echoed back.
         #[serde(default)]
         outbound: Option<String>,
+        /// true: the line came back; false: no connection at all (see `outbound_error`).
         #[serde(default)]
         outbound_ok: Option<bool>,
+        /// With `outbound_ok = false`: a text the connect error must contain (e.g.
+        /// "Network unreachable (os error 101)"), so a failure of another kind is not taken for it.
+        #[serde(default)]
+        outbound_error: Option<String>,
     },
     /// A shell command. Placeholders: {runtime}, {image}, {uid}, {home}.
     Run {
@@ -409,6 +416,25 @@ impl Step {
                 with_sample_placeholders(command)?;
             }
             Step::Sleep { seconds } => check_seconds("seconds", *seconds, true)?,
+            Step::Netinfo {
+                outbound,
+                outbound_ok,
+                outbound_error,
+                ..
+            } => {
+                if outbound_ok.is_some() && outbound.is_none() {
+                    return Err("`outbound_ok` needs `outbound`, the address to connect to".into());
+                }
+                match (outbound_ok, outbound_error) {
+                    (Some(false), None) => {
+                        return Err("outbound_ok = false needs `outbound_error`, the text of the connect error that proves why (e.g. \"Network unreachable (os error 101)\")".into());
+                    }
+                    (Some(true) | None, Some(_)) => {
+                        return Err("`outbound_error` goes with outbound_ok = false".into());
+                    }
+                    _ => {}
+                }
+            }
             Step::Journal {
                 contains: None,
                 lacks: None,
@@ -998,6 +1024,18 @@ mod tests {
     #[case::must_fail_retry(
         "[[steps]]\ndo = \"probe\"\naddress = \"tcp4:127.0.0.1:1\"\nfail = \"refused\"\nretry = true\n",
         "a probe that must fail takes neither `retry` nor `source`"
+    )]
+    #[case::outbound_failure_unsaid(
+        "[[steps]]\ndo = \"netinfo\"\ncontainer = \"echo\"\noutbound = \"tcp4:10.0.2.2:1\"\noutbound_ok = false\n",
+        "step 2 (netinfo): outbound_ok = false needs `outbound_error`"
+    )]
+    #[case::outbound_error_on_success(
+        "[[steps]]\ndo = \"netinfo\"\ncontainer = \"echo\"\noutbound = \"tcp4:10.0.2.2:1\"\noutbound_ok = true\noutbound_error = \"x\"\n",
+        "step 2 (netinfo): `outbound_error` goes with outbound_ok = false"
+    )]
+    #[case::outbound_ok_without_address(
+        "[[steps]]\ndo = \"netinfo\"\ncontainer = \"echo\"\noutbound_ok = true\n",
+        "step 2 (netinfo): `outbound_ok` needs `outbound`"
     )]
     #[case::bug_runtime(
         "[[known_bug]]\nruntime = \"youki\"\nversions = \"*\"\nissue = \"u\"\npattern = \"x\"\nstep = 1\n",

@@ -701,6 +701,7 @@ fn netinfo(vm: &TrialVm, step: &Step) -> StepResult {
         other_interfaces,
         outbound,
         outbound_ok,
+        outbound_error,
     } = step
     else {
         unreachable!("netinfo() is called with netinfo steps")
@@ -749,22 +750,34 @@ fn netinfo(vm: &TrialVm, step: &Step) -> StepResult {
         }
     }
     if let Some(expected) = outbound_ok {
-        let Some(connected) = v["outbound"]["connected"].as_bool() else {
+        // Reached means our own echo server answered: a connection alone can be a NAT
+        // completing any handshake (pasta did for an unmapped 169.254.7.7).
+        let key = if *expected { "echoed" } else { "connected" };
+        let Some(reached) = v["outbound"][key].as_bool() else {
             return failed(
                 format!("netinfo in {container}: outbound"),
-                format!(
-                    "the result has no outbound.connected: {}",
-                    out.stdout.trim()
-                ),
+                format!("the result has no outbound.{key}: {}", out.stdout.trim()),
             );
         };
-        if connected != *expected {
+        if reached != *expected {
             return failed(
                 format!(
                     "netinfo in {container}: outbound {}",
                     outbound.as_deref().unwrap_or("?")
                 ),
-                format!("expected connected={expected}: {}", v["outbound"]),
+                format!("expected {key}={expected}: {}", v["outbound"]),
+            );
+        }
+    }
+    if let Some(want) = outbound_error {
+        let error = v["outbound"]["error"].as_str().unwrap_or_default();
+        if !error.contains(want.as_str()) {
+            return failed(
+                format!(
+                    "netinfo in {container}: outbound {}",
+                    outbound.as_deref().unwrap_or("?")
+                ),
+                format!("expected an error containing {want:?}: {}", v["outbound"]),
             );
         }
     }
