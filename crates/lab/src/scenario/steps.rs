@@ -750,8 +750,9 @@ fn netinfo(vm: &TrialVm, step: &Step) -> StepResult {
         }
     }
     if let Some(expected) = outbound_ok {
-        // Reached means our own echo server answered: a connection alone can be a NAT
-        // completing any handshake (pasta did for an unmapped 169.254.7.7).
+        // Reached means our own echo server answered: a connection alone can reach
+        // something else (an unmapped 169.254.7.7 went out through QEMU's user network
+        // to an HTTP server of the lab machine's network).
         let key = if *expected { "echoed" } else { "connected" };
         let Some(reached) = v["outbound"][key].as_bool() else {
             return failed(
