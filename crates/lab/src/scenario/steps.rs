@@ -463,26 +463,32 @@ const SERVICE_FAILURES_TO_GIVE_UP: usize = 2;
 /// The marker a watched probe writes to stderr when it stopped waiting.
 const STOPPED_WAITING: &str = "lab: stopped waiting:";
 
-/// `probe` (a shell command) run in the background while the shell watches the journal
-/// (`journal`: a `journalctl` command for the units since the step began): once one of
-/// `services` has logged `Failed with result` [`SERVICE_FAILURES_TO_GIVE_UP`] times, it
-/// says so on stderr and ends the probe. It looks from the fourth second on, every
-/// other second, so a probe answered at once costs no journal read.
+/// `probe` (a shell command) run in the background while a watcher beside it reads the
+/// journal (`journal`: a `journalctl` command for the units since the step began): once
+/// one of `services` has logged `Failed with result` [`SERVICE_FAILURES_TO_GIVE_UP`]
+/// times, it says so on stderr and ends the probe. It looks from the fourth second on,
+/// every other second, so a probe answered at once costs no journal read; the shell
+/// waits on the probe itself, so its answer is returned the moment it comes (a polling
+/// loop cost half a second per probe on average). The watcher's children get neither
+/// the ssh session's stdout nor its stderr (only the message does, through fd 3), so a
+/// watcher killed mid-sleep leaves nothing that holds the session open.
 pub fn watched_probe(probe: &str, journal: &str, services: &[String]) -> String {
     if services.is_empty() {
         return probe.to_string();
     }
     let names: Vec<String> = services.iter().map(|s| quote(s)).collect();
     format!(
-        "{probe} & p=$!; n=0\n\
-         while kill -0 $p 2>/dev/null; do\n\
-         \x20 sleep 1; n=$((n + 1)); [ $n -ge 4 ] && [ $((n % 2)) -eq 0 ] || continue\n\
-         \x20 for u in {names}; do\n\
-         \x20   c=$({journal} | grep -c -F \" $u: Failed with result '\")\n\
-         \x20   if [ \"$c\" -ge {SERVICE_FAILURES_TO_GIVE_UP} ]; then echo \"{STOPPED_WAITING} $u failed $c times during the step\" >&2; kill $p 2>/dev/null; fi\n\
-         \x20 done\n\
-         done\n\
-         wait $p",
+        "{probe} & p=$!\n\
+         ( exec 3>&2 2>/dev/null >/dev/null </dev/null\n\
+         \x20 sleep 4 3>&-\n\
+         \x20 while kill -0 $p; do\n\
+         \x20   for u in {names}; do\n\
+         \x20     c=$( {{ {journal} | grep -c -F \" $u: Failed with result '\"; }} 3>&- )\n\
+         \x20     if [ \"$c\" -ge {SERVICE_FAILURES_TO_GIVE_UP} ]; then echo \"{STOPPED_WAITING} $u failed $c times during the step\" >&3; kill $p; exit 0; fi\n\
+         \x20   done\n\
+         \x20   sleep 2 3>&-\n\
+         \x20 done ) & w=$!\n\
+         wait $p; r=$?; kill $w 2>/dev/null; exit $r",
         names = names.join(" ")
     )
 }
@@ -909,5 +915,18 @@ Reloading finished in 212 ms.\n";
         ));
         assert!(out.status.success(), "{out:?}");
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "answered");
+        // The probe's own exit status comes back (1: the probe failed; 2: a usage error).
+        let out = run(&watched_probe("exit 2", &journal, &services));
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        // A probe answered at once is returned at once: the shell waits on the probe, not
+        // on the watcher's sleep (which must not hold the output open either).
+        let started = Instant::now();
+        let out = run(&watched_probe("echo answered", &journal, &services));
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the watcher's sleep 4 held the command open: {:?}",
+            started.elapsed()
+        );
     }
 }
