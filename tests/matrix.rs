@@ -61,7 +61,7 @@ fn main() -> anyhow::Result<()> {
             .map(PathBuf::from)
             .collect(),
     };
-    let planned = run::plan(&workspace, &selection)?;
+    let planned = run::reboots_first(run::plan(&workspace, &selection)?);
     let bins = Binaries::from_env();
     if bins.is_none() && !args.list {
         eprintln!("lab trials need guests and are ignored here; run them with `cargo xtask test`");
