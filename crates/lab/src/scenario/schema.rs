@@ -45,6 +45,11 @@ pub struct Scenario {
     pub known_bug: Vec<KnownBug>,
     #[serde(default)]
     pub requires: Requires,
+    /// What systemd must say when it loads the units (a key the version at hand does not
+    /// know): each text must be in one of its complaints, and any other complaint still
+    /// fails the trial.
+    #[serde(default)]
+    pub load_complaints: Vec<String>,
     /// A scenario directory's other files and where they go.
     #[serde(default)]
     pub files: BTreeMap<String, FileSpec>,
@@ -701,6 +706,9 @@ impl Scenario {
             check_step("expect.", step)?;
         } else if s.expect.pattern.is_some() || s.expect.step.is_some() {
             bail!("{p}: expect.pattern and expect.step belong to `outcome = \"fail\"`");
+        }
+        if s.load_complaints.iter().any(|c| c.trim().is_empty()) {
+            bail!("{p}: load_complaints: an empty text would match any complaint");
         }
         for image in &s.prepare.images {
             let known = vm::container_image::known();

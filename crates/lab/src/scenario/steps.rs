@@ -202,7 +202,15 @@ pub fn prepare_guest(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> Result
         ),
         t,
     )?;
-    let mut complaints = complaints_about(&logged.stdout, &written);
+    let said = complaints_about(&logged.stdout, &written);
+    let mut complaints = unexpected_complaints(&said, &scenario.load_complaints);
+    for c in &said {
+        if !complaints.contains(c) {
+            g.log_heading(&format!(
+                "systemd said on loading the units, as expected: {c}"
+            ));
+        }
+    }
     if !not_loaded.is_empty() {
         complaints.push(format!("not every unit loaded:\n{}", loaded.stdout.trim()));
     }
@@ -384,6 +392,24 @@ pub fn complaints_about(journal: &str, paths: &[String]) -> Vec<String> {
         }
     }
     lines
+}
+
+/// The complaints in `said` that no text of `expected` accounts for, and for each
+/// expected text that none of them contains, a line saying it was not said.
+pub fn unexpected_complaints(said: &[String], expected: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = said
+        .iter()
+        .filter(|l| !expected.iter().any(|e| l.contains(e.as_str())))
+        .cloned()
+        .collect();
+    for e in expected {
+        if !said.iter().any(|l| l.contains(e.as_str())) {
+            out.push(format!(
+                "(the scenario's load_complaints expects {e:?}; systemd did not say it)"
+            ));
+        }
+    }
+    out
 }
 
 /// The last 300 journal lines of the scenario's units (logged after the cursor `after`,
@@ -871,6 +897,30 @@ Reloading finished in 212 ms.\n";
         assert_eq!(c.len(), 2, "{c:?}");
         assert!(c[0].contains("RestrictAddressFamilie"));
         assert!(complaints_about(journal, &["/etc/systemd/system/echo.socket".into()]).is_empty());
+    }
+
+    #[test]
+    fn expected_load_complaints_are_taken_and_only_they() {
+        // As systemd 252 says it on debian-12 about openfile-unknown-key's unit.
+        let of = |line: u32| {
+            format!(
+                "/home/test/.config/systemd/user/openfile.service:{line}: Unknown key 'OpenFile' in section [Service], ignoring."
+            )
+        };
+        let typo = "/home/test/.config/systemd/user/openfile.service:9: Unknown key 'NoNewPrivilege' in section [Service], ignoring.".to_string();
+        let expected = vec!["Unknown key 'OpenFile' in section [Service]".to_string()];
+        assert!(unexpected_complaints(&[of(15), of(16)], &expected).is_empty());
+        // Any other complaint still counts.
+        assert_eq!(
+            unexpected_complaints(&[of(15), typo.clone()], &expected),
+            vec![typo.clone()]
+        );
+        // An expected complaint that systemd did not make is one too.
+        let missing = unexpected_complaints(&[], &expected);
+        assert_eq!(missing.len(), 1);
+        assert!(missing[0].contains("did not say it"), "{missing:?}");
+        // Without expectations every complaint counts.
+        assert_eq!(unexpected_complaints(std::slice::from_ref(&typo), &[]), vec![typo]);
     }
 
     #[test]
