@@ -215,10 +215,12 @@ pub fn prepare_guest(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> Result
         complaints.push(format!("not every unit loaded:\n{}", loaded.stdout.trim()));
     }
     if !complaints.is_empty() {
-        bail!(
-            "systemd does not take the units as written (it said on loading them):\n{}",
-            complaints.join("\n")
-        );
+        let what = if scenario.load_complaints.is_empty() {
+            "systemd does not take the units as written (it said on loading them)"
+        } else {
+            "what systemd said on loading the units is not the scenario's load_complaints"
+        };
+        bail!("{what}:\n{}", complaints.join("\n"));
     }
     Ok(())
 }
