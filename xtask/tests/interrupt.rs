@@ -273,3 +273,106 @@ fn ctrl_c_while_provisioning_the_ready_state() {
         .collect();
     assert!(left.is_empty(), "left in the cache: {left:?}");
 }
+
+/// The lab directories in /tmp that appeared since `before` and whose sockets no longer
+/// accept connections: a run's own, once it is dead (a live run's accept them).
+fn dead_new_tmp_dirs(before: &BTreeSet<String>) -> Vec<PathBuf> {
+    vm::cleanup::lab_tmp_dirs()
+        .difference(before)
+        .map(|n| std::env::temp_dir().join(n))
+        .filter(|d| {
+            let sockets: Vec<PathBuf> = std::fs::read_dir(d)
+                .map(|rd| rd.filter_map(|e| Some(e.ok()?.path())).collect())
+                .unwrap_or_default();
+            !sockets.is_empty()
+                && sockets.iter().all(|s| {
+                    std::os::unix::net::UnixStream::connect(s)
+                        .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+                })
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root, QEMU and a debian-13 image (built when missing): cargo xtask ci"]
+fn killed_outright_mid_trial_then_the_next_run_removes_what_it_left() {
+    let tmp_before = vm::cleanup::lab_tmp_dirs();
+    let started = std::time::SystemTime::now();
+    let log = workspace().join("target/interrupt-killed.log");
+    let mut child = spawn(
+        &["test", "reboot-usernamespace::debian-13::crun", "--exact"],
+        None,
+        &log,
+    );
+    let trial = std::cell::RefCell::new(None::<PathBuf>);
+    wait_until(
+        "the trial's first command",
+        Duration::from_secs(900),
+        || {
+            let Some(run) = newest_run_dir(started) else {
+                return false;
+            };
+            let dir = run.join("reboot-usernamespace--debian-13--crun");
+            let started = read(&dir.join("commands.log")).contains("systemctl --user");
+            if started {
+                *trial.borrow_mut() = Some(dir);
+            }
+            started
+        },
+    );
+    let dir = trial.into_inner().unwrap();
+    // SIGKILL, as a lost machine or the OOM killer does it: no handler runs. QEMU and
+    // ssh die with their parent (PR_SET_PDEATHSIG); files stay.
+    let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    child.wait().unwrap();
+    let overlay = dir.join("disk.qcow2");
+    let mut left = Vec::new();
+    wait_until(
+        "QEMU and ssh to die with it",
+        Duration::from_secs(20),
+        || {
+            left = dead_new_tmp_dirs(&tmp_before);
+            let names: Vec<String> = left.iter().map(|d| d.display().to_string()).collect();
+            names.iter().any(|n| n.contains("sal-qemu-"))
+                && names.iter().any(|n| n.contains("sal-ssh-"))
+        },
+    );
+    assert!(overlay.is_file(), "a killed run leaves its overlay");
+    // The next run leaves an overlay alone for two minutes after its last write (a run
+    // may be between creating it and starting QEMU): age this one past that.
+    let f = std::fs::File::options().write(true).open(&overlay).unwrap();
+    f.set_modified(std::time::SystemTime::now() - Duration::from_secs(600))
+        .unwrap();
+    drop(f);
+
+    let log2 = workspace().join("target/interrupt-killed-next.log");
+    let mut next = spawn(
+        &[
+            "test",
+            "unprivileged-port-refused::debian-13::crun",
+            "--exact",
+        ],
+        None,
+        &log2,
+    );
+    let status = next.wait().unwrap();
+    let out = read(&log2);
+    assert!(status.success(), "{}", tail(&out, 30));
+    assert!(
+        out.contains("removed what a killed run left behind"),
+        "{}",
+        tail(&out, 30)
+    );
+    for d in &left {
+        assert!(
+            !d.exists(),
+            "{} is still there\n{}",
+            d.display(),
+            tail(&out, 30)
+        );
+    }
+    assert!(!overlay.exists(), "the overlay is still there");
+    // The killed trial's logs stay.
+    assert!(dir.join("commands.log").is_file() && dir.join("console.log").is_file());
+}

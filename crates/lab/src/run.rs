@@ -200,14 +200,27 @@ pub fn reboots_first(mut trials: Vec<Trial>) -> Vec<Trial> {
     trials
 }
 
-/// A new run directory `target/lab/<timestamp>/`.
+/// A new run directory `target/lab/run-<time>-<pid>/`, after removing what earlier runs
+/// that were killed outright left behind ([`vm::cleanup::sweep_killed_runs`]).
 pub fn new_run_dir(workspace: &Path) -> Result<PathBuf> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
-    let dir = workspace
-        .join("target/lab")
-        .join(format!("run-{now}-{}", std::process::id()));
+    let lab_dir = workspace.join("target/lab");
+    let swept = vm::cleanup::sweep_killed_runs(&std::env::temp_dir(), &lab_dir);
+    if !swept.is_empty() {
+        let names: Vec<String> = swept
+            .tmp_dirs
+            .iter()
+            .chain(&swept.overlays)
+            .map(|p| p.display().to_string())
+            .collect();
+        eprintln!(
+            "removed what a killed run left behind (its sockets had no listener, its overlays no user): {}",
+            names.join(", ")
+        );
+    }
+    let dir = lab_dir.join(format!("run-{now}-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }

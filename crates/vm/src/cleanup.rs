@@ -148,3 +148,160 @@ pub fn lab_tmp_dirs() -> std::collections::BTreeSet<String> {
         .filter(|n| n.starts_with("sal-"))
         .collect()
 }
+
+/// What a run killed outright (SIGKILL, a machine that went away) could not remove, found
+/// and removed by the next run: the signal handler and `Drop` never ran for it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// `sal-qemu-*` and `sal-ssh-*` directories whose socket nobody listens on.
+    pub tmp_dirs: Vec<PathBuf>,
+    /// Trial overlays (`disk.qcow2`) of runs whose process is gone, open in no process.
+    pub overlays: Vec<PathBuf>,
+}
+
+impl Swept {
+    pub fn is_empty(&self) -> bool {
+        self.tmp_dirs.is_empty() && self.overlays.is_empty()
+    }
+}
+
+/// An overlay this recent is left alone even when it looks orphaned: a run between
+/// creating it and starting QEMU must not lose it.
+const OVERLAY_GRACE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Removes what killed runs left: in `tmp` (the temporary directory), the lab's QMP and
+/// ssh-control directories whose socket refuses connections (a live QEMU or ssh master
+/// accepts them); in `lab_dir` (`target/lab`), the overlays of trial directories whose
+/// run's process (`run-<time>-<pid>`) no longer exists and that no process has open.
+pub fn sweep_killed_runs(tmp: &Path, lab_dir: &Path) -> Swept {
+    let mut swept = Swept::default();
+    for dir in read_dir_paths(tmp) {
+        let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if !(name.starts_with("sal-qemu-") || name.starts_with("sal-ssh-")) {
+            continue;
+        }
+        let sockets: Vec<PathBuf> = read_dir_paths(&dir)
+            .into_iter()
+            .filter(|p| is_socket(p))
+            .collect();
+        let dead = !sockets.is_empty() && sockets.iter().all(|s| nobody_listens(s));
+        if dead && std::fs::remove_dir_all(&dir).is_ok() {
+            swept.tmp_dirs.push(dir);
+        }
+    }
+    let open = open_files();
+    for run in read_dir_paths(lab_dir) {
+        let Some(pid) = run_pid(&run) else { continue };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        for trial in read_dir_paths(&run) {
+            let disk = trial.join("disk.qcow2");
+            let old = std::fs::metadata(&disk)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > OVERLAY_GRACE);
+            if old && !open.contains(&disk) && std::fs::remove_file(&disk).is_ok() {
+                swept.overlays.push(disk);
+            }
+        }
+    }
+    swept
+}
+
+fn read_dir_paths(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| Some(e.ok()?.path())).collect())
+        .unwrap_or_default()
+}
+
+fn is_socket(p: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket())
+}
+
+/// A Unix socket whose listener is gone refuses a connection; a live one accepts it
+/// (or queues it, when its one client is already connected).
+fn nobody_listens(socket: &Path) -> bool {
+    matches!(
+        std::os::unix::net::UnixStream::connect(socket),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+    )
+}
+
+/// The pid in a run directory's name, `run-<time>-<pid>`.
+fn run_pid(run: &Path) -> Option<u32> {
+    let name = run.file_name()?.to_str()?;
+    let rest = name.strip_prefix("run-")?;
+    rest.rsplit_once('-')?.1.parse().ok()
+}
+
+/// Every file some process on the machine (that this user may look at) has open.
+fn open_files() -> std::collections::HashSet<PathBuf> {
+    let mut open = std::collections::HashSet::new();
+    for proc_dir in read_dir_paths(Path::new("/proc")) {
+        for fd in read_dir_paths(&proc_dir.join("fd")) {
+            if let Ok(target) = std::fs::read_link(&fd) {
+                open.insert(target);
+            }
+        }
+    }
+    open
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    #[test]
+    fn a_killed_runs_sockets_and_overlay_go_and_a_live_ones_stay() {
+        let tmp = tempfile::tempdir().unwrap();
+        let lab = tempfile::tempdir().unwrap();
+        // A QMP directory whose QEMU was killed: the socket file is left, nobody listens.
+        let dead = tmp.path().join("sal-qemu-dead");
+        std::fs::create_dir(&dead).unwrap();
+        drop(UnixListener::bind(dead.join("qmp.sock")).unwrap());
+        // An ssh master that is alive.
+        let live = tmp.path().join("sal-ssh-live");
+        std::fs::create_dir(&live).unwrap();
+        let _listener = UnixListener::bind(live.join("c")).unwrap();
+        // A directory still being set up (no socket yet), and someone else's.
+        std::fs::create_dir(tmp.path().join("sal-qemu-new")).unwrap();
+        let other = tmp.path().join("other-dead");
+        std::fs::create_dir(&other).unwrap();
+        drop(UnixListener::bind(other.join("s")).unwrap());
+
+        // A run whose process is gone (pid beyond pid_max), an overlay older than the
+        // grace period; and this process's own run with the same.
+        let old = std::time::SystemTime::now() - OVERLAY_GRACE * 2;
+        let overlay = |run: &str| {
+            let t = lab.path().join(run).join("echo-tcp4--debian-13--crun");
+            std::fs::create_dir_all(&t).unwrap();
+            let disk = t.join("disk.qcow2");
+            let f = std::fs::File::create(&disk).unwrap();
+            f.set_modified(old).unwrap();
+            disk
+        };
+        let orphan = overlay("run-1795000000-99999999");
+        // A dead run's overlay that some process still has open.
+        let held = overlay("run-1795000002-99999997");
+        let _holder = std::fs::File::open(&held).unwrap();
+        let mine = overlay(&format!("run-1795000000-{}", std::process::id()));
+        // A fresh overlay of a dead run: within the grace period.
+        let fresh_dir = lab.path().join("run-1795000001-99999998").join("t");
+        std::fs::create_dir_all(&fresh_dir).unwrap();
+        std::fs::write(fresh_dir.join("disk.qcow2"), b"").unwrap();
+
+        let swept = sweep_killed_runs(tmp.path(), lab.path());
+        assert_eq!(swept.tmp_dirs, vec![dead.clone()]);
+        assert_eq!(swept.overlays, vec![orphan.clone()]);
+        assert!(!dead.exists() && !orphan.exists());
+        assert!(live.join("c").exists() && mine.exists() && held.exists());
+        assert!(tmp.path().join("sal-qemu-new").exists() && other.exists());
+        assert!(fresh_dir.join("disk.qcow2").exists());
+        // The trial directory itself (its logs) stays.
+        assert!(orphan.parent().unwrap().exists());
+    }
+}

@@ -922,7 +922,10 @@ Reloading finished in 212 ms.\n";
         assert_eq!(missing.len(), 1);
         assert!(missing[0].contains("did not say it"), "{missing:?}");
         // Without expectations every complaint counts.
-        assert_eq!(unexpected_complaints(std::slice::from_ref(&typo), &[]), vec![typo]);
+        assert_eq!(
+            unexpected_complaints(std::slice::from_ref(&typo), &[]),
+            vec![typo]
+        );
     }
 
     #[test]
