@@ -136,24 +136,14 @@ fn newest_run_dir(after: std::time::SystemTime) -> Option<PathBuf> {
         .max()
 }
 
-#[test]
-#[ignore = "needs root, QEMU and a debian-13 image (built when missing): cargo xtask ci"]
-fn ctrl_c_during_a_trial() {
-    let tmp_before = vm::cleanup::lab_tmp_dirs();
+/// `xtask test` of reboot-usernamespace on debian-13 with crun (a reboot gives a wide
+/// window), once its trial has run its first command: the run and the trial directory.
+fn reboot_trial_under_way(log: &Path) -> (Child, PathBuf) {
     let started = std::time::SystemTime::now();
-    let log = workspace().join("target/interrupt-trial.log");
-    // A trial with a reboot gives a wide window.
-    let mut child = spawn(
-        &[
-            "test",
-            "reboot-usernamespace::",
-            "--target",
-            "debian-13",
-            "--runtime",
-            "crun",
-        ],
+    let child = spawn(
+        &["test", "reboot-usernamespace::debian-13::crun", "--exact"],
         None,
-        &log,
+        log,
     );
     let trial = std::cell::RefCell::new(None::<PathBuf>);
     wait_until(
@@ -171,7 +161,15 @@ fn ctrl_c_during_a_trial() {
             started
         },
     );
-    let dir = trial.into_inner().unwrap();
+    (child, trial.into_inner().unwrap())
+}
+
+#[test]
+#[ignore = "needs root, QEMU and a debian-13 image (built when missing): cargo xtask ci"]
+fn ctrl_c_during_a_trial() {
+    let tmp_before = vm::cleanup::lab_tmp_dirs();
+    let log = workspace().join("target/interrupt-trial.log");
+    let (mut child, dir) = reboot_trial_under_way(&log);
     interrupt(&mut child, &log);
     assert_nothing_left(&dir, &tmp_before);
     assert!(
@@ -297,30 +295,8 @@ fn dead_new_tmp_dirs(before: &BTreeSet<String>) -> Vec<PathBuf> {
 #[ignore = "needs root, QEMU and a debian-13 image (built when missing): cargo xtask ci"]
 fn killed_outright_mid_trial_then_the_next_run_removes_what_it_left() {
     let tmp_before = vm::cleanup::lab_tmp_dirs();
-    let started = std::time::SystemTime::now();
     let log = workspace().join("target/interrupt-killed.log");
-    let mut child = spawn(
-        &["test", "reboot-usernamespace::debian-13::crun", "--exact"],
-        None,
-        &log,
-    );
-    let trial = std::cell::RefCell::new(None::<PathBuf>);
-    wait_until(
-        "the trial's first command",
-        Duration::from_secs(900),
-        || {
-            let Some(run) = newest_run_dir(started) else {
-                return false;
-            };
-            let dir = run.join("reboot-usernamespace--debian-13--crun");
-            let started = read(&dir.join("commands.log")).contains("systemctl --user");
-            if started {
-                *trial.borrow_mut() = Some(dir);
-            }
-            started
-        },
-    );
-    let dir = trial.into_inner().unwrap();
+    let (mut child, dir) = reboot_trial_under_way(&log);
     // SIGKILL, as a lost machine or the OOM killer does it: no handler runs. QEMU and
     // ssh die with their parent (PR_SET_PDEATHSIG); files stay.
     let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
