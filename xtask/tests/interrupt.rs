@@ -278,16 +278,7 @@ fn dead_new_tmp_dirs(before: &BTreeSet<String>) -> Vec<PathBuf> {
     vm::cleanup::lab_tmp_dirs()
         .difference(before)
         .map(|n| std::env::temp_dir().join(n))
-        .filter(|d| {
-            let sockets: Vec<PathBuf> = std::fs::read_dir(d)
-                .map(|rd| rd.filter_map(|e| Some(e.ok()?.path())).collect())
-                .unwrap_or_default();
-            !sockets.is_empty()
-                && sockets.iter().all(|s| {
-                    std::os::unix::net::UnixStream::connect(s)
-                        .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
-                })
-        })
+        .filter(|d| vm::cleanup::abandoned_socket_dir(d))
         .collect()
 }
 

@@ -180,16 +180,12 @@ pub fn sweep_killed_runs(tmp: &Path, lab_dir: &Path) -> Swept {
         if !(name.starts_with("sal-qemu-") || name.starts_with("sal-ssh-")) {
             continue;
         }
-        let sockets: Vec<PathBuf> = read_dir_paths(&dir)
-            .into_iter()
-            .filter(|p| is_socket(p))
-            .collect();
-        let dead = !sockets.is_empty() && sockets.iter().all(|s| nobody_listens(s));
-        if dead && std::fs::remove_dir_all(&dir).is_ok() {
+        if abandoned_socket_dir(&dir) && std::fs::remove_dir_all(&dir).is_ok() {
             swept.tmp_dirs.push(dir);
         }
     }
-    let open = open_files();
+    // Read only when an overlay of a dead run is found: most runs find none.
+    let mut open: Option<std::collections::HashSet<PathBuf>> = None;
     for run in read_dir_paths(lab_dir) {
         let Some(pid) = run_pid(&run) else { continue };
         if Path::new(&format!("/proc/{pid}")).exists() {
@@ -202,12 +198,26 @@ pub fn sweep_killed_runs(tmp: &Path, lab_dir: &Path) -> Swept {
                 .ok()
                 .and_then(|t| t.elapsed().ok())
                 .is_some_and(|age| age > OVERLAY_GRACE);
-            if old && !open.contains(&disk) && std::fs::remove_file(&disk).is_ok() {
+            if old
+                && !open.get_or_insert_with(open_files).contains(&disk)
+                && std::fs::remove_file(&disk).is_ok()
+            {
                 swept.overlays.push(disk);
             }
         }
     }
     swept
+}
+
+/// A directory with sockets in it, none of which anybody listens on any more: what a
+/// killed QEMU (QMP) or ssh master (its control socket) leaves. One without a socket yet
+/// may still be being set up, and is not.
+pub fn abandoned_socket_dir(dir: &Path) -> bool {
+    let sockets: Vec<PathBuf> = read_dir_paths(dir)
+        .into_iter()
+        .filter(|p| is_socket(p))
+        .collect();
+    !sockets.is_empty() && sockets.iter().all(|s| nobody_listens(s))
 }
 
 fn read_dir_paths(dir: &Path) -> Vec<PathBuf> {
