@@ -72,6 +72,7 @@ const QEMU_FACT: &str = "qemu";
 fn ready_key(
     base: &BaseImage,
     machine: &MachineSpec,
+    cmdline: &str,
     qemu_version: &str,
     bins: &Binaries,
 ) -> Result<String> {
@@ -79,6 +80,9 @@ fn ready_key(
     Ok(cache::key(&[
         ("base", base_manifest.as_bytes()),
         ("recipe", READY_RECIPE.as_bytes()),
+        // The saved kernel runs with the command line it booted with; a reboot would
+        // take the new one, so a state saved under another line is another state.
+        ("cmdline", cmdline.as_bytes()),
         ("machine", format!("{machine:?}").as_bytes()),
         ("qemu", qemu_version.as_bytes()),
         ("echo", cache::sha256_file(&bins.echo)?.as_bytes()),
@@ -147,7 +151,7 @@ pub fn ensure_ready(target: &Target, bins: &Binaries, events: &Events) -> Result
     let base = image::ensure_base(target, events)?;
     let machine = machine_for(target, &base);
     let qemu_version = qemu::version()?;
-    let key = ready_key(&base, &machine, &qemu_version, bins)?;
+    let key = ready_key(&base, &machine, KERNEL_CMDLINE, &qemu_version, bins)?;
     let dir = cache::root().join("images").join(format!(
         "{}-ready-{}-{key}",
         target.name,
@@ -305,4 +309,42 @@ fn provision(guest: &Guest, bins: &Binaries) -> Result<BTreeMap<String, String>>
     }
     guest.root_ok("sync", t)?;
     Ok(versions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_saved_under_another_kernel_command_line_is_another_state() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bins = Binaries {
+            echo: tmp.path().join("echo"),
+            probe: tmp.path().join("probe"),
+        };
+        std::fs::write(&bins.echo, b"echo").unwrap();
+        std::fs::write(&bins.probe, b"probe").unwrap();
+        let base = BaseImage {
+            dir: tmp.path().into(),
+            disk: tmp.path().join("disk.qcow2"),
+            kernel: None,
+            keys: crate::guest::SshKeys {
+                identity: tmp.path().join("id"),
+                known_hosts: tmp.path().join("known_hosts"),
+            },
+            manifest: cache::Manifest {
+                key: "base".into(),
+                files: BTreeMap::new(),
+                facts: BTreeMap::new(),
+            },
+        };
+        let machine = MachineSpec {
+            accel: Accel::Tcg,
+            memory_mib: 2048,
+            cpus: 2,
+        };
+        let key = |cmdline| ready_key(&base, &machine, cmdline, "10.0.2", &bins).unwrap();
+        assert_eq!(key(KERNEL_CMDLINE), key(KERNEL_CMDLINE));
+        assert_ne!(key(KERNEL_CMDLINE), key("root=/dev/vda rw console=ttyS0"));
+    }
 }
