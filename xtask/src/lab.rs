@@ -19,7 +19,7 @@ pub(crate) fn events() -> Events {
 /// the 22 CI trials): 1 job 233 s, 2 jobs 181 s (1.29x), 3 jobs 204 s; with KVM a guest
 /// costs less CPU, so one per core is, if anything, cautious.
 pub fn default_jobs() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    ::vm::qemu::host_cores()
 }
 
 /// Runs the trial matrix through its libtest harness (`tests/matrix.rs`), so filters,

@@ -84,7 +84,8 @@ pub fn set_guests_at_once(n: usize) {
     GUESTS_AT_ONCE.store(n.max(1), Ordering::Relaxed);
 }
 
-fn host_cores() -> usize {
+/// The host's cores, as the OS offers them to this process.
+pub fn host_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
