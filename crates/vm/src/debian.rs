@@ -15,7 +15,7 @@ use crate::proc;
 use crate::target::{ImageSource, Target};
 
 /// Bump when the build recipe changes in a way the target file does not show.
-pub(crate) const RECIPE_VERSION: &str = "debian-base-3";
+pub(crate) const RECIPE_VERSION: &str = "debian-base-4";
 
 /// Run inside mmdebstrap's namespace after the packages are installed: `$1` is the root
 /// file system, `$2` the staging directory with the keys. Placeholders are filled from the
@@ -43,7 +43,11 @@ rm -f "$R"/etc/ssh/ssh_host_*
 cp "$STAGE/host_ed25519" "$R/etc/ssh/ssh_host_ed25519_key"
 cp "$STAGE/host_ed25519.pub" "$R/etc/ssh/ssh_host_ed25519_key.pub"
 chmod 600 "$R/etc/ssh/ssh_host_ed25519_key"
-printf 'HostKey /etc/ssh/ssh_host_ed25519_key\nPermitRootLogin prohibit-password\nUseDNS no\n' > "$R/etc/ssh/sshd_config.d/socket-activation-lab.conf"
+# No PAM for the lab's own root logins: pam_systemd would open a logind session and start
+# root's user manager (user@0) at the first login after every boot, and the login waits
+# for it (boot to the first command measured here: 25.6-34.6 s with, 21.1-25.6 s without).
+# A trial looks at the test user's units, never at a root session.
+printf 'HostKey /etc/ssh/ssh_host_ed25519_key\nPermitRootLogin prohibit-password\nUseDNS no\nUsePAM no\n' > "$R/etc/ssh/sshd_config.d/socket-activation-lab.conf"
 chroot "$R" systemctl enable systemd-networkd systemd-resolved
 # Timers and waits that only cost boot time in a throwaway guest.
 chroot "$R" systemctl mask systemd-networkd-wait-online.service apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer man-db.timer dpkg-db-backup.timer

@@ -183,13 +183,33 @@ pub fn console_args(log: &Path, qmp: &Path) -> Vec<String> {
     ]
 }
 
-pub fn incoming_args(state: Option<&Path>) -> Vec<String> {
+/// Which way a migration stream goes through its file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateFile {
+    Save,
+    Load,
+}
+
+/// The migration URI that saves or loads a state in `file`. QEMU reads and writes the file
+/// itself (`file:`) from 8.2 on; an older QEMU (bookworm's 7.2) goes through a pipe to
+/// `cat` (`exec:`). The stream is the same either way. Measured here, loading the 346 MB
+/// state of debian-13 until the VM is paused, interleaved: `exec:cat` 0.58-2.07 s,
+/// `file:` 0.30-0.85 s.
+pub fn state_uri(file: &Path, direction: StateFile, release: Option<(u32, u32)>) -> String {
+    if release.is_some_and(|r| r >= (8, 2)) {
+        return format!("file:{}", file.display());
+    }
+    let path = proc::quote(&file.to_string_lossy());
+    match direction {
+        StateFile::Save => format!("exec:cat > {path}"),
+        StateFile::Load => format!("exec:cat {path}"),
+    }
+}
+
+pub fn incoming_args(state: Option<&Path>, release: Option<(u32, u32)>) -> Vec<String> {
     match state {
         None => Vec::new(),
-        Some(s) => vec![
-            "-incoming".into(),
-            format!("exec:cat {}", proc::quote(&s.to_string_lossy())),
-        ],
+        Some(s) => vec!["-incoming".into(), state_uri(s, StateFile::Load, release)],
     }
 }
 
@@ -205,7 +225,7 @@ pub fn args(c: &VmConfig, qmp_socket: &Path) -> Vec<String> {
     a.extend(drive_args(&c.disk, &c.extra_drives));
     a.extend(net_args(c.ssh_port));
     a.extend(console_args(&c.console_log, qmp_socket));
-    a.extend(incoming_args(c.incoming.as_deref()));
+    a.extend(incoming_args(c.incoming.as_deref(), running_release()));
     a.push("-no-user-config".into());
     a
 }
@@ -357,6 +377,22 @@ pub fn version() -> Result<String> {
         })
         .clone()
         .map_err(anyhow::Error::msg)
+}
+
+/// The release a `qemu-system-x86_64 --version` line names, as (major, minor).
+pub fn release(version_line: &str) -> Option<(u32, u32)> {
+    let number = version_line
+        .split("version ")
+        .nth(1)?
+        .split_whitespace()
+        .next()?;
+    let mut parts = number.split('.').map(|p| p.parse::<u32>().ok());
+    Some((parts.next()??, parts.next()??))
+}
+
+/// The release of the QEMU on PATH, when its version line could be read.
+pub fn running_release() -> Option<(u32, u32)> {
+    version().ok().and_then(|v| release(&v))
 }
 
 /// Whether this user can open `/dev/kvm` read-write (necessary, not sufficient).
@@ -639,7 +675,42 @@ mod tests {
         c.incoming = Some("/cache/state mig".into());
         c.boot = None;
         let a = args(&c, Path::new("/r/qmp.sock"));
-        assert!(pairs(&a).contains(&("-incoming".into(), "exec:cat '/cache/state mig'".into())));
+        assert!(a.contains(&"-incoming".to_string()));
         assert!(!a.contains(&"-kernel".to_string()));
+    }
+
+    #[test]
+    fn a_state_file_is_read_by_qemu_itself_from_8_2_and_through_cat_before() {
+        let f = Path::new("/cache/state mig");
+        let uri = |d, r| state_uri(f, d, r);
+        assert_eq!(uri(StateFile::Load, Some((10, 0))), "file:/cache/state mig");
+        assert_eq!(uri(StateFile::Save, Some((8, 2))), "file:/cache/state mig");
+        assert_eq!(
+            uri(StateFile::Load, Some((8, 1))),
+            "exec:cat '/cache/state mig'"
+        );
+        assert_eq!(
+            uri(StateFile::Save, Some((7, 2))),
+            "exec:cat > '/cache/state mig'"
+        );
+        // An unreadable version takes the way every QEMU has.
+        assert_eq!(uri(StateFile::Load, None), "exec:cat '/cache/state mig'");
+        assert_eq!(
+            incoming_args(Some(f), Some((10, 0))),
+            ["-incoming", "file:/cache/state mig"]
+        );
+    }
+
+    #[test]
+    fn release_is_read_from_the_version_line() {
+        let line = "QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)";
+        assert_eq!(release(line), Some((10, 0)));
+        assert_eq!(
+            release("QEMU emulator version 7.2.15 (Debian 1:7.2+dfsg-7+deb12u16)"),
+            Some((7, 2))
+        );
+        assert_eq!(release("QEMU emulator version 8.2"), Some((8, 2)));
+        assert_eq!(release("something else"), None);
+        assert_eq!(release("QEMU emulator version x.y"), None);
     }
 }

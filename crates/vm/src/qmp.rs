@@ -113,10 +113,10 @@ impl Qmp {
         }
     }
 
-    /// Stops the VM and writes its whole state to `file` (a migration stream).
-    pub fn save_state(&mut self, file: &Path, timeout: Duration) -> Result<()> {
+    /// Stops the VM and writes its whole state to `uri` (a migration stream, see
+    /// `qemu::state_uri`).
+    pub fn save_state(&mut self, uri: &str, timeout: Duration) -> Result<()> {
         self.execute("stop", None)?;
-        let uri = format!("exec:cat > {}", crate::proc::quote(&file.to_string_lossy()));
         self.execute("migrate", Some(json!({ "uri": uri })))?;
         let deadline = Instant::now() + timeout;
         loop {

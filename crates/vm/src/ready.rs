@@ -246,8 +246,12 @@ fn boot_and_provision(
     step.done();
 
     let step = events.step(&target.name, "saving the ready state");
-    qemu.qmp
-        .save_state(&s.join("state.mig"), Duration::from_secs(300))?;
+    let uri = qemu::state_uri(
+        &s.join("state.mig"),
+        qemu::StateFile::Save,
+        qemu::running_release(),
+    );
+    qemu.qmp.save_state(&uri, Duration::from_secs(300))?;
     qemu.quit()?;
     step.done();
     let mut facts = versions;
