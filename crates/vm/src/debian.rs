@@ -44,7 +44,7 @@ cp "$STAGE/host_ed25519" "$R/etc/ssh/ssh_host_ed25519_key"
 cp "$STAGE/host_ed25519.pub" "$R/etc/ssh/ssh_host_ed25519_key.pub"
 chmod 600 "$R/etc/ssh/ssh_host_ed25519_key"
 # No PAM for the lab's own root logins: pam_systemd would open a logind session and start
-# root's user manager (user@0) at the first login after every boot, and the login waits
+# root's own user manager at the first login after every boot, and the login waits
 # for it (boot to the first command measured here: 25.6-34.6 s with, 21.1-25.6 s without).
 # A trial looks at the test user's units, never at a root session.
 printf 'HostKey /etc/ssh/ssh_host_ed25519_key\nPermitRootLogin prohibit-password\nUseDNS no\nUsePAM no\n' > "$R/etc/ssh/sshd_config.d/socket-activation-lab.conf"
