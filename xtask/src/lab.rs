@@ -131,9 +131,16 @@ fn run_matrix(
     // The harness runs as this process's child, not under `cargo test`: cargo dies at
     // once on Ctrl-C, and the harness it orphaned would record its interrupted trials
     // after this process had already collected the results.
-    let exit = std::process::Command::from(cmd!(sh, "{harness} --include-ignored {libtest...}"))
-        .status()
-        .map_err(|e| anyhow::anyhow!("running the trial harness {}: {e}", harness.display()))?;
+    let mut child =
+        std::process::Command::from(cmd!(sh, "{harness} --include-ignored {libtest...}"))
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("running the trial harness {}: {e}", harness.display()))?;
+    // `kill PID` of this process (not the group) reaches the harness through this.
+    vm::cleanup::hand_interrupts_to(Some(child.id()));
+    let exit = child.wait();
+    vm::cleanup::hand_interrupts_to(None);
+    let exit = exit
+        .map_err(|e| anyhow::anyhow!("waiting for the trial harness {}: {e}", harness.display()))?;
     // Ctrl-C reached the harness as well: its 130 says so even if this process's own
     // handler thread has not run yet.
     let harness_interrupted = exit.code() == Some(130)

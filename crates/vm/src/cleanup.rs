@@ -8,7 +8,7 @@
 //! around the harness) defers the exit, so it can still collect and report.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Mutex, Once};
 
 type Action = Box<dyn Fn() + Send>;
@@ -19,6 +19,8 @@ static ACTIONS: Mutex<Vec<(PathBuf, Action)>> = Mutex::new(Vec::new());
 static HANDLER: Once = Once::new();
 static DEFER_EXIT: AtomicBool = AtomicBool::new(false);
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// The child that handles an interruption for this process (see [`hand_interrupts_to`]).
+static HANDLED_BY: AtomicI32 = AtomicI32::new(0);
 
 /// Installs the signal handler (once per process).
 pub fn install_handler() {
@@ -27,6 +29,13 @@ pub fn install_handler() {
             INTERRUPTED.store(true, Ordering::SeqCst);
             if DEFER_EXIT.load(Ordering::SeqCst) {
                 eprintln!("\ninterrupted: waiting for the trials to record it");
+                let child = HANDLED_BY.load(Ordering::SeqCst);
+                if child > 0 {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(child),
+                        nix::sys::signal::Signal::SIGINT,
+                    );
+                }
                 return;
             }
             eprintln!("\ninterrupted: removing overlays and partial images");
@@ -46,6 +55,16 @@ pub fn install_handler() {
 pub fn defer_exit() {
     install_handler();
     DEFER_EXIT.store(true, Ordering::SeqCst);
+}
+
+/// The child (`Some(pid)`, `None` once it has exited) that does this deferring process's
+/// work and handles the interruption: a signal sent to this process alone (`kill PID`, a
+/// supervisor stopping the command it started) is passed on to it as SIGINT, since only a
+/// terminal's Ctrl-C reaches the whole process group. A child that got the terminal's
+/// SIGINT as well acts once: its handler exits.
+pub fn hand_interrupts_to(child: Option<u32>) {
+    let pid = child.and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
+    HANDLED_BY.store(pid, Ordering::SeqCst);
 }
 
 /// Whether Ctrl-C or SIGTERM arrived.
