@@ -16,8 +16,9 @@ pub(crate) fn events() -> Events {
 }
 
 /// Guests at once when `--jobs` is not given: one per core. Measured here (2 cores, TCG,
-/// the 22 CI trials): 1 job 233 s, 2 jobs 181 s (1.29x), 3 jobs 204 s; with KVM a guest
-/// costs less CPU, so one per core is, if anything, cautious.
+/// the 22 CI trials, one run each with a guest thread per guest beyond the cores): 1 job
+/// 193 s, 2 jobs 115 s (0.59x), 3 jobs 149 s; with KVM a guest costs less CPU, so one per
+/// core is, if anything, cautious.
 pub fn default_jobs() -> usize {
     ::vm::qemu::host_cores()
 }

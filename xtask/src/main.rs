@@ -42,7 +42,7 @@ enum Command {
         #[arg(long)]
         exact: bool,
         /// Trials at once, each a guest (default: one per core; measured on 2 cores under
-        /// TCG, 22 trials: 233 s with 1, 181 s with 2, 204 s with 3).
+        /// TCG, 22 trials: 193 s with 1, 115 s with 2, 149 s with 3).
         #[arg(long)]
         jobs: Option<usize>,
         /// Run the mutants (tests/mutants/) against the scenarios each names and print
