@@ -183,12 +183,17 @@ fn ctrl_c_during_a_trial() {
     let log = workspace().join("target/interrupt-trial.log");
     let (mut child, dir) = reboot_trial_under_way(&log);
     interrupt(&mut child, &log);
-    assert_nothing_left(&dir, &tmp_before);
+    assert_recorded_as_interrupted(&dir, &log, &tmp_before);
+}
+
+/// After an interrupted trial in `dir`: nothing left, and the evidence and the verdict (a
+/// FAIL that says it was interrupted) in the trial directory and the reports.
+fn assert_recorded_as_interrupted(dir: &Path, log: &Path, tmp_before: &BTreeSet<String>) {
+    assert_nothing_left(dir, tmp_before);
     assert!(
         !dir.join("disk.qcow2").exists(),
         "the overlay was left behind"
     );
-    // The evidence and the verdict: a FAIL that says it was interrupted, in the reports.
     assert!(dir.join("console.log").is_file() && dir.join("commands.log").is_file());
     let result = read(&dir.join("result.json"));
     assert!(result.contains("\"FAIL\""), "{result}");
@@ -199,7 +204,7 @@ fn ctrl_c_during_a_trial() {
         results.contains("reboot-usernamespace::debian-13::crun"),
         "{results}"
     );
-    assert!(read(&log).contains("interrupted"), "{}", read(&log));
+    assert!(read(log).contains("interrupted"), "{}", read(log));
 }
 
 #[test]
@@ -213,14 +218,7 @@ fn sigterm_to_xtask_alone_during_a_trial() {
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     wait_interrupted(&mut child, &log);
-    assert_nothing_left(&dir, &tmp_before);
-    assert!(
-        !dir.join("disk.qcow2").exists(),
-        "the overlay was left behind"
-    );
-    let result = read(&dir.join("result.json"));
-    assert!(result.contains("\"FAIL\""), "{result}");
-    assert!(result.contains("interrupted"), "{result}");
+    assert_recorded_as_interrupted(&dir, &log, &tmp_before);
 }
 
 #[test]
