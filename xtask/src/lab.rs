@@ -15,10 +15,10 @@ pub(crate) fn events() -> Events {
     Events::console()
 }
 
-/// Guests at once when `--jobs` is not given: one per core. Measured here (2 cores, TCG,
-/// the 22 CI trials, one run each with a guest thread per guest beyond the cores): 1 job
-/// 193 s, 2 jobs 115 s (0.59x), 3 jobs 149 s; with KVM a guest costs less CPU, so one per
-/// core is, if anything, cautious.
+/// Guests at once when `--jobs` is not given: one per core. Measured here (2 cores, TCG
+/// with `vm::qemu::tcg_thread`'s rule, the 22 CI trials, one run each): 1 job 193 s,
+/// 2 jobs 115 s (0.59x), 3 jobs 149 s; with KVM a guest costs less CPU, so one per core
+/// is, if anything, cautious.
 pub fn default_jobs() -> usize {
     ::vm::qemu::host_cores()
 }
