@@ -675,7 +675,13 @@ mod tests {
         c.incoming = Some("/cache/state mig".into());
         c.boot = None;
         let a = args(&c, Path::new("/r/qmp.sock"));
-        assert!(a.contains(&"-incoming".to_string()));
+        // The state's URI as the QEMU on PATH reads it.
+        let uri = state_uri(
+            Path::new("/cache/state mig"),
+            StateFile::Load,
+            running_release(),
+        );
+        assert!(pairs(&a).contains(&("-incoming".into(), uri)));
         assert!(!a.contains(&"-kernel".to_string()));
     }
 
