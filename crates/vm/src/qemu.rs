@@ -109,9 +109,10 @@ pub fn machine_args(m: &MachineSpec, guests_at_once: usize, host_cores: usize) -
         Accel::Tcg => "qemu64",
     };
     let accel = match m.accel {
-        Accel::Kvm => "kvm".to_string(),
+        Accel::Kvm => m.accel.name().to_string(),
         Accel::Tcg => format!(
-            "tcg,thread={}",
+            "{},thread={}",
+            m.accel.name(),
             tcg_thread(guests_at_once, m.cpus, host_cores)
         ),
     };
