@@ -390,15 +390,23 @@ impl Guest {
     pub fn write_files(&self, files: &[GuestFile], then: &str) -> Result<Output> {
         let mut script = String::from("set -e\n");
         let mut stdin: Vec<u8> = Vec::new();
+        // Each directory is made once: a `runuser` costs the guest a PAM session.
+        let mut made: Vec<(String, Option<String>)> = Vec::new();
         for f in files {
             let dir = Path::new(&f.path)
                 .parent()
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|| "/".into());
             let (p, d, mode) = (quote(&f.path), quote(&dir), f.mode);
-            let mkdir = match &f.owner {
-                None => format!("mkdir -p {d}"),
-                Some(o) => format!("runuser -u {} -- mkdir -p {d}", quote(o)),
+            let key = (dir.clone(), f.owner.clone());
+            let mkdir = if made.contains(&key) {
+                String::new()
+            } else {
+                made.push(key);
+                match &f.owner {
+                    None => format!("mkdir -p {d} && "),
+                    Some(o) => format!("runuser -u {} -- mkdir -p {d} && ", quote(o)),
+                }
             };
             // dd reads a pipe in short reads; fullblock makes it wait for the whole file.
             let fill = match f.content.len() {
@@ -410,7 +418,7 @@ impl Guest {
                 .as_ref()
                 .map(|o| format!(" && chown {}: {p}", quote(o)))
                 .unwrap_or_default();
-            script += &format!("{mkdir} && {fill}{chown} && chmod {mode:o} {p}\n");
+            script += &format!("{mkdir}{fill}{chown} && chmod {mode:o} {p}\n");
             stdin.extend_from_slice(&f.content);
         }
         script += then;
