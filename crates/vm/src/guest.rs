@@ -232,6 +232,12 @@ impl Guest {
             format!("ControlPath={}", self.control_path().display()),
             "-o".into(),
             "ServerAliveInterval=5".into(),
+            // A loopback link to a throwaway guest: the cheapest key exchange first (the
+            // defaults stay behind it). A restored guest translates every code path it runs
+            // afresh under TCG: login measured here 0.60-0.78 s against 0.76-0.88 s with
+            // the client's default sntrup761x25519, six interleaved restores each.
+            "-o".into(),
+            "KexAlgorithms=^curve25519-sha256".into(),
         ]
     }
 
