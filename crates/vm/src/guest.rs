@@ -65,6 +65,16 @@ pub enum Manager {
     System,
 }
 
+impl Manager {
+    /// The `systemctl` that talks to this manager.
+    pub fn systemctl(self) -> &'static str {
+        match self {
+            Manager::User => "systemctl --user",
+            Manager::System => "systemctl",
+        }
+    }
+}
+
 /// The alias the pinned host key is recorded under, whatever port the guest is on.
 pub const HOST_ALIAS: &str = "socket-activation-lab-guest";
 
@@ -543,9 +553,19 @@ impl Guest {
     /// (`_SYSTEMD_USER_UNIT=`) and the user manager's messages about them (`USER_UNIT=`).
     /// `systemctl ARGS` (`ARGS` already quoted) in `manager`.
     pub fn systemctl(&self, manager: Manager, args: &str, timeout: Duration) -> Result<Output> {
+        let script = format!("{} {args}", manager.systemctl());
         match manager {
-            Manager::User => self.user(&format!("systemctl --user {args}"), timeout),
-            Manager::System => self.root(&format!("systemctl {args}"), timeout),
+            Manager::User => self.user(&script, timeout),
+            Manager::System => self.root(&script, timeout),
+        }
+    }
+
+    /// `script` made to run, from a root shell, beside `manager`: as the test user for
+    /// the user manager ([`Guest::as_user`]), as it is for the system's.
+    pub fn beside_manager(&self, manager: Manager, script: String) -> String {
+        match manager {
+            Manager::User => self.as_user(&script),
+            Manager::System => script,
         }
     }
 

@@ -169,17 +169,11 @@ pub fn prepare_guest(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> Result
     let wrote = g.write_files(&files, "journalctl -q -n 0 --show-cursor")?;
     let cursor = vm::guest::parse_cursor(&wrote.stdout)
         .with_context(|| format!("no journal cursor in {:?}", wrote.stdout))?;
-    let scope_flag = match scenario.scope {
-        Scope::User => " --user",
-        Scope::System => "",
-    };
     // systemd parses a unit file when it loads the unit: load them all now, so a
     // complaint comes before any step.
-    let load = load_script(scope_flag, &units, reload_always(scenario));
-    let as_manager = match scenario.scope {
-        Scope::User => g.as_user(&load),
-        Scope::System => load.clone(),
-    };
+    let manager = scenario.scope.manager();
+    let load = load_script(manager.systemctl(), &units, reload_always(scenario));
+    let as_manager = g.beside_manager(manager, load);
     let out = g.root(
         &format!(
             "( {as_manager} ); r=$?; journalctl --sync; echo '{JOURNAL_MARK}'; journalctl --no-pager -q -o cat --after-cursor={}; exit $r",
@@ -234,19 +228,18 @@ fn reload_always(scenario: &Scenario) -> bool {
     !scenario.dir_files.is_empty() || scenario.quadlet.is_some()
 }
 
-/// The shell script that loads `units` in the manager (`scope_flag`: `" --user"` or
-/// empty) and prints their `Id`, `LoadState`, `LoadError` and `NeedDaemonReload`.
+/// The shell script that loads `units` in the manager `systemctl` talks to and prints their `Id`, `LoadState`, `LoadError` and `NeedDaemonReload`.
 /// systemd loads a unit from its file when the unit is first named, so the lab's own
 /// new units need no `daemon-reload` (under TCG 0.6-1.1 s of the guest's time per trial);
 /// it runs when `always` holds or when the manager says a unit's file changed since it
 /// loaded it (`NeedDaemonReload=yes`), so the units are always the files as written.
-fn load_script(scope_flag: &str, units: &[String], always: bool) -> String {
+fn load_script(systemctl: &str, units: &[String], always: bool) -> String {
     let names: Vec<String> = units.iter().map(|u| quote(u)).collect();
     let show = format!(
-        "systemctl{scope_flag} show -p Id,LoadState,LoadError,NeedDaemonReload -- {}",
+        "{systemctl} show -p Id,LoadState,LoadError,NeedDaemonReload -- {}",
         names.join(" ")
     );
-    let reload = format!("systemctl{scope_flag} daemon-reload");
+    let reload = format!("{systemctl} daemon-reload");
     if always {
         format!("{reload} && {show}")
     } else {
@@ -979,7 +972,7 @@ Reloading finished in 212 ms.\n";
         .unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let script = load_script(" --user", &["echo.socket".into()], always);
+        let script = load_script("systemctl --user", &["echo.socket".into()], always);
         let out = std::process::Command::new("sh")
             .args(["-c", &script])
             .env("PATH", format!("{}:/usr/bin:/bin", dir.path().display()))
