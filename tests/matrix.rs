@@ -34,7 +34,8 @@ fn list(var: &str) -> Vec<String> {
 
 fn main() -> anyhow::Result<()> {
     let args = Arguments::from_args();
-    // The guests at once, for QEMU's TCG threading (libtest-mimic's default: one per core).
+    // The guests at once, for the guests' vCPUs under TCG (libtest-mimic's default: one per
+    // core).
     vm::qemu::set_guests_at_once(args.test_threads.unwrap_or_else(vm::qemu::host_cores));
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

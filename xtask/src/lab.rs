@@ -15,10 +15,11 @@ pub(crate) fn events() -> Events {
     Events::console()
 }
 
-/// Guests at once when `--jobs` is not given: one per core. Measured here (2 cores, TCG
-/// with `vm::qemu::tcg_thread`'s rule, the 22 CI trials, one run each): 1 job 193 s,
-/// 2 jobs 115 s (0.59x), 3 jobs 149 s; with KVM a guest costs less CPU, so one per core
-/// is, if anything, cautious.
+/// Guests at once when `--jobs` is not given: one per core. Measured here (2 cores, TCG,
+/// 2 vCPUs on one host thread per guest once they outnumbered the cores, the 22 CI
+/// trials, one run each): 1 job 193 s, 2 jobs 115 s (0.59x), 3 jobs 149 s; with KVM a
+/// guest costs less CPU, so one per core is, if anything, cautious. Under TCG the
+/// guests' vCPUs follow this count (`vm::qemu::MachineSpec::sized_for`).
 pub fn default_jobs() -> usize {
     ::vm::qemu::host_cores()
 }
@@ -279,7 +280,7 @@ pub fn bisect(
     };
     let scenario = scenario.as_str();
     let options = TestOptions {
-        jobs: 1,
+        jobs: default_jobs(),
         ..Default::default()
     };
     let Some((mut results, _status)) = run_matrix(sh, root, selection, &options)? else {

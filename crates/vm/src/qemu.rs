@@ -49,6 +49,24 @@ impl MachineSpec {
             memory_mib: target.machine.memory_mib,
             cpus: target.machine.cpus,
         }
+        .sized_for(guests_at_once(), host_cores())
+    }
+
+    /// Under TCG, a guest gets no more vCPUs than its share of the host's cores (at least
+    /// one): the run's guests then never outnumber the cores with vCPUs, which each need a
+    /// host thread to run; the target's count stands where it fits, and under KVM.
+    /// Overcommitted, a vCPU spins on a lock whose holder's thread is waiting for a core,
+    /// and the second vCPU of a guest that shares one host thread (TCG's
+    /// `thread=single`) adds the cost of SMP without running anything beside the first:
+    /// measured here (2 cores, `--jobs 2`, the same 26 trials, two interleaved rounds),
+    /// 2 vCPUs on one thread each 265.9 and 198.8 s, 1 vCPU 227.6 and 180.1 s.
+    pub fn sized_for(self, guests_at_once: usize, host_cores: usize) -> MachineSpec {
+        let share = u32::try_from(host_cores / guests_at_once.max(1)).unwrap_or(u32::MAX);
+        let cpus = match self.accel {
+            Accel::Kvm => self.cpus,
+            Accel::Tcg => self.cpus.min(share.max(1)),
+        };
+        MachineSpec { cpus, ..self }
     }
 }
 
@@ -76,12 +94,21 @@ pub struct VmConfig {
     pub extra_drives: Vec<PathBuf>,
 }
 
-/// How many guests this process runs side by side (the harness's `--test-threads`),
-/// for [`tcg_thread`].
-static GUESTS_AT_ONCE: AtomicUsize = AtomicUsize::new(1);
+/// How many guests this process runs side by side (the harness's `--test-threads`);
+/// 0 until set: then a guest per core, as `cargo xtask test` runs by default, so `vm
+/// build`, `vm ssh` and the tests make and use the ready state a default run uses.
+static GUESTS_AT_ONCE: AtomicUsize = AtomicUsize::new(0);
 
 pub fn set_guests_at_once(n: usize) {
     GUESTS_AT_ONCE.store(n.max(1), Ordering::Relaxed);
+}
+
+/// The guests this process runs side by side, for [`MachineSpec::sized_for`].
+pub fn guests_at_once() -> usize {
+    match GUESTS_AT_ONCE.load(Ordering::Relaxed) {
+        0 => host_cores(),
+        n => n,
+    }
 }
 
 /// The host's cores, as the OS offers them to this process.
@@ -89,36 +116,15 @@ pub fn host_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// TCG's threading: a host thread per vCPU (`multi`) while the host has a core for each
-/// of them, one thread per guest (`single`) once all guests' vCPUs outnumber the cores.
-/// Overcommitted, a vCPU spins on a lock whose holder's thread the host has put aside:
-/// measured here (2 cores, `--jobs 2`, 2 vCPUs, 18 trials, four rounds each, interleaved),
-/// `multi` took 172-245 s and `single` 177-187 s. The guest sees the same vCPUs either way.
-pub fn tcg_thread(guests_at_once: usize, cpus: u32, host_cores: usize) -> &'static str {
-    if guests_at_once.saturating_mul(cpus as usize) > host_cores {
-        "single"
-    } else {
-        "multi"
-    }
-}
-
-pub fn machine_args(m: &MachineSpec, guests_at_once: usize, host_cores: usize) -> Vec<String> {
+pub fn machine_args(m: &MachineSpec) -> Vec<String> {
     let cpu = match m.accel {
         Accel::Kvm => "host",
         // The fastest model under TCG measured here.
         Accel::Tcg => "qemu64",
     };
-    let accel = match m.accel {
-        Accel::Kvm => m.accel.name().to_string(),
-        Accel::Tcg => format!(
-            "{},thread={}",
-            m.accel.name(),
-            tcg_thread(guests_at_once, m.cpus, host_cores)
-        ),
-    };
     vec![
         "-accel".into(),
-        accel,
+        m.accel.name().into(),
         "-machine".into(),
         "q35".into(),
         "-cpu".into(),
@@ -215,11 +221,7 @@ pub fn incoming_args(state: Option<&Path>, release: Option<(u32, u32)>) -> Vec<S
 }
 
 pub fn args(c: &VmConfig, qmp_socket: &Path) -> Vec<String> {
-    let mut a = machine_args(
-        &c.machine,
-        GUESTS_AT_ONCE.load(Ordering::Relaxed),
-        host_cores(),
-    );
+    let mut a = machine_args(&c.machine);
     if let Some(b) = &c.boot {
         a.extend(kernel_args(b));
     }
@@ -618,30 +620,35 @@ mod tests {
     #[test]
     fn tcg_uses_qemu64_and_kvm_the_host_cpu() {
         let mut m = config().machine;
-        assert!(pairs(&machine_args(&m, 1, 2)).contains(&("-cpu".into(), "qemu64".into())));
+        assert!(pairs(&machine_args(&m)).contains(&("-cpu".into(), "qemu64".into())));
         m.accel = Accel::Kvm;
-        let a = machine_args(&m, 2, 2);
+        let a = machine_args(&m);
         assert!(pairs(&a).contains(&("-cpu".into(), "host".into())));
         assert!(pairs(&a).contains(&("-accel".into(), "kvm".into())));
     }
 
     #[test]
-    fn tcg_runs_a_guest_on_one_thread_once_vcpus_outnumber_the_cores() {
+    fn under_tcg_the_guests_vcpus_never_outnumber_the_cores() {
         let m = config().machine;
         assert_eq!(m.cpus, 2);
-        let accel = |guests, cores| {
-            pairs(&machine_args(&m, guests, cores))
-                .into_iter()
-                .find(|(k, _)| k == "-accel")
-                .unwrap()
-                .1
+        let cpus = |accel, guests, cores| {
+            let spec = MachineSpec { accel, ..m.clone() }.sized_for(guests, cores);
+            let a = machine_args(&spec);
+            assert!(pairs(&a).contains(&("-smp".into(), spec.cpus.to_string())));
+            spec.cpus
         };
-        // One guest of 2 vCPUs on 2 cores: a thread per vCPU.
-        assert_eq!(accel(1, 2), "tcg,thread=multi");
-        // Two such guests on 2 cores: one thread each.
-        assert_eq!(accel(2, 2), "tcg,thread=single");
-        assert_eq!(accel(2, 4), "tcg,thread=multi");
-        assert_eq!(accel(3, 4), "tcg,thread=single");
+        // One guest on 2 cores keeps both vCPUs; two guests get one each.
+        assert_eq!(cpus(Accel::Tcg, 1, 2), 2);
+        assert_eq!(cpus(Accel::Tcg, 2, 2), 1);
+        assert_eq!(cpus(Accel::Tcg, 2, 4), 2);
+        assert_eq!(cpus(Accel::Tcg, 3, 4), 1);
+        // More guests than cores: still one vCPU each, never none.
+        assert_eq!(cpus(Accel::Tcg, 3, 2), 1);
+        assert_eq!(cpus(Accel::Tcg, 0, 2), 2);
+        // A share larger than the target's count gives the target's count.
+        assert_eq!(cpus(Accel::Tcg, 1, 16), 2);
+        // KVM runs the target's count whatever the run.
+        assert_eq!(cpus(Accel::Kvm, 2, 2), 2);
     }
 
     #[test]

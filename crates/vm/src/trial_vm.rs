@@ -13,7 +13,7 @@ use crate::qemu::Qemu;
 use crate::ready::{Ready, vm_config};
 
 /// A trial's overlay disk: registered for Ctrl-C from before it exists, removed when
-/// dropped, so a start that fails at any step (QEMU, the saved state, ssh, the clock)
+/// dropped, so a start that fails at any step (QEMU, the saved state, ssh)
 /// leaves no overlay behind.
 struct Overlay(PathBuf);
 
@@ -78,7 +78,7 @@ impl TrialVm {
             Some(&dir.join("commands.log")),
             &mut || qemu.gone(&qemu_log),
         )?;
-        guest.sync_clock()?;
+        guest.set_clock_with_next_command();
         step.done();
         Ok(TrialVm {
             guest,
