@@ -99,11 +99,39 @@ pub struct Guest {
     /// Set after a restore: the next command sets the clock first
     /// ([`Guest::set_clock_with_next_command`]).
     clock_behind: AtomicBool,
+    /// Set by a mark: the next command records the journal's position first
+    /// ([`Guest::mark_journal_with_next_command`]).
+    mark_pending: AtomicBool,
 }
 
-/// What the clock's prelude says when `date` failed, to tell that from the command's own
-/// failure.
-const CLOCK_NOT_SET: &str = "lab: setting the guest clock failed";
+/// How a prelude says it failed (exit 125), to tell that from the command's own failure.
+const PRELUDE_FAILED: &str = "lab: before the command,";
+
+/// Where the guest keeps the journal's position at the last mark ([`Since::Mark`]);
+/// root's, on a tmpfs.
+const MARK_CURSOR_FILE: &str = "/run/socket-activation-lab-journal-mark";
+
+/// Where a journal read starts.
+#[derive(Debug, Clone, Copy)]
+pub enum Since<'a> {
+    /// After this cursor.
+    Cursor(&'a str),
+    /// After the position the guest recorded at the last mark
+    /// ([`Guest::mark_journal_with_next_command`]).
+    Mark,
+}
+
+impl Since<'_> {
+    /// The cursor as a shell word.
+    fn shell(self) -> String {
+        match self {
+            Since::Cursor(c) => quote(c),
+            Since::Mark => {
+                format!("\"$(sed -n 's/^-- cursor: //p' {MARK_CURSOR_FILE})\"")
+            }
+        }
+    }
+}
 
 impl Guest {
     /// Connects to the guest's sshd on `port`, retrying until `timeout`, or until `gone`
@@ -140,6 +168,7 @@ impl Guest {
             master: Mutex::new(None),
             log: Mutex::new(log),
             clock_behind: AtomicBool::new(false),
+            mark_pending: AtomicBool::new(false),
         };
         guest.wait_for_ssh(timeout, console, gone)?;
         Ok(guest)
@@ -321,18 +350,16 @@ impl Guest {
         stdin: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<Output> {
-        let prelude = if self.clock_behind.swap(false, Ordering::SeqCst) {
-            let prelude = Self::clock_prelude()?;
-            self.announce("root", &prelude);
-            Some(prelude)
-        } else {
-            None
-        };
+        let preludes = self.take_preludes()?;
+        for p in &preludes {
+            self.announce("root", p);
+        }
         self.announce(who, shown);
-        let script = match &prelude {
-            Some(p) => format!("{p}\n{remote}"),
-            None => remote.to_string(),
-        };
+        let script: String = preludes
+            .iter()
+            .map(|p| format!("{p}\n"))
+            .collect::<String>()
+            + remote;
         let result = proc::run(self.ssh_command(&script, &[]), stdin, timeout);
         self.record(&result);
         let out = result.with_context(|| format!("`{shown}` as {who}"))?;
@@ -342,11 +369,8 @@ impl Guest {
                 out.stderr.trim()
             );
         }
-        if prelude.is_some() && out.code() == Some(125) && out.stderr.contains(CLOCK_NOT_SET) {
-            bail!(
-                "setting the guest clock before `{shown}` failed: {}",
-                out.stderr.trim()
-            );
+        if !preludes.is_empty() && out.code() == Some(125) && out.stderr.contains(PRELUDE_FAILED) {
+            bail!("running `{shown}` as {who}: {}", out.stderr.trim());
         }
         Ok(out)
     }
@@ -525,10 +549,32 @@ impl Guest {
     fn clock_prelude() -> Result<String> {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
         Ok(format!(
-            "date -u -s @{}.{:09} >/dev/null || {{ echo '{CLOCK_NOT_SET}' >&2; exit 125; }}",
+            "date -u -s @{}.{:09} >/dev/null || {{ echo '{PRELUDE_FAILED} setting the clock failed' >&2; exit 125; }}",
             now.as_secs(),
             now.subsec_nanos()
         ))
+    }
+
+    /// Marks the journal: the next command first records the journal's position in the
+    /// guest (for [`Since::Mark`]), in its round trip rather than one of its own. A read
+    /// since the mark gets what was logged from that command on.
+    pub fn mark_journal_with_next_command(&self) {
+        self.mark_pending.store(true, Ordering::SeqCst);
+    }
+
+    /// What the next command runs first, as root: the clock after a restore, the journal's
+    /// position at a mark. Each says so and exits 125 when it fails.
+    fn take_preludes(&self) -> Result<Vec<String>> {
+        let mut preludes = Vec::new();
+        if self.clock_behind.swap(false, Ordering::SeqCst) {
+            preludes.push(Self::clock_prelude()?);
+        }
+        if self.mark_pending.swap(false, Ordering::SeqCst) {
+            preludes.push(format!(
+                "journalctl -q -n 0 --show-cursor > {MARK_CURSOR_FILE} || {{ echo '{PRELUDE_FAILED} reading the journal position failed' >&2; exit 125; }}"
+            ));
+        }
+        Ok(preludes)
     }
 
     /// A real reboot: waits for the old system to go and a new boot (new boot id) to
@@ -599,23 +645,15 @@ impl Guest {
         }
     }
 
-    /// The journal's position now, to read later what was logged after it
-    /// ([`Guest::unit_journal`] with `after`).
-    pub fn journal_cursor(&self) -> Result<String> {
-        let out = self.root_ok("journalctl -q -n 0 --show-cursor", Duration::from_secs(60))?;
-        parse_cursor(&out.stdout)
-            .with_context(|| format!("journalctl --show-cursor printed {:?}", out.stdout))
-    }
-
-    /// The last `lines` journal lines of `units` of `manager` (only those logged after the
-    /// cursor `after`, when given), or why there are none. A user unit's lines are those
+    /// The last `lines` journal lines of `units` of `manager` (only those logged after
+    /// `after`, when given), or why there are none. A user unit's lines are those
     /// it logged and those the user manager logged about it.
     pub fn unit_journal(
         &self,
         manager: Manager,
         units: &[&str],
         lines: usize,
-        after: Option<&str>,
+        after: Option<Since>,
     ) -> String {
         let script = unit_journal_command(manager, units, Some(lines), after);
         self.root(&script, Duration::from_secs(60))
@@ -624,8 +662,8 @@ impl Guest {
     }
 
     /// The last `lines` journal lines logged by the test user's processes (its user
-    /// manager included), after the cursor `after` when given.
-    pub fn user_journal(&self, lines: usize, after: Option<&str>) -> String {
+    /// manager included), after `after` when given.
+    pub fn user_journal(&self, lines: usize, after: Option<Since>) -> String {
         let script = journal_command(&format!("_UID={}", self.user.uid), Some(lines), after);
         self.root(&script, Duration::from_secs(60))
             .map(|o| o.combined())
@@ -634,12 +672,12 @@ impl Guest {
 }
 
 /// The `journalctl` command (run as root) of [`Guest::unit_journal`]: the last `lines`
-/// (all when `None`) logged by or about `units`, after the cursor `after` when given.
+/// (all when `None`) logged by or about `units`, after `after` when given.
 pub fn unit_journal_command(
     manager: Manager,
     units: &[&str],
     lines: Option<usize>,
-    after: Option<&str>,
+    after: Option<Since>,
 ) -> String {
     let matches: Vec<String> = units
         .iter()
@@ -658,16 +696,16 @@ pub fn unit_journal_command(
     journal_command(&matches, lines, after)
 }
 
-/// `journalctl` with `matches`: the last `lines` (all when `None`), after the cursor
-/// `after` when given.
+/// `journalctl` with `matches`: the last `lines` (all when `None`), after `after` when
+/// given.
 ///
 /// Not `--after-cursor` with matches: before systemd 255 that skips the first matching
 /// entry after the cursor (systemd issue 30288, fixed by PR 30336), so on debian-12 a
 /// step's evidence lost its first line. `--cursor` starts at the cursor's own entry
 /// instead, which is dropped when it is the first line shown (it was logged before the
 /// step).
-pub fn journal_command(matches: &str, lines: Option<usize>, after: Option<&str>) -> String {
-    let Some(cursor) = after else {
+pub fn journal_command(matches: &str, lines: Option<usize>, after: Option<Since>) -> String {
+    let Some(after) = after else {
         let lines = lines.map(|n| format!("-n {n} ")).unwrap_or_default();
         return format!("journalctl --no-pager -o short-monotonic {lines}{matches}");
     };
@@ -676,7 +714,7 @@ pub fn journal_command(matches: &str, lines: Option<usize>, after: Option<&str>)
         "c={}; at=$(journalctl --no-pager -o short-monotonic --cursor=\"$c\" | head -n 1); \
          journalctl --no-pager -o short-monotonic --cursor=\"$c\" {matches} \
          | AT=\"$at\" awk 'NR == 1 && $0 == ENVIRON[\"AT\"] {{ next }} {{ print }}'{tail}",
-        quote(cursor)
+        after.shell()
     )
 }
 
@@ -708,7 +746,7 @@ mod tests {
             "journalctl() {{ case \"$*\" in *UNIT*) printf '%s' {};; *) printf '%s\\n' 'cursor entry \\ x' 'other';; esac; }}; ",
             quote(matching)
         );
-        let script = fake + &journal_command("UNIT=a", Some(2), Some("s=1;i=2"));
+        let script = fake + &journal_command("UNIT=a", Some(2), Some(Since::Cursor("s=1;i=2")));
         let out = std::process::Command::new("sh")
             .arg("-c")
             .arg(&script)
@@ -729,7 +767,9 @@ mod tests {
         assert_eq!(window("first\nsecond\n"), "first\nsecond\n");
         // `lines` keeps the last ones.
         assert_eq!(window("a\nb\nc\n"), "b\nc\n");
-        assert!(!journal_command("UNIT=a", None, Some("c")).contains("--after-cursor"));
+        assert!(
+            !journal_command("UNIT=a", None, Some(Since::Cursor("c"))).contains("--after-cursor")
+        );
     }
 
     #[test]
@@ -776,6 +816,63 @@ mod tests {
         let refused = after_clock_prelude("return 1");
         assert_eq!(refused.status.code(), Some(125));
         assert!(refused.stdout.is_empty());
-        assert!(String::from_utf8_lossy(&refused.stderr).contains(CLOCK_NOT_SET));
+        assert!(String::from_utf8_lossy(&refused.stderr).contains(PRELUDE_FAILED));
+    }
+
+    /// A guest that has never connected: enough for what the next command runs first.
+    fn unconnected() -> Guest {
+        Guest {
+            port: 0,
+            keys: SshKeys {
+                identity: "/nonexistent".into(),
+                known_hosts: "/nonexistent".into(),
+            },
+            user: User {
+                name: "test".into(),
+                uid: 1000,
+            },
+            control_dir: tempfile::tempdir().unwrap(),
+            master: Mutex::new(None),
+            log: Mutex::new(None),
+            clock_behind: AtomicBool::new(false),
+            mark_pending: AtomicBool::new(false),
+        }
+    }
+
+    #[test]
+    fn preludes_go_with_the_next_command_only() {
+        let g = unconnected();
+        assert!(g.take_preludes().unwrap().is_empty());
+        g.set_clock_with_next_command();
+        g.mark_journal_with_next_command();
+        let first = g.take_preludes().unwrap();
+        assert_eq!(first.len(), 2, "{first:?}");
+        assert!(first[0].starts_with("date -u -s @"), "{first:?}");
+        assert!(
+            first[1].starts_with("journalctl -q -n 0 --show-cursor"),
+            "{first:?}"
+        );
+        assert!(g.take_preludes().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_read_since_the_mark_begins_at_the_position_the_next_command_recorded() {
+        let g = unconnected();
+        g.mark_journal_with_next_command();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cursor").display().to_string();
+        let prelude = g.take_preludes().unwrap().remove(0);
+        let script = format!(
+            "journalctl() {{ printf '%s\\n' '-- cursor: s=1;i=2;x=a\\b'; }}\n{}\nprintf '%s' {}",
+            prelude.replace(MARK_CURSOR_FILE, &file),
+            Since::Mark.shell().replace(MARK_CURSOR_FILE, &file)
+        );
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "s=1;i=2;x=a\\b");
     }
 }

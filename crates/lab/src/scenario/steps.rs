@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use vm::guest::{Guest, GuestFile};
+use vm::guest::{Guest, GuestFile, Since};
 use vm::proc::Output;
 use vm::proc::quote;
 use vm::ready::ECHO_IMAGE;
@@ -438,9 +438,8 @@ pub fn unexpected_complaints(said: &[String], expected: &[String]) -> Vec<String
     out
 }
 
-/// The last 300 journal lines of the scenario's units (logged after the cursor `after`,
-/// when given).
-pub fn journal(vm: &TrialVm, scenario: &Scenario, after: Option<&str>) -> String {
+/// The last 300 journal lines of the scenario's units (logged after `after`, when given).
+pub fn journal(vm: &TrialVm, scenario: &Scenario, after: Option<Since>) -> String {
     // An Accept=yes socket starts a service instance per connection, named after the
     // connection: no name to match in advance, so the test user's whole journal (its
     // user manager, podman, conmon and the containers all log as the user).
@@ -454,8 +453,9 @@ pub fn journal(vm: &TrialVm, scenario: &Scenario, after: Option<&str>) -> String
 }
 
 /// Runs the steps in order; the first that does not hold ends the trial, with the
-/// journal lines logged from when it began (the journal's cursor is read before each
-/// step, so evidence is never a line logged before the step that failed).
+/// journal lines logged from when it began (the guest records the journal's position
+/// with the step's first command, so evidence is never a line logged before the step
+/// that failed).
 pub fn run_steps(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> StepResult {
     for (i, step) in scenario.steps.iter().enumerate() {
         vm.guest.log_heading(&format!(
@@ -464,13 +464,13 @@ pub fn run_steps(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> StepResult
             step.kind(),
             step.summary()
         ));
-        let cursor = vm.guest.journal_cursor()?;
+        vm.guest.mark_journal_with_next_command();
         let result = match step {
             Step::Start { unit }
             | Step::Stop { unit }
             | Step::Enable { unit }
             | Step::ResetFailed { unit } => unit_verb(vm, scenario, step, unit),
-            Step::Probe { .. } => probe(vm, scenario, runtime, step, &cursor),
+            Step::Probe { .. } => probe(vm, scenario, runtime, step),
             Step::Reboot => reboot(vm),
             Step::IsFailed { unit, failed } => is_failed(vm, scenario, unit, *failed),
             Step::Journal { contains, lacks } => {
@@ -485,7 +485,7 @@ pub fn run_steps(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> StepResult
         }?;
         if let Some(mut failure) = result {
             failure.index = i + 1;
-            failure.journal = journal(vm, scenario, Some(&cursor));
+            failure.journal = journal(vm, scenario, Some(Since::Mark));
             return Ok(Some(failure));
         }
     }
@@ -546,14 +546,7 @@ pub fn watched_probe(probe: &str, journal: &str, services: &[String]) -> String 
 }
 
 /// `echo-probe` in the guest, retried while the server is starting if the step says so.
-/// `cursor` is the journal's position when the step began.
-fn probe(
-    vm: &TrialVm,
-    scenario: &Scenario,
-    runtime: &str,
-    step: &Step,
-    cursor: &str,
-) -> StepResult {
+fn probe(vm: &TrialVm, scenario: &Scenario, runtime: &str, step: &Step) -> StepResult {
     let Step::Probe {
         address,
         send,
@@ -594,8 +587,12 @@ fn probe(
             .filter(|u| u.ends_with(".service"))
             .cloned()
             .collect();
-        let journal =
-            vm::guest::unit_journal_command(scenario.scope.manager(), &refs, None, Some(cursor));
+        let journal = vm::guest::unit_journal_command(
+            scenario.scope.manager(),
+            &refs,
+            None,
+            Some(Since::Mark),
+        );
         cmd = watched_probe(&cmd, &journal, &services);
     }
     let deadline = Instant::now() + Duration::from_secs_f64(*timeout);
