@@ -261,14 +261,13 @@ fn ctrl_c_while_provisioning_the_ready_state() {
         .status()
         .unwrap();
     assert!(status.success());
-    let real = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"))
-        .join("socket-activation-lab/images");
-    let base = entries(&real)
-        .into_iter()
-        .find(|n| n.starts_with("debian-13-base-") && !n.contains('.'))
-        .expect("the debian-13 base image");
+    // The base image this code builds, not any debian-13 base an older recipe left in
+    // the cache: with a stale one, the run below would build the base first and keep it.
+    let target = vm::target::find(&workspace().join("vm"), "debian-13").unwrap();
+    let real_base = vm::image::base_dir(&target);
+    assert!(real_base.is_dir(), "{} after vm build", real_base.display());
+    let real = real_base.parent().unwrap().to_path_buf();
+    let base = real_base.file_name().unwrap().to_str().unwrap().to_string();
     let tmp_before = vm::cleanup::lab_tmp_dirs();
     let cache = tempfile::Builder::new()
         .prefix("sal-interrupt-cache-")
