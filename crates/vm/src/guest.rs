@@ -134,7 +134,7 @@ impl Since<'_> {
 }
 
 impl Guest {
-    /// Connects to the guest's sshd on `port`, retrying until `timeout`, or until `gone`
+    /// Connects to the guest's ssh server on `port`, retrying until `timeout`, or until `gone`
     /// says why the guest will never answer (its QEMU exited). `console` is named in the
     /// timeout error, since it is where a boot that went wrong shows why.
     pub fn connect(
@@ -577,8 +577,10 @@ impl Guest {
         Ok(preludes)
     }
 
-    /// A real reboot: waits for the old system to go and a new boot (new boot id) to
-    /// answer on ssh.
+    /// A real reboot: waits for the old system to go, a new boot (new boot id) to answer
+    /// on ssh, and the test user's lingering manager to have started (its sockets listen),
+    /// as a user finds the machine who logs in once it has booted. The ssh server alone
+    /// says nothing about the user manager: Dropbear answers seconds before it is up.
     pub fn reboot(&self, timeout: Duration, console: &Path) -> Result<()> {
         let before = self.boot_id()?;
         // The connection drops while the command runs: its result says nothing.
@@ -601,13 +603,34 @@ impl Guest {
             }
             self.wait_for_ssh(left, console, &mut || None)?;
             match self.boot_id() {
-                Ok(id) if id != before => return Ok(()),
+                Ok(id) if id != before => break,
                 _ => self.close_master(),
             }
         }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let out = self.root(&self.user_manager_wait(), left.max(Duration::from_secs(1)))?;
+        if !out.success() {
+            bail!(
+                "after the reboot, the test user's manager did not start: {}",
+                out.combined().trim()
+            );
+        }
+        Ok(())
     }
 
-    /// Ends the master connection: cleanly (`-O exit`, so the guest's sshd ends the
+    /// Shell that waits while the test user lingers and its manager (user@UID.service) is
+    /// neither active nor failed: an active user manager has reached its sockets.
+    fn user_manager_wait(&self) -> String {
+        let User { name, uid } = &self.user;
+        format!(
+            "u=user@{uid}.service; while [ -e /var/lib/systemd/linger/{name} ]; do \
+             s=$(systemctl show -P ActiveState $u); \
+             case $s in active) exit 0;; failed) echo \"$u failed\"; exit 1;; esac; \
+             sleep 0.2; done"
+        )
+    }
+
+    /// Ends the master connection: cleanly (`-O exit`, so the guest's ssh server ends the
     /// session before, say, the ready state is saved), killed if it does not go.
     fn close_master(&self) {
         if let Some(mut child) = self.master.lock().expect("master lock").take() {
