@@ -61,10 +61,14 @@ chroot "$R" systemctl add-wants multi-user.target network-online.target
 # (hardware the machine model has, mounts and generators for features the guest lacks, a
 # login prompt) delays the user manager the trials wait for.
 printf 'blacklist %s\n' kvm kvm_amd kvm_intel ahci efi_pstore serio_raw pcspkr iTCO_wdt i2c_i801 lpc_ich powernow_k8 acpi_cpufreq > "$R/etc/modprobe.d/socket-activation-lab.conf"
-chroot "$R" systemctl mask modprobe@drm.service modprobe@efi_pstore.service modprobe@configfs.service sys-kernel-config.mount sys-kernel-debug.mount sys-kernel-tracing.mount dev-hugepages.mount sys-fs-fuse-connections.mount systemd-network-generator.service systemd-pstore.service getty@tty1.service serial-getty@ttyS0.service e2scrub_reap.service
+chroot "$R" systemctl mask modprobe@drm.service modprobe@efi_pstore.service modprobe@configfs.service sys-kernel-config.mount sys-kernel-debug.mount sys-kernel-tracing.mount dev-hugepages.mount sys-fs-fuse-connections.mount systemd-network-generator.service systemd-pstore.service getty@tty1.service serial-getty@ttyS0.service e2scrub_reap.service systemd-networkd-persistent-storage.service systemd-udev-load-credentials.service systemd-random-seed.service
 chroot "$R" systemctl disable netavark-dhcp-proxy.service
 mkdir -p "$R/etc/systemd/system-generators"
 for g in systemd-gpt-auto-generator systemd-hibernate-resume-generator systemd-tpm2-generator systemd-ssh-generator systemd-system-update-generator systemd-getty-generator; do ln -s /dev/null "$R/etc/systemd/system-generators/$g"; done
+# The user manager runs its generators at start and at every daemon-reload (`enable` does
+# one): no XDG autostart files here.
+mkdir -p "$R/etc/systemd/user-generators"
+ln -s /dev/null "$R/etc/systemd/user-generators/systemd-xdg-autostart-generator"
 chroot "$R" systemctl --global mask dirmngr.socket gpg-agent.socket gpg-agent-browser.socket gpg-agent-extra.socket gpg-agent-ssh.socket keyboxd.socket
 # The guest boots an initramfs of the lab's own (lab-initrd.img, beside Debian's, which
 # stays unused): busybox, the root disk's driver and an /init that loads it, mounts the
