@@ -79,10 +79,13 @@ K=$(ls "$R/lib/modules")
 I="$R/tmp/lab-initrd"
 mkdir -p "$I/bin" "$I/dev" "$I/proc" "$I/root" "$I/modules"
 cp "$R/usr/bin/busybox" "$I/bin/busybox"
-chroot "$R" modprobe -S "$K" --show-depends virtio_blk > "$I/modules/depends"
+# The disk's driver and its PCI transport (built in on trixie's cloud kernel, a module on
+# bookworm's), each after what it depends on.
+for m in virtio_pci virtio_blk; do chroot "$R" modprobe -S "$K" --show-depends "$m"; done > "$I/modules/depends"
 while read -r how path rest; do
   [ "$how" = insmod ] || continue
   name=$(basename "$path"); name=${name%.xz}
+  ! grep -qx "$name" "$I/modules/order" 2>/dev/null || continue
   case "$path" in
     *.ko.xz) chroot "$R" busybox unxz -c "$path" > "$I/modules/$name" ;;
     *.ko) cp "$R$path" "$I/modules/$name" ;;

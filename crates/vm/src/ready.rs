@@ -118,8 +118,8 @@ pub(crate) fn vm_config(
 }
 
 /// Keeps the logs of a failed build (its staging directory is removed) under the cache's
-/// `failed/`, and says where.
-fn keep_logs(stage: &Path, entry: &Path) -> String {
+/// `failed/`, and says where: the message, and the directory when they were kept.
+fn keep_logs(stage: &Path, entry: &Path) -> (String, Option<PathBuf>) {
     let name = entry
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -136,12 +136,13 @@ fn keep_logs(stage: &Path, entry: &Path) -> String {
                 .all(|e| std::fs::copy(e.path(), kept.join(e.file_name())).is_ok())
         });
     if copied {
-        format!("logs kept in {}", kept.display())
+        (format!("logs kept in {}", kept.display()), Some(kept))
     } else {
-        format!(
+        let why = format!(
             "logs could not be kept (copying to {} failed)",
             kept.display()
-        )
+        );
+        (why, None)
     }
 }
 
@@ -199,8 +200,20 @@ fn make_ready(
     match boot_and_provision(target, base, machine, bins, stage.path(), events) {
         Ok(facts) => stage.publish(facts),
         Err(e) => {
-            let kept = keep_logs(stage.path(), dir);
-            Err(e.context(kept))
+            let (kept, kept_dir) = keep_logs(stage.path(), dir);
+            match kept_dir {
+                // The error names files in the staging directory, which is about to go:
+                // name the kept copies instead.
+                Some(kept_dir) => Err(anyhow::anyhow!(
+                    "{}",
+                    format!("{e:#}").replace(
+                        &stage.path().display().to_string(),
+                        &kept_dir.display().to_string()
+                    )
+                )
+                .context(kept)),
+                None => Err(e.context(kept)),
+            }
         }
     }
 }
