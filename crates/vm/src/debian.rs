@@ -245,12 +245,23 @@ pub fn allow_expired_release() -> bool {
     std::env::var(ALLOW_EXPIRED_RELEASE).is_ok_and(|v| v == "1")
 }
 
+/// Which initramfs of the image boots it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Initrd {
+    /// The lab's own (`/boot/lab-initrd.img`, made by the customize script).
+    Lab,
+    /// The one the kernel package made (`/boot/initrd.img-*`), for an image built without
+    /// the customize script.
+    Distribution,
+}
+
 /// Turns a root file system tar into `dir/disk.qcow2` (whole-disk ext4) plus `vmlinuz` and
 /// `initrd.img` for direct kernel boot.
 pub fn tar_to_disk(
     tar: &Path,
     dir: &Path,
     disk_gib: u32,
+    initrd: Initrd,
     label: &str,
     events: &Events,
 ) -> Result<()> {
@@ -281,9 +292,11 @@ pub fn tar_to_disk(
         })
     };
     std::fs::copy(find("vmlinuz-")?, dir.join("vmlinuz"))?;
-    // The lab's initramfs (the customize script), not Debian's.
-    std::fs::copy(boot.join("lab-initrd.img"), dir.join("initrd.img"))
-        .context("the image has no /boot/lab-initrd.img")?;
+    match initrd {
+        Initrd::Lab => std::fs::copy(boot.join("lab-initrd.img"), dir.join("initrd.img"))
+            .context("the image has no /boot/lab-initrd.img (made by the customize script)")?,
+        Initrd::Distribution => std::fs::copy(find("initrd.img-")?, dir.join("initrd.img"))?,
+    };
     let raw = dir.join("disk.raw");
     let mut c = Command::new("mkfs.ext4");
     c.args(["-q", "-F", "-L", "root", "-d"])
@@ -327,7 +340,14 @@ pub fn build(target: &Target, dir: &Path, key: &str, events: &Events) -> Result<
         &target.name,
         events,
     )?;
-    tar_to_disk(&tar, s, target.machine.disk_gib, &target.name, events)?;
+    tar_to_disk(
+        &tar,
+        s,
+        target.machine.disk_gib,
+        Initrd::Lab,
+        &target.name,
+        events,
+    )?;
     let facts = BTreeMap::from([
         ("build_id".to_string(), cache::build_id()),
         ("suite".to_string(), suite.to_string()),
