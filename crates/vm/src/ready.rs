@@ -117,9 +117,9 @@ pub(crate) fn vm_config(
     })
 }
 
-/// Keeps the logs of a failed build (its staging directory is removed) under the cache's
-/// `failed/`, and says where: the message, and the directory when they were kept.
-fn keep_logs(stage: &Path, entry: &Path) -> (String, Option<PathBuf>) {
+/// Copies the logs of a failed build (its staging directory is removed) to a directory
+/// under the cache's `failed/`: that directory, or the one it could not copy them to.
+fn keep_logs(stage: &Path, entry: &Path) -> std::result::Result<PathBuf, PathBuf> {
     let name = entry
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -135,15 +135,7 @@ fn keep_logs(stage: &Path, entry: &Path) -> (String, Option<PathBuf>) {
                 .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
                 .all(|e| std::fs::copy(e.path(), kept.join(e.file_name())).is_ok())
         });
-    if copied {
-        (format!("logs kept in {}", kept.display()), Some(kept))
-    } else {
-        let why = format!(
-            "logs could not be kept (copying to {} failed)",
-            kept.display()
-        );
-        (why, None)
-    }
+    if copied { Ok(kept) } else { Err(kept) }
 }
 
 /// The target's ready state from the cache, made first if missing.
@@ -200,20 +192,22 @@ fn make_ready(
     match boot_and_provision(target, base, machine, bins, stage.path(), events) {
         Ok(facts) => stage.publish(facts),
         Err(e) => {
-            let (kept, kept_dir) = keep_logs(stage.path(), dir);
-            match kept_dir {
+            Err(match keep_logs(stage.path(), dir) {
                 // The error names files in the staging directory, which is about to go:
                 // name the kept copies instead.
-                Some(kept_dir) => Err(anyhow::anyhow!(
+                Ok(kept) => anyhow::anyhow!(
                     "{}",
                     format!("{e:#}").replace(
                         &stage.path().display().to_string(),
-                        &kept_dir.display().to_string()
+                        &kept.display().to_string()
                     )
                 )
-                .context(kept)),
-                None => Err(e.context(kept)),
-            }
+                .context(format!("logs kept in {}", kept.display())),
+                Err(tried) => e.context(format!(
+                    "logs could not be kept (copying to {} failed)",
+                    tried.display()
+                )),
+            })
         }
     }
 }
