@@ -15,7 +15,14 @@ use crate::guest::SshKeys;
 use crate::proc;
 use crate::target::{ImageSource, Target};
 
-pub const KERNEL_CMDLINE: &str = "root=/dev/vda rw console=ttyS0 quiet";
+/// The Debian guests' kernel command line. `mitigations=off init_on_alloc=0`: a throwaway
+/// guest on an emulated CPU (`qemu64`) needs neither the speculation workarounds
+/// (retpolines, RSB filling, barriers) nor zeroed kernel allocations, and nothing a scenario
+/// tests depends on them. Measured here, a container's first `podman run` after a restore
+/// (4 interleaved pairs, TCG, 1 vCPU): 3.36-3.98 s with them, 3.21-3.85 s without, each
+/// pair in favour of without (0.94x on average).
+pub const KERNEL_CMDLINE: &str =
+    "root=/dev/vda rw console=ttyS0 quiet mitigations=off init_on_alloc=0";
 
 /// A built (or fetched) base image in the cache.
 #[derive(Debug, Clone)]
