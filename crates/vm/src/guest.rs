@@ -89,6 +89,60 @@ pub struct GuestFile {
     pub mode: u32,
 }
 
+/// What [`Guest::write_files`] prints once every file is written.
+const FILES_WRITTEN: &str = "-- lab: files written --";
+
+/// The shell (`set -e`) that writes `files` from stdin, and that stdin. Each process costs
+/// a restored guest its translation under TCG, so the script runs few: a directory is
+/// made only when missing (as its owner: `runuser` opens a PAM session), one `dd` a file,
+/// then one `chown` an owner and one `chmod` a mode for all the files.
+pub fn write_files_script(files: &[GuestFile]) -> (String, Vec<u8>) {
+    let mut script = String::from("set -e\n");
+    let mut stdin: Vec<u8> = Vec::new();
+    let mut made: Vec<(String, Option<String>)> = Vec::new();
+    let mut owners: Vec<(String, Vec<String>)> = Vec::new();
+    let mut modes: Vec<(u32, Vec<String>)> = Vec::new();
+    for f in files {
+        let dir = Path::new(&f.path)
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "/".into());
+        let p = quote(&f.path);
+        let key = (dir.clone(), f.owner.clone());
+        if !made.contains(&key) {
+            let d = quote(&dir);
+            script += &match &f.owner {
+                None => format!("[ -d {d} ] || mkdir -p {d}\n"),
+                Some(o) => format!("[ -d {d} ] || runuser -u {} -- mkdir -p {d}\n", quote(o)),
+            };
+            made.push(key);
+        }
+        // dd reads a pipe in short reads; fullblock makes it wait for the whole file.
+        script += &match f.content.len() {
+            0 => format!(": > {p}\n"),
+            n => format!("dd of={p} bs={n} count=1 iflag=fullblock status=none\n"),
+        };
+        stdin.extend_from_slice(&f.content);
+        if let Some(o) = &f.owner {
+            match owners.iter_mut().find(|(name, _)| name == o) {
+                Some((_, paths)) => paths.push(p.clone()),
+                None => owners.push((o.clone(), vec![p.clone()])),
+            }
+        }
+        match modes.iter_mut().find(|(m, _)| *m == f.mode) {
+            Some((_, paths)) => paths.push(p),
+            None => modes.push((f.mode, vec![p])),
+        }
+    }
+    for (o, paths) in owners {
+        script += &format!("chown {}: {}\n", quote(&o), paths.join(" "));
+    }
+    for (m, paths) in modes {
+        script += &format!("chmod {m:o} {}\n", paths.join(" "));
+    }
+    (script, stdin)
+}
+
 pub struct Guest {
     port: u16,
     keys: SshKeys,
@@ -450,53 +504,28 @@ impl Guest {
     }
 
     /// Writes several files in one round trip (each as [`Guest::write_file`] would), then
-    /// runs `then` (as root) in the same shell: its output is returned. The contents go
-    /// one after the other through stdin, each read by `dd` to its exact length, so the
-    /// commands log shows the paths and sizes, not the contents.
+    /// runs `then` (as root) in the same shell: its output (stdout from after the files
+    /// were written) and its exit status are returned, not judged; a file that could not
+    /// be written is an error. The contents go one after the other through stdin, each
+    /// read by `dd` to its exact length, so the commands log shows the paths and sizes,
+    /// not the contents.
     pub fn write_files(&self, files: &[GuestFile], then: &str) -> Result<Output> {
-        let mut script = String::from("set -e\n");
-        let mut stdin: Vec<u8> = Vec::new();
-        // Each directory is made once: a `runuser` costs the guest a PAM session.
-        let mut made: Vec<(String, Option<String>)> = Vec::new();
-        for f in files {
-            let dir = Path::new(&f.path)
-                .parent()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "/".into());
-            let (p, d, mode) = (quote(&f.path), quote(&dir), f.mode);
-            let key = (dir.clone(), f.owner.clone());
-            let mkdir = if made.contains(&key) {
-                String::new()
-            } else {
-                made.push(key);
-                match &f.owner {
-                    None => format!("mkdir -p {d} && "),
-                    Some(o) => format!("runuser -u {} -- mkdir -p {d} && ", quote(o)),
-                }
-            };
-            // dd reads a pipe in short reads; fullblock makes it wait for the whole file.
-            let fill = match f.content.len() {
-                0 => format!(": > {p}"),
-                n => format!("dd of={p} bs={n} count=1 iflag=fullblock status=none"),
-            };
-            let chown = f
-                .owner
-                .as_ref()
-                .map(|o| format!(" && chown {}: {p}", quote(o)))
-                .unwrap_or_default();
-            script += &format!("{mkdir}{fill}{chown} && chmod {mode:o} {p}\n");
-            stdin.extend_from_slice(&f.content);
-        }
-        script += then;
-        let out = self.root_stdin(&script, Some(&stdin), Duration::from_secs(120))?;
-        if !out.success() {
+        let (writes, stdin) = write_files_script(files);
+        let script = format!("{writes}echo '{FILES_WRITTEN}'\nset +e\n{then}");
+        let mut out = self.root_stdin(&script, Some(&stdin), Duration::from_secs(120))?;
+        let Some(after) = out
+            .stdout
+            .split_once(&format!("{FILES_WRITTEN}\n"))
+            .map(|(_, after)| after.to_string())
+        else {
             let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
             bail!(
                 "writing {} in the guest failed: {}",
                 paths.join(", "),
                 out.combined().trim()
             );
-        }
+        };
+        out.stdout = after;
         Ok(out)
     }
 
@@ -840,6 +869,96 @@ mod tests {
         assert_eq!(refused.status.code(), Some(125));
         assert!(refused.stdout.is_empty());
         assert!(String::from_utf8_lossy(&refused.stderr).contains(PRELUDE_FAILED));
+    }
+
+    fn file(path: &str, content: &str, owner: Option<&str>, mode: u32) -> GuestFile {
+        GuestFile {
+            path: path.into(),
+            content: content.as_bytes().to_vec(),
+            owner: owner.map(String::from),
+            mode,
+        }
+    }
+
+    #[test]
+    fn written_files_have_their_exact_contents_and_modes_in_new_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |p: &str| dir.path().join(p).display().to_string();
+        let files = [
+            file(&at("a/b/one"), "first\n", None, 0o644),
+            file(&at("a/b/two"), "", None, 0o600),
+            file(&at("a/three"), "third, with 'quotes'", None, 0o755),
+        ];
+        let (script, stdin) = write_files_script(&files);
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(&stdin).unwrap();
+        assert!(child.wait().unwrap().success(), "{script}");
+        use std::os::unix::fs::PermissionsExt;
+        for (f, text) in files.iter().zip(["first\n", "", "third, with 'quotes'"]) {
+            assert_eq!(std::fs::read_to_string(&f.path).unwrap(), text);
+            let mode = std::fs::metadata(&f.path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, f.mode, "{}", f.path);
+        }
+        // One chmod a mode, one mkdir a directory.
+        assert_eq!(script.matches("chmod ").count(), 3, "{script}");
+        assert_eq!(script.matches("mkdir -p").count(), 2, "{script}");
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_written_stops_the_script() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("blocker");
+        std::fs::write(&blocker, "a file, not a directory").unwrap();
+        let files = [file(
+            &blocker.join("unit").display().to_string(),
+            "x",
+            None,
+            0o644,
+        )];
+        let (script, _) = write_files_script(&files);
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{script}echo after"))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("after"));
+    }
+
+    #[test]
+    fn a_users_files_get_one_chown_and_their_directory_is_made_as_the_user_only_when_missing() {
+        let files = [
+            file(
+                "/home/test/.config/systemd/user/a.socket",
+                "a",
+                Some("test"),
+                0o644,
+            ),
+            file(
+                "/home/test/.config/systemd/user/a.service",
+                "b",
+                Some("test"),
+                0o644,
+            ),
+            file("/etc/systemd/system/b.service", "c", None, 0o644),
+        ];
+        let (script, stdin) = write_files_script(&files);
+        assert_eq!(stdin, b"abc");
+        assert!(script.contains(
+            "[ -d /home/test/.config/systemd/user ] || runuser -u test -- mkdir -p /home/test/.config/systemd/user\n"
+        ), "{script}");
+        assert!(script.contains(
+            "chown test: /home/test/.config/systemd/user/a.socket /home/test/.config/systemd/user/a.service\n"
+        ), "{script}");
+        assert_eq!(script.matches("chown ").count(), 1, "{script}");
+        assert_eq!(script.matches("chmod 644 ").count(), 1, "{script}");
     }
 
     /// A guest that has never connected: enough for what the next command runs first.

@@ -164,23 +164,13 @@ pub fn prepare_guest(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> Result
         dir_files(vm, scenario, runtime)?
     };
     let written: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
-    // One round trip writes the files and reads the journal's position, one loads the
-    // units and reads what was logged meanwhile.
-    let wrote = g.write_files(&files, "journalctl -q -n 0 --show-cursor")?;
-    let cursor = vm::guest::parse_cursor(&wrote.stdout)
-        .with_context(|| format!("no journal cursor in {:?}", wrote.stdout))?;
     // systemd parses a unit file when it loads the unit: load them all now, so a
-    // complaint comes before any step.
+    // complaint comes before any step. One round trip writes the files, reads the
+    // journal's position, loads the units and reads what was logged meanwhile.
     let manager = scenario.scope.manager();
     let load = load_script(manager.systemctl(), &units, reload_always(scenario));
     let as_manager = g.beside_manager(manager, load);
-    let out = g.root(
-        &format!(
-            "( {as_manager} ); r=$?; journalctl --sync; echo '{JOURNAL_MARK}'; journalctl --no-pager -q -o cat --after-cursor={}; exit $r",
-            quote(&cursor)
-        ),
-        t,
-    )?;
+    let out = g.write_files(&files, &load_after_files(&as_manager))?;
     let (loaded, logged) = out
         .stdout
         .split_once(&format!("{JOURNAL_MARK}\n"))
@@ -216,6 +206,16 @@ pub fn prepare_guest(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> Result
         bail!("{what}:\n{}", complaints.join("\n"));
     }
     Ok(())
+}
+
+/// The shell, run as root once the files are written, that reads the journal's position,
+/// runs `load` (the units' loading, beside their manager) and prints its output, then
+/// [`JOURNAL_MARK`] and what the journal got since the position; it exits as `load` did.
+fn load_after_files(load: &str) -> String {
+    format!(
+        "c=$(journalctl -q -n 0 --show-cursor); case $c in '-- cursor: '?*) ;; *) echo \"lab: no journal cursor in: $c\" >&2; exit 1;; esac\n\
+         ( {load} ); r=$?; journalctl --sync; echo '{JOURNAL_MARK}'; journalctl --no-pager -q -o cat --after-cursor=\"${{c#-- cursor: }}\"; exit $r"
+    )
 }
 
 /// The line between the units' properties and the journal in [`prepare_guest`]'s output.
@@ -979,6 +979,38 @@ Reloading finished in 212 ms.\n";
         assert!(out.status.success(), "{out:?}");
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         (std::fs::read_to_string(&calls).unwrap(), stdout)
+    }
+
+    /// [`load_after_files`] run by sh with `load` and a stand-in `journalctl` whose
+    /// `--show-cursor` prints `cursor` and whose read after a cursor prints the cursor.
+    fn after_files(load: &str, cursor: &str) -> std::process::Output {
+        let fake = format!(
+            "journalctl() {{ case \"$*\" in *--show-cursor*) printf '%s\\n' {};; *--after-cursor=*) echo \"logged after ${{*##*--after-cursor=}}\";; esac; }}\n",
+            vm::proc::quote(cursor)
+        );
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(fake + &load_after_files(load))
+            .output()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_load_after_the_files_gives_its_output_the_journal_since_and_its_status() {
+        let out = after_files("echo LoadState=loaded; exit 3", "-- cursor: s=1;i=2");
+        assert_eq!(out.status.code(), Some(3), "{out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("LoadState=loaded\n{JOURNAL_MARK}\nlogged after s=1;i=2\n")
+        );
+        // No position, no load: the journal read would have nothing to start from.
+        let out = after_files("echo loaded", "No entries");
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(out.stdout.is_empty(), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("no journal cursor in: No entries"),
+            "{out:?}"
+        );
     }
 
     #[test]
