@@ -240,9 +240,12 @@ pub fn entries() -> Result<Vec<(PathBuf, u64, bool)>> {
     Ok(out)
 }
 
+/// The disk space `path` takes: allocated blocks, since a ready state's memory file is
+/// as long as the guest's memory and mostly holes.
 pub fn dir_size(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
     let Ok(rd) = std::fs::read_dir(path) else {
-        return std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        return std::fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0);
     };
     rd.flatten()
         .map(|e| {
@@ -250,7 +253,7 @@ pub fn dir_size(path: &Path) -> u64 {
             if p.is_dir() {
                 dir_size(&p)
             } else {
-                e.metadata().map(|m| m.len()).unwrap_or(0)
+                e.metadata().map(|m| m.blocks() * 512).unwrap_or(0)
             }
         })
         .sum()

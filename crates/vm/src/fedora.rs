@@ -119,6 +119,7 @@ pub fn provision(target: &Target, dir: &Path, boot: Option<Boot>, events: &Event
         disk: dir.join("disk.qcow2"),
         ssh_port: 0,
         console_log: dir.join("provision-console.log"),
+        ram: crate::qemu::Ram::Anonymous,
         incoming: None,
         extra_drives: vec![seed],
     };

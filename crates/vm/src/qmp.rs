@@ -113,6 +113,16 @@ impl Qmp {
         }
     }
 
+    /// Leaves memory backed by a file the guest writes through to out of a saved state
+    /// (`x-ignore-shared`), and expects it so in a state to load: set on both sides.
+    pub fn ignore_shared_memory(&mut self) -> Result<()> {
+        self.execute(
+            "migrate-set-capabilities",
+            Some(json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] })),
+        )
+        .map(drop)
+    }
+
     /// Stops the VM and writes its whole state to `uri` (a migration stream, see
     /// `qemu::state_uri`).
     pub fn save_state(&mut self, uri: &str, timeout: Duration) -> Result<()> {

@@ -10,7 +10,8 @@ use crate::events::Events;
 use crate::guest::Guest;
 use crate::image;
 use crate::qemu::Qemu;
-use crate::ready::{Ready, vm_config};
+use crate::qemu::Ram;
+use crate::ready::{RAM_FILE, Ready, vm_config};
 
 /// A trial's overlay disk: registered for Ctrl-C from before it exists, removed when
 /// dropped, so a start that fails at any step (QEMU, the saved state, ssh)
@@ -53,6 +54,7 @@ impl TrialVm {
             &ready.machine,
             &overlay.0,
             dir,
+            Ram::CopyOf(ready.dir.join(RAM_FILE)),
             Some(ready.dir.join("state.mig")),
         )?;
         let console = config.console_log.clone();
