@@ -245,7 +245,9 @@ pub fn entries() -> Result<Vec<(PathBuf, u64, bool)>> {
 pub fn dir_size(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let Ok(rd) = std::fs::read_dir(path) else {
-        return std::fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0);
+        return std::fs::metadata(path)
+            .map(|m| m.blocks() * 512)
+            .unwrap_or(0);
     };
     rd.flatten()
         .map(|e| {
