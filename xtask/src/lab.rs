@@ -16,9 +16,9 @@ pub(crate) fn events() -> Events {
 }
 
 /// Guests at once when `--jobs` is not given: one per core. Measured here (2 cores, TCG,
-/// 2 vCPUs on one host thread per guest once they outnumbered the cores, the 22 CI
-/// trials, one run each): 1 job 193 s, 2 jobs 115 s (0.59x), 3 jobs 149 s; with KVM a
-/// guest costs less CPU, so one per core is, if anything, cautious. Under TCG the
+/// the 24 CI trials, trials restored from memory mapped copy-on-write, harness time):
+/// 1 job 118 s, 2 jobs 72-91 s (seven runs), 3 jobs 85-94 s (two runs); with KVM a guest
+/// costs less CPU, so one per core is, if anything, cautious. Under TCG the
 /// guests' vCPUs follow this count (`vm::qemu::MachineSpec::sized_for`).
 pub fn default_jobs() -> usize {
     ::vm::qemu::host_cores()

@@ -42,7 +42,7 @@ enum Command {
         #[arg(long)]
         exact: bool,
         /// Trials at once, each a guest (default: one per core; measured on 2 cores under
-        /// TCG, 22 trials: 193 s with 1, 115 s with 2, 149 s with 3). Under TCG a guest
+        /// TCG, 24 trials: 118 s with 1, 72-91 s with 2, 85-94 s with 3). Under TCG a guest
         /// gets its share of the cores as vCPUs (at most the target's), and a count with
         /// another share makes a ready state of its own.
         #[arg(long)]
