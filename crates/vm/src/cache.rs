@@ -244,21 +244,12 @@ pub fn entries() -> Result<Vec<(PathBuf, u64, bool)>> {
 /// as long as the guest's memory and mostly holes.
 pub fn dir_size(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    let Ok(rd) = std::fs::read_dir(path) else {
-        return std::fs::metadata(path)
+    match std::fs::read_dir(path) {
+        Ok(rd) => rd.flatten().map(|e| dir_size(&e.path())).sum(),
+        Err(_) => std::fs::symlink_metadata(path)
             .map(|m| m.blocks() * 512)
-            .unwrap_or(0);
-    };
-    rd.flatten()
-        .map(|e| {
-            let p = e.path();
-            if p.is_dir() {
-                dir_size(&p)
-            } else {
-                e.metadata().map(|m| m.blocks() * 512).unwrap_or(0)
-            }
-        })
-        .sum()
+            .unwrap_or(0),
+    }
 }
 
 /// A nonce recorded with each build, so anything derived from an image (its ready

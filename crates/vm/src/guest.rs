@@ -124,15 +124,9 @@ pub fn write_files_script(files: &[GuestFile]) -> (String, Vec<u8>) {
         };
         stdin.extend_from_slice(&f.content);
         if let Some(o) = &f.owner {
-            match owners.iter_mut().find(|(name, _)| name == o) {
-                Some((_, paths)) => paths.push(p.clone()),
-                None => owners.push((o.clone(), vec![p.clone()])),
-            }
+            add_to_group(&mut owners, o.clone(), p.clone());
         }
-        match modes.iter_mut().find(|(m, _)| *m == f.mode) {
-            Some((_, paths)) => paths.push(p),
-            None => modes.push((f.mode, vec![p])),
-        }
+        add_to_group(&mut modes, f.mode, p);
     }
     for (o, paths) in owners {
         script += &format!("chown {}: {}\n", quote(&o), paths.join(" "));
@@ -141,6 +135,15 @@ pub fn write_files_script(files: &[GuestFile]) -> (String, Vec<u8>) {
         script += &format!("chmod {m:o} {}\n", paths.join(" "));
     }
     (script, stdin)
+}
+
+/// Adds `path` to the group of `key` in `groups`, which keep their first appearance's
+/// order (so the script reads the same for the same files).
+fn add_to_group<K: PartialEq>(groups: &mut Vec<(K, Vec<String>)>, key: K, path: String) {
+    match groups.iter_mut().find(|(k, _)| *k == key) {
+        Some((_, paths)) => paths.push(path),
+        None => groups.push((key, vec![path])),
+    }
 }
 
 pub struct Guest {
@@ -770,15 +773,6 @@ pub fn journal_command(matches: &str, lines: Option<usize>, after: Option<Since>
     )
 }
 
-/// The cursor in `journalctl --show-cursor` output (`-- cursor: s=...`).
-pub fn parse_cursor(output: &str) -> Option<String> {
-    output
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("-- cursor: "))
-        .map(|c| c.trim().to_string())
-        .filter(|c| !c.is_empty())
-}
-
 impl Drop for Guest {
     fn drop(&mut self) {
         self.close_master();
@@ -822,16 +816,6 @@ mod tests {
         assert!(
             !journal_command("UNIT=a", None, Some(Since::Cursor("c"))).contains("--after-cursor")
         );
-    }
-
-    #[test]
-    fn cursor_from_show_cursor_output() {
-        let out = "-- cursor: s=4f1c2a;i=1b2;b=9e0d;m=2c3d4e;t=62b1;x=77aa\n";
-        assert_eq!(
-            parse_cursor(out).as_deref(),
-            Some("s=4f1c2a;i=1b2;b=9e0d;m=2c3d4e;t=62b1;x=77aa")
-        );
-        assert_eq!(parse_cursor("No entries\n"), None);
     }
 
     /// The clock's prelude and then a command, run by sh with `date` as given.

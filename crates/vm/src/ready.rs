@@ -100,6 +100,8 @@ pub fn machine_for(target: &Target, base: &BaseImage) -> MachineSpec {
 
 /// The ready state's memory, in its directory ([`Ram`]).
 pub(crate) const RAM_FILE: &str = "ram";
+/// The ready state's devices (a migration stream without the memory), in its directory.
+pub(crate) const STATE_FILE: &str = "state.mig";
 
 pub(crate) fn vm_config(
     base: &BaseImage,
@@ -269,7 +271,7 @@ fn boot_and_provision(
 
     let step = events.step(&target.name, "saving the ready state");
     let uri = qemu::state_uri(
-        &s.join("state.mig"),
+        &s.join(STATE_FILE),
         qemu::StateFile::Save,
         qemu::running_release(),
     );

@@ -11,7 +11,7 @@ use crate::guest::Guest;
 use crate::image;
 use crate::qemu::Qemu;
 use crate::qemu::Ram;
-use crate::ready::{RAM_FILE, Ready, vm_config};
+use crate::ready::{RAM_FILE, Ready, STATE_FILE, vm_config};
 
 /// A trial's overlay disk: registered for Ctrl-C from before it exists, removed when
 /// dropped, so a start that fails at any step (QEMU, the saved state, ssh)
@@ -55,7 +55,7 @@ impl TrialVm {
             &overlay.0,
             dir,
             Ram::CopyOf(ready.dir.join(RAM_FILE)),
-            Some(ready.dir.join("state.mig")),
+            Some(ready.dir.join(STATE_FILE)),
         )?;
         let console = config.console_log.clone();
         let step = events.step(&ready.target.name, "restoring the ready state");
