@@ -278,10 +278,9 @@ fn print_plan(sh: &Shell, tools: &[Tool]) {
 /// there is one (the probe's answer is kept, so this is instant after the first run), else
 /// what `/dev/kvm` allows before any kernel ran.
 pub fn accelerator() -> vm::qemu::Accel {
-    let kernel = vm::cache::entries()
-        .unwrap_or_default()
+    let kernel = vm::cache::entry_dirs()
         .into_iter()
-        .map(|(dir, _, _)| dir.join("vmlinuz"))
+        .map(|dir| dir.join("vmlinuz"))
         .find(|k| k.is_file());
     match &kernel {
         Some(k) => vm::qemu::decide_accel(k),

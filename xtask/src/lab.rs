@@ -2,9 +2,10 @@
 
 use std::path::Path;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use lab::events::Events;
 use lab::run::{self, Selection};
+use lab::runtimes::{Origin, RuntimeSpec};
 use lab::trial::Outcome;
 use vm::trial_vm::TrialVm;
 use xshell::{Shell, cmd};
@@ -56,10 +57,10 @@ fn harness_executable(sh: &Shell) -> Result<std::path::PathBuf> {
         .ok_or_else(|| anyhow::anyhow!("cargo built the trial harness but named no executable"))
 }
 
-type MatrixOutcome = (Vec<lab::trial::TrialResult>, Result<()>);
+pub(crate) type MatrixOutcome = (Vec<lab::trial::TrialResult>, Result<()>);
 
 /// Runs the harness; `None` for `--list`, else the results and whether any trial failed.
-fn run_matrix(
+pub(crate) fn run_matrix(
     sh: &Shell,
     root: &Path,
     selection: Selection,
@@ -101,13 +102,17 @@ fn run_matrix(
         return Ok(None);
     }
     host::ensure(sh, host::LAB)?;
+    prepare_host_runtimes(root, &selection)?;
     let bins = statics::build(sh, root)?;
     let mutant_echo = if selection.mutants {
         Some(statics::build_mutant_echo(sh, root)?)
     } else {
         None
     };
-    let run_dir = run::new_run_dir(root)?;
+    let run_dir = match &options.run_dir {
+        Some(d) => d.clone(),
+        None => run::new_run_dir(root)?,
+    };
     let accel = host::accelerator();
     eprintln!(
         "xtask: {} guest{} at once ({}), accelerator {} ({})",
@@ -247,6 +252,35 @@ fn run_matrix(
     Ok(Some((results, status)))
 }
 
+/// The selection of one scenario (a catalogue name, or a scenario file or directory
+/// anywhere) on one target with `runtimes`, and the scenario's name.
+pub(crate) fn scenario_selection(
+    scenario: &str,
+    target: &str,
+    runtimes: Vec<String>,
+) -> Result<(Selection, String)> {
+    let path = Path::new(scenario);
+    if path.exists() {
+        let path = std::fs::canonicalize(path)?;
+        let loaded = lab::scenario::schema::load_path(&path)?;
+        let selection = Selection {
+            targets: vec![target.to_string()],
+            runtimes,
+            scenario_paths: vec![path],
+            ..Default::default()
+        };
+        Ok((selection, loaded.name))
+    } else {
+        let selection = Selection {
+            filters: vec![format!("{scenario}::")],
+            targets: vec![target.to_string()],
+            runtimes,
+            ..Default::default()
+        };
+        Ok((selection, scenario.to_string()))
+    }
+}
+
 /// Runs one scenario across a runtime's versions from several Debian suites and reports
 /// where its outcome changes.
 pub fn bisect(
@@ -258,26 +292,7 @@ pub fn bisect(
     target: &str,
 ) -> Result<()> {
     let runtimes: Vec<String> = suites.iter().map(|s| format!("{runtime}@{s}")).collect();
-    // A scenario name from the catalogue, or a scenario file or directory anywhere.
-    let path = Path::new(scenario);
-    let (selection, scenario) = if path.exists() {
-        let loaded = lab::scenario::schema::load_path(&std::fs::canonicalize(path)?)?;
-        let selection = Selection {
-            targets: vec![target.to_string()],
-            runtimes,
-            scenario_paths: vec![std::fs::canonicalize(path)?],
-            ..Default::default()
-        };
-        (selection, loaded.name)
-    } else {
-        let selection = Selection {
-            filters: vec![format!("{scenario}::")],
-            targets: vec![target.to_string()],
-            runtimes,
-            ..Default::default()
-        };
-        (selection, scenario.to_string())
-    };
+    let (selection, scenario) = scenario_selection(scenario, target, runtimes)?;
     let scenario = scenario.as_str();
     let options = TestOptions {
         jobs: default_jobs(),
@@ -330,6 +345,85 @@ pub fn bisect(
 pub struct TestOptions {
     pub list: bool,
     pub jobs: usize,
+    /// The run directory to write into (a bisect's steps share one); a new one if `None`.
+    pub run_dir: Option<std::path::PathBuf>,
+}
+
+/// The runtimes with their host paths (`path:FILE`, `git:DIR`) made absolute against
+/// the directory the command was started in: the harness runs elsewhere.
+pub fn absolute_runtimes(runtimes: &[String], cwd: &Path) -> Result<Vec<String>> {
+    runtimes
+        .iter()
+        .map(|r| Ok(r.parse::<RuntimeSpec>()?.absolute(cwd).to_string()))
+        .collect()
+}
+
+/// Runtimes given as host binaries are checked, and those given as checkouts built for
+/// each Debian target's suite, before any trial: a bad path or a failed build is one
+/// error that names it, not a FAIL per trial. The trials then find the build cached.
+fn prepare_host_runtimes(root: &Path, selection: &Selection) -> Result<()> {
+    let target_names = if selection.targets.is_empty() {
+        vec![run::DEFAULT_TARGET.to_string()]
+    } else {
+        selection.targets.clone()
+    };
+    for r in &selection.runtimes {
+        let spec: RuntimeSpec = r.parse()?;
+        match &spec.origin {
+            Origin::Path(p) => {
+                let b =
+                    lab::runtimes::local::inspect(p).with_context(|| format!("runtime {spec}"))?;
+                eprintln!("xtask: runtime {spec}: {}", b.provenance);
+            }
+            Origin::Git { dir, rev } => {
+                let source = lab::runtimes::build::resolve(dir, rev.as_deref())
+                    .with_context(|| format!("runtime {spec}"))?;
+                if source.diff.is_some() {
+                    eprintln!(
+                        "xtask: runtime {spec}: {} is dirty: building HEAD with its uncommitted changes (the trials keep them as source.diff){}",
+                        source.dir.display(),
+                        if source.untracked.is_empty() {
+                            String::new()
+                        } else {
+                            format!(
+                                "; untracked files are not included: {}",
+                                source.untracked.join(", ")
+                            )
+                        }
+                    );
+                }
+                for name in &target_names {
+                    let target = vm::target::find(&root.join("vm"), name)?;
+                    if let Some(why) = spec.refusal(&target) {
+                        bail!("{why}");
+                    }
+                    if let vm::target::ImageSource::Debian { suite, mirror, .. } = &target.source {
+                        let built = build_runtime(&spec, &source, suite, mirror)?;
+                        eprintln!(
+                            "xtask: runtime {spec}: {} for {suite}: {}{}",
+                            source.describe_line(),
+                            built.binary.display(),
+                            if built.cached { " (cached)" } else { "" }
+                        );
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Builds `spec`'s component from `source` for a suite (or finds it cached).
+pub fn build_runtime(
+    spec: &RuntimeSpec,
+    source: &lab::runtimes::build::Source,
+    suite: &str,
+    mirror: &str,
+) -> Result<lab::runtimes::build::Built> {
+    let recipe = lab::runtimes::build::recipe(&spec.name)?;
+    lab::runtimes::build::ensure_built(recipe, source, suite, mirror, events().machine())
+        .with_context(|| format!("runtime {spec}"))
 }
 
 pub fn build(sh: &Shell, root: &Path, target: &str) -> Result<()> {

@@ -3,6 +3,7 @@
 
 mod apt;
 mod bench;
+mod bisect;
 mod host;
 mod image;
 mod lab;
@@ -32,7 +33,11 @@ enum Command {
         /// Targets (vm/NAME.toml); default debian-13.
         #[arg(long = "target", value_name = "NAME")]
         targets: Vec<String>,
-        /// Runtimes; default every runtime of the target.
+        /// Runtimes; default every runtime of the target. NAME is runc or crun: the
+        /// target's own; NAME@SUITE a Debian suite's package; NAME@VERSION a Fedora
+        /// version; NAME@path:FILE a binary on this host; NAME@git:DIR#REV a revision of a
+        /// git checkout, built in a build root of the target's suite (without #REV: HEAD
+        /// with the uncommitted changes).
         #[arg(long = "runtime", value_name = "NAME")]
         runtimes: Vec<String>,
         /// List the trials instead of running them.
@@ -61,7 +66,8 @@ enum Command {
         /// Targets (vm/NAME.toml); default debian-13.
         #[arg(long = "target", value_name = "NAME")]
         targets: Vec<String>,
-        /// Runtimes, also NAME@SUITE and NAME@VERSION; default every runtime of the target.
+        /// Runtimes, also NAME@SUITE, NAME@VERSION, NAME@path:FILE and NAME@git:DIR#REV;
+        /// default every runtime of the target.
         #[arg(long = "runtime", value_name = "NAME")]
         runtimes: Vec<String>,
         /// Trials at once (default: one per core).
@@ -110,10 +116,12 @@ enum Command {
         #[arg(long = "runtime", value_name = "NAME")]
         runtimes: Vec<String>,
     },
-    /// One scenario across a runtime's versions: where does the outcome change?
+    /// One scenario across a runtime's versions (--suites), or across the commits of
+    /// its git checkout (--git, --old, --new): where does the outcome change?
     Bisect {
         /// A scenario of the catalogue, or a scenario file or directory anywhere.
         scenario: String,
+        /// runc or crun.
         #[arg(long)]
         runtime: String,
         /// Debian suites (Debian targets) or package versions (Fedora targets, installed
@@ -127,6 +135,21 @@ enum Command {
         suites: Vec<String>,
         #[arg(long, default_value = "debian-13")]
         target: String,
+        /// Bisect the commits of this git checkout of the runtime instead of versions:
+        /// each tested commit is built in the target suite's build root and its trial's
+        /// verdict is the oracle (a commit that does not build is skipped).
+        #[arg(long, value_name = "DIR", requires_all = ["old", "new"])]
+        git: Option<PathBuf>,
+        /// The old end (a revision that shows the old outcome).
+        #[arg(long, value_name = "REV", requires = "git")]
+        old: Option<String>,
+        /// The new end (a revision that shows the other outcome).
+        #[arg(long, value_name = "REV", requires = "git")]
+        new: Option<String>,
+        /// The old end's outcome: pass (hunting the commit that broke the scenario) or
+        /// fail (hunting the commit that fixed it).
+        #[arg(long, value_name = "pass|fail", default_value = "pass")]
+        old_outcome: ::lab::bisect::Claim,
     },
     /// Benchmarks, side by side with references, reported as ratios.
     Bench {
@@ -247,6 +270,8 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     let sh = Shell::new()?;
+    // Paths on the command line are the user's, relative to where they started it.
+    let cwd = std::env::current_dir()?;
     let root = project_root();
     sh.change_dir(&root);
     match cli.command {
@@ -265,13 +290,14 @@ fn run(cli: Cli) -> Result<()> {
                 filters,
                 exact,
                 targets,
-                runtimes,
+                runtimes: lab::absolute_runtimes(&runtimes, &cwd)?,
                 mutants,
                 scenario_paths: Vec::new(),
             },
             &lab::TestOptions {
                 list,
                 jobs: jobs.unwrap_or_else(lab::default_jobs),
+                run_dir: None,
             },
         ),
         Command::Repro {
@@ -291,7 +317,7 @@ fn run(cli: Cli) -> Result<()> {
                 &root,
                 ::lab::run::Selection {
                     targets,
-                    runtimes,
+                    runtimes: lab::absolute_runtimes(&runtimes, &cwd)?,
                     scenario_paths: paths,
                     ..Default::default()
                 },
@@ -317,8 +343,31 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bisect {
             scenario,
             runtime,
+            git: Some(git),
+            old: Some(old),
+            new: Some(new),
+            old_outcome,
+            target,
+            ..
+        } => bisect::commits(
+            &sh,
+            &root,
+            &bisect::Commits {
+                scenario,
+                runtime,
+                git: cwd.join(git),
+                old,
+                new,
+                old_outcome,
+                target,
+            },
+        ),
+        Command::Bisect {
+            scenario,
+            runtime,
             suites,
             target,
+            ..
         } => lab::bisect(&sh, &root, &scenario, &runtime, &suites, &target),
         Command::Vm { what } => match what {
             VmWhat::Build { target } | VmWhat::Fetch { target } => lab::build(&sh, &root, &target),

@@ -3,6 +3,7 @@
 //! methods benchmark. Guests come from the `vm` crate; this crate emits events and the
 //! CLI (xtask) and reporters render them.
 
+pub mod bisect;
 pub mod events;
 pub mod mutant;
 pub mod netbench;

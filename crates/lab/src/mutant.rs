@@ -551,6 +551,8 @@ mod tests {
             failed_step: None,
             evidence: None,
             measurements: Vec::new(),
+            runtime_source: None,
+            runtime_commit: None,
         };
         let results = vec![
             r("flip", "echo-tcp4", "crun", Outcome::Fail),

@@ -225,15 +225,25 @@ pub fn new_run_dir(workspace: &Path) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// The runtime as this trial uses it: fetched from its suite if it names one, installed
-/// in the guest and checked; `Err(reason)` when it cannot run here (a SKIP).
+/// The runtime as this trial uses it: fetched from its suite if it names one, copied
+/// from the host or built from a checkout, installed in the guest and checked;
+/// `Err(reason)` when it cannot run here (a SKIP). What a reader needs besides the
+/// verdict (a build's log, the uncommitted changes built with it) goes to `dir`.
 fn runtime_for(
     trial: &Trial,
     ready: &Ready,
     vm: &TrialVm,
+    dir: &Path,
     events: &Events,
 ) -> Result<std::result::Result<RuntimeUse, Unusable>> {
     let spec: RuntimeSpec = trial.runtime.parse()?;
+    let use_of = |i: runtimes::install::Installed, source, commit| RuntimeUse {
+        name: spec.name.clone(),
+        podman_arg: i.podman_arg,
+        version: i.version,
+        source,
+        commit,
+    };
     let installed = match (&spec.origin, &trial.target.source) {
         (Origin::Target, _) => {
             let version = ready.versions.get(&spec.name).cloned().unwrap_or_default();
@@ -241,7 +251,41 @@ fn runtime_for(
                 name: spec.name.clone(),
                 podman_arg: spec.name,
                 version,
+                source: None,
+                commit: None,
             }));
+        }
+        (Origin::Path(path), _) => {
+            let binary =
+                runtimes::local::inspect(path).with_context(|| format!("runtime {spec}"))?;
+            if let Some(diff) = &binary.diff {
+                std::fs::write(dir.join("source.diff"), diff)?;
+            }
+            let podman_arg = runtimes::local::put_into_guest(&vm.guest, &spec, &binary.path)?;
+            let installed = runtimes::install::usable(&vm.guest, &spec, podman_arg, ECHO_IMAGE)?;
+            return Ok(installed.map(|i| use_of(i, Some(binary.provenance), None)));
+        }
+        (Origin::Git { dir: tree, rev }, ImageSource::Debian { suite, mirror, .. }) => {
+            let source = runtimes::build::resolve(tree, rev.as_deref())
+                .with_context(|| format!("runtime {spec}"))?;
+            let recipe = runtimes::build::recipe(&spec.name)?;
+            let built =
+                runtimes::build::ensure_built(recipe, &source, suite, mirror, events.machine())
+                    .with_context(|| format!("runtime {spec}"))?;
+            std::fs::copy(&built.log, dir.join("build.log"))?;
+            if let Some(diff) = &source.diff {
+                std::fs::write(dir.join("source.diff"), diff)?;
+            }
+            let podman_arg = runtimes::local::put_into_guest(&vm.guest, &spec, &built.binary)?;
+            let installed = runtimes::install::usable(&vm.guest, &spec, podman_arg, ECHO_IMAGE)?;
+            let mut line = format!(
+                "{} in the {suite} build root (build.log)",
+                source.describe_line()
+            );
+            for n in &built.notes {
+                line += &format!("; {n}");
+            }
+            return Ok(installed.map(|i| use_of(i, Some(line), Some(source.commit.clone()))));
         }
         (Origin::Suite(_), ImageSource::Debian { mirror, .. }) => {
             let fetched = archive::fetch_package(&spec, mirror, events)
@@ -265,11 +309,7 @@ fn runtime_for(
             ))
         ),
     };
-    Ok(installed.map(|i| RuntimeUse {
-        name: spec.name.clone(),
-        podman_arg: i.podman_arg,
-        version: i.version,
-    }))
+    Ok(installed.map(|i| use_of(i, None, None)))
 }
 
 /// The trial's scenario with the mutant's change, on a guest with the mutant's change.
@@ -288,9 +328,21 @@ fn run_mutant(
     scenario::run_on_guest(vm, &mutated, &rt, versions)
 }
 
-/// A trial's log directory in the run directory.
+/// A trial's log directory in the run directory: one path component, whatever the
+/// runtime's spelling (`crun@path:/x/crun`, `crun@git:DIR#REV`).
 fn trial_dir(run_dir: &Path, name: &str) -> PathBuf {
-    run_dir.join(name.replace("::", "--"))
+    let safe: String = name
+        .replace("::", "--")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.@+".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    run_dir.join(safe)
 }
 
 /// The FAIL of a trial whose guest could not be prepared (the image did not build), so
@@ -314,6 +366,8 @@ pub fn not_started(trial: &Trial, run_dir: &Path, why: &str) -> TrialResult {
         failed_step: None,
         evidence: None,
         measurements: Vec::new(),
+        runtime_source: None,
+        runtime_commit: None,
     }
 }
 
@@ -343,11 +397,12 @@ pub fn run_trial(trial: &Trial, ready: &Ready, run_dir: &Path, events: &Events) 
         });
     }
     let mut versions = ready.versions.clone();
+    let mut source = (None, None);
     let verdict = match scenario::requirements_verdict(&trial.scenario, &ready.versions) {
         Some(verdict) => verdict,
         None => {
             let attempt = TrialVm::start(ready, &dir, events.machine()).and_then(|mut vm| {
-                let attempt = match runtime_for(trial, ready, &vm, events) {
+                let attempt = match runtime_for(trial, ready, &vm, &dir, events) {
                     Err(e) => Err(e),
                     Ok(Err(Unusable(why, version))) => {
                         if let Some(v) = version {
@@ -357,6 +412,7 @@ pub fn run_trial(trial: &Trial, ready: &Ready, run_dir: &Path, events: &Events) 
                     }
                     Ok(Ok(rt)) => {
                         versions.insert(trial.runtime.clone(), rt.version.clone());
+                        source = (rt.source.clone(), rt.commit.clone());
                         scenario::steps::import_images(
                             &vm,
                             &trial.target,
@@ -402,6 +458,8 @@ pub fn run_trial(trial: &Trial, ready: &Ready, run_dir: &Path, events: &Events) 
         failed_step: verdict.step,
         evidence: verdict.evidence,
         measurements,
+        runtime_source: source.0,
+        runtime_commit: source.1,
     };
     vm::cleanup::forget(&result.log_dir);
     events.emit(Event::TrialEnd(Box::new(result.clone())));

@@ -65,6 +65,13 @@ pub struct TrialResult {
     /// What `run` steps with `record` measured (name, value), in step order.
     #[serde(default)]
     pub measurements: Vec<(String, String)>,
+    /// Where the runtime came from when it is no distribution package: a host binary
+    /// (with `git describe` of its tree) or a build of a git checkout's revision.
+    #[serde(default)]
+    pub runtime_source: Option<String>,
+    /// The commit a runtime built from a git checkout was built at.
+    #[serde(default)]
+    pub runtime_commit: Option<String>,
 }
 
 impl TrialResult {
@@ -110,4 +117,8 @@ pub struct RuntimeUse {
     pub name: String,
     pub podman_arg: String,
     pub version: String,
+    /// Where a runtime that is no distribution package came from (`TrialResult::runtime_source`).
+    pub source: Option<String>,
+    /// The commit it was built at, for a build of a git checkout.
+    pub commit: Option<String>,
 }

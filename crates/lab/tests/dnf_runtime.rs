@@ -323,6 +323,8 @@ fn dnf_installs_a_runtime_version_from_the_targets_repositories() {
         name: "runc".into(),
         podman_arg: installed.podman_arg.clone(),
         version: installed.version.clone(),
+        source: None,
+        commit: None,
     };
     let verdict = lab::scenario::run_on_guest(&vm, &scenario, &runtime, &versions).unwrap();
     assert_eq!(verdict.outcome, Outcome::Pass, "{}", verdict.detail);

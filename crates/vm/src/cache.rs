@@ -222,6 +222,19 @@ pub fn stage(dir: &Path, key: &str) -> Result<Staging> {
     })
 }
 
+/// The entry directories under the cache root, without their sizes.
+pub fn entry_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root().join("images"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
 /// Sizes of the entries under the cache root, for `vm ls`.
 pub fn entries() -> Result<Vec<(PathBuf, u64, bool)>> {
     let mut out = Vec::new();
@@ -241,14 +254,20 @@ pub fn entries() -> Result<Vec<(PathBuf, u64, bool)>> {
 }
 
 /// The disk space `path` takes: allocated blocks, since a ready state's memory file is
-/// as long as the guest's memory and mostly holes.
+/// as long as the guest's memory and mostly holes. Symbolic links are counted, never
+/// followed: a build root holds links to `/` and to `/proc`.
 pub fn dir_size(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    let own = meta.blocks() * 512;
+    if !meta.is_dir() {
+        return own;
+    }
     match std::fs::read_dir(path) {
-        Ok(rd) => rd.flatten().map(|e| dir_size(&e.path())).sum(),
-        Err(_) => std::fs::symlink_metadata(path)
-            .map(|m| m.blocks() * 512)
-            .unwrap_or(0),
+        Ok(rd) => own + rd.flatten().map(|e| dir_size(&e.path())).sum::<u64>(),
+        Err(_) => own,
     }
 }
 

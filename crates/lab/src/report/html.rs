@@ -153,6 +153,7 @@ fn trial_section(run_dir: &Path, r: &TrialResult) -> Markup {
                 @if let Some(issue) = &r.issue { " — " a href=(issue) { (issue) } }
             }
             @if let Some(claim) = &r.claim { p.claim { "Claim: " (claim) } }
+            @if let Some(source) = &r.runtime_source { p { "Runtime: " (source) } }
             @if !r.detail.is_empty() {
                 h3 { "Verdict" }
                 (marked(&r.detail, evidence))
@@ -207,6 +208,47 @@ fn trial_section(run_dir: &Path, r: &TrialResult) -> Markup {
             }
         }
     }
+}
+
+/// A bisect by commit: trials of runtimes built at two or more commits, in commit date
+/// order, each with its verdict and the line that decided it.
+fn commit_section(results: &[TrialResult]) -> Option<Markup> {
+    let mut built: Vec<&TrialResult> = results
+        .iter()
+        .filter(|r| r.runtime_commit.is_some())
+        .collect();
+    let commits: BTreeSet<&str> = built
+        .iter()
+        .filter_map(|r| r.runtime_commit.as_deref())
+        .collect();
+    if commits.len() < 2 {
+        return None;
+    }
+    // The source line starts "built from DIR at HASH (DESCRIBE, DATE: SUBJECT)".
+    let date = |r: &TrialResult| {
+        r.runtime_source
+            .as_deref()
+            .and_then(|s| s.split(", ").nth(1))
+            .and_then(|s| s.split(": ").next())
+            .unwrap_or_default()
+            .to_string()
+    };
+    built.sort_by_key(|r| date(r));
+    Some(html! {
+        h2 { "Bisect by commit" }
+        table {
+            tr { th { "commit" } th { "verdict" } th { "built from" } th { "deciding line" } }
+            @for r in &built {
+                @let commit = r.runtime_commit.as_deref().unwrap_or_default();
+                tr {
+                    td { code { (&commit[..commit.len().min(12)]) } }
+                    td style=(format!("background:{}", color(r.outcome))) { (r.outcome.label()) }
+                    td { (r.runtime_source.as_deref().unwrap_or_default()) }
+                    td { code { (crate::bisect::deciding_line(r)) } }
+                }
+            }
+        }
+    })
 }
 
 /// A bisect run: one scenario and target, several versions of one runtime.
@@ -336,7 +378,8 @@ pub fn page(run_dir: &Path, results: &[TrialResult]) -> String {
                         }
                     }
                 }
-                @if let Some(b) = bisect_section(results) { (b) }
+                @if let Some(b) = commit_section(results) { (b) }
+                @else if let Some(b) = bisect_section(results) { (b) }
                 @for r in results { (trial_section(run_dir, r)) }
             }
         }

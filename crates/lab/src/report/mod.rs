@@ -167,6 +167,16 @@ pub fn summary(results: &[TrialResult]) -> String {
         }
         s += "\n";
     }
+    let sources: BTreeSet<(&str, &str)> = results
+        .iter()
+        .filter_map(|r| Some((r.runtime.as_str(), r.runtime_source.as_deref()?)))
+        .collect();
+    if !sources.is_empty() {
+        s += "\nWhere the runtimes came from:\n\n";
+        for (runtime, source) in sources {
+            s += &format!("- {runtime}: {source}\n");
+        }
+    }
     let mut versions: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
     for r in results {
         let line = ["podman", "systemd", "kernel", "os"]
@@ -232,6 +242,8 @@ mod tests {
             failed_step: None,
             evidence: None,
             measurements: Vec::new(),
+            runtime_source: None,
+            runtime_commit: None,
         }
     }
 

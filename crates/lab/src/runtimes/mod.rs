@@ -3,18 +3,23 @@
 //! gpgv, Packages.xz and the .deb checked against the signed SHA-256s), cached, and put
 //! into the guest beside the target's own, then passed to podman as `--runtime PATH`;
 //! `NAME@VERSION` is that version from a Fedora target's own repositories, installed with
-//! dnf ([`dnf`]); [`install`] puts either into the guest. The version actually run is read from the binary in the
-//! guest, never assumed.
+//! dnf ([`dnf`]); `NAME@path:FILE` is a binary on the host ([`local`]); `NAME@git:DIR#REV`
+//! is a revision of a git checkout built in a build root of the target's suite
+//! ([`build`]). [`install`] puts each into the guest. The version actually run is read
+//! from the binary in the guest, never assumed.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use anyhow::{Result, bail};
 use vm::target::Target;
 
 pub mod archive;
+pub mod build;
 pub mod dnf;
 pub mod install;
+pub mod local;
 
 pub use vm::target::RUNTIMES;
 pub const SUITES: [&str; 5] = ["bullseye", "bookworm", "trixie", "forky", "sid"];
@@ -28,7 +33,16 @@ pub enum Origin {
     /// A version (`1.21` or a whole `1.21-1.fc43`) from the target's repositories,
     /// installed with dnf (Fedora targets).
     Version(String),
+    /// A binary on the host (`path:FILE`), copied into each trial's guest.
+    Path(PathBuf),
+    /// A git checkout built at a revision (`git:DIR#REV`) in a build root of the target's
+    /// Debian suite; without `#REV`, its HEAD with the uncommitted changes, if any.
+    Git { dir: PathBuf, rev: Option<String> },
 }
+
+/// The prefixes of the origins given as host paths: no suite or version starts so.
+pub const PATH_PREFIX: &str = "path:";
+pub const GIT_PREFIX: &str = "git:";
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RuntimeSpec {
@@ -37,6 +51,30 @@ pub struct RuntimeSpec {
 }
 
 impl RuntimeSpec {
+    /// The same runtime with its host paths made absolute against `cwd`, so that the
+    /// harness (another process, another directory) finds them; other origins unchanged.
+    pub fn absolute(&self, cwd: &Path) -> RuntimeSpec {
+        let abs = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                cwd.join(p)
+            }
+        };
+        let origin = match &self.origin {
+            Origin::Path(p) => Origin::Path(abs(p)),
+            Origin::Git { dir, rev } => Origin::Git {
+                dir: abs(dir),
+                rev: rev.clone(),
+            },
+            o => o.clone(),
+        };
+        RuntimeSpec {
+            name: self.name.clone(),
+            origin,
+        }
+    }
+
     pub fn suite(&self) -> Option<&str> {
         match &self.origin {
             Origin::Suite(s) => Some(s),
@@ -65,6 +103,10 @@ impl RuntimeSpec {
                 target.name,
                 SUITES.join(", ")
             )),
+            Origin::Git { .. } if !target.is_debian() => Some(format!(
+                "runtime {self}: a source tree is built in a Debian build root of the target's suite; {} is not a Debian target (build it yourself and give the binary as {}@path:FILE)",
+                target.name, self.name
+            )),
             _ => None,
         }
     }
@@ -86,10 +128,40 @@ impl FromStr for RuntimeSpec {
             None => (s, None),
         };
         if !RUNTIMES.contains(&name) {
-            bail!("runtime {s:?}: expected runc or crun, optionally @SUITE or @VERSION");
+            bail!(
+                "runtime {s:?}: expected runc or crun, optionally @SUITE, @VERSION, @{PATH_PREFIX}FILE or @{GIT_PREFIX}DIR#REV"
+            );
         }
         let origin = match at {
             None => Origin::Target,
+            Some(v) if v.starts_with(PATH_PREFIX) => {
+                let file = &v[PATH_PREFIX.len()..];
+                if file.is_empty() {
+                    bail!(
+                        "runtime {s:?}: {PATH_PREFIX} needs the binary's path ({name}@{PATH_PREFIX}./build/{name})"
+                    );
+                }
+                Origin::Path(file.into())
+            }
+            Some(v) if v.starts_with(GIT_PREFIX) => {
+                let rest = &v[GIT_PREFIX.len()..];
+                let (dir, rev) = match rest.rsplit_once('#') {
+                    Some((d, "")) => bail!(
+                        "runtime {s:?}: nothing after '#': name a revision ({name}@{GIT_PREFIX}{d}#v1.2) or leave '#' out for HEAD with the uncommitted changes"
+                    ),
+                    Some((d, r)) => (d, Some(r.to_string())),
+                    None => (rest, None),
+                };
+                if dir.is_empty() {
+                    bail!(
+                        "runtime {s:?}: {GIT_PREFIX} needs the checkout's directory ({name}@{GIT_PREFIX}~/src/{name}#REV)"
+                    );
+                }
+                Origin::Git {
+                    dir: dir.into(),
+                    rev,
+                }
+            }
             Some(v) if SUITES.contains(&v) => Origin::Suite(v.into()),
             Some(v) if is_rpm_version(v) => Origin::Version(v.into()),
             Some(v) => bail!(
@@ -109,6 +181,13 @@ impl fmt::Display for RuntimeSpec {
         match &self.origin {
             Origin::Target => f.write_str(&self.name),
             Origin::Suite(v) | Origin::Version(v) => write!(f, "{}@{v}", self.name),
+            Origin::Path(p) => write!(f, "{}@{PATH_PREFIX}{}", self.name, p.display()),
+            Origin::Git { dir, rev: None } => {
+                write!(f, "{}@{GIT_PREFIX}{}", self.name, dir.display())
+            }
+            Origin::Git { dir, rev: Some(r) } => {
+                write!(f, "{}@{GIT_PREFIX}{}#{r}", self.name, dir.display())
+            }
         }
     }
 }
@@ -125,6 +204,11 @@ mod tests {
     #[case("crun@1.21", "crun", Origin::Version("1.21".into()))]
     #[case("runc@1.3.0-1.fc43", "runc", Origin::Version("1.3.0-1.fc43".into()))]
     #[case("runc@2:1.1~rc1^git", "runc", Origin::Version("2:1.1~rc1^git".into()))]
+    #[case("crun@path:./build/crun", "crun", Origin::Path("./build/crun".into()))]
+    #[case("crun@path:1.21", "crun", Origin::Path("1.21".into()))]
+    #[case("runc@git:/src/runc#v1.1.3", "runc", Origin::Git { dir: "/src/runc".into(), rev: Some("v1.1.3".into()) })]
+    #[case("crun@git:../crun", "crun", Origin::Git { dir: "../crun".into(), rev: None })]
+    #[case("crun@git:/a#b#HEAD~2", "crun", Origin::Git { dir: "/a#b".into(), rev: Some("HEAD~2".into()) })]
     fn specs(#[case] text: &str, #[case] name: &str, #[case] origin: Origin) {
         let s: RuntimeSpec = text.parse().unwrap();
         assert_eq!((s.name.as_str(), &s.origin), (name, &origin));
@@ -136,6 +220,10 @@ mod tests {
     #[case("runc@jessie", "\"jessie\" is neither a Debian suite")]
     #[case("crun@1.2 3", "neither a Debian suite")]
     #[case("crun@", "neither a Debian suite")]
+    #[case("crun@path:", "needs the binary's path")]
+    #[case("crun@git:#v1", "needs the checkout's directory")]
+    #[case("crun@git:/src/crun#", "nothing after '#'")]
+    #[case("crun@./build/crun", "neither a Debian suite")]
     fn bad_specs(#[case] text: &str, #[case] msg: &str) {
         let e = text.parse::<RuntimeSpec>().unwrap_err().to_string();
         assert!(e.contains(msg) && e.contains(text), "{e}");
@@ -156,6 +244,16 @@ mod tests {
         "crun@sid",
         Some(
             "packages of Debian suites go only into Debian targets, not fedora-43; name a version (like crun@1.21)"
+        )
+    )]
+    #[case("debian-13", "crun@path:/x/crun", None)]
+    #[case("fedora-43", "crun@path:/x/crun", None)]
+    #[case("debian-12", "runc@git:/x/runc#v1.1.3", None)]
+    #[case(
+        "fedora-43",
+        "crun@git:/x/crun#1.21",
+        Some(
+            "a source tree is built in a Debian build root of the target's suite; fedora-43 is not"
         )
     )]
     #[case(

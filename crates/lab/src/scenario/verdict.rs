@@ -261,6 +261,8 @@ mod tests {
             name: "crun".into(),
             podman_arg: "crun".into(),
             version: version.into(),
+            source: None,
+            commit: None,
         }
     }
 
@@ -341,6 +343,8 @@ mod tests {
             name: "runc".into(),
             podman_arg: "runc".into(),
             version: "1.21".into(),
+            source: None,
+            commit: None,
         };
         assert_eq!(judged(&with_bug(2), &runc, f(), "").outcome, Outcome::Fail);
     }

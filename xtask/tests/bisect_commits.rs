@@ -1,0 +1,236 @@
+//! `cargo xtask bisect --git DIR` on a git repository this test makes: a "crun" source
+//! tree whose build (the crun recipe: `./autogen.sh`, `./configure`, `make`, in the real
+//! trixie build root) makes a wrapper around the guest's crun. One commit makes the
+//! wrapper drop `LISTEN_FDS` (the lab's own strip-listen-fds mutant), one commit does
+//! not build. The bisect must name exactly the commit that drops the variables, skip
+//! the one that does not build, and refuse an old end that already fails.
+//!
+//! Needs root and QEMU; `cargo xtask ci` runs it with `--ignored`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+const MAKEFILE: &str = "all: crun\ncrun: crun.in\n\tcp crun.in crun\n\tchmod 755 crun\n";
+const BROKEN_MAKEFILE: &str = "all:\n\t@echo 'error: this revision does not build' >&2; exit 1\n";
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "-c",
+            "user.name=lab",
+            "-c",
+            "user.email=lab@example.invalid",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn commit(dir: &Path, files: &[(&str, &str)], subject: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    for (name, text) in files {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        let mode = if name.ends_with(".in") || name.contains('.') {
+            0o644
+        } else {
+            0o755
+        };
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-qm", subject]);
+    git(dir, &["rev-parse", "HEAD"])
+}
+
+/// c1 passes (the old end), c2 and c3 pass, c4 does not build, c5 builds again and
+/// passes, c6 drops LISTEN_FDS, c7 fails too (the new end). Returns the commits.
+fn repository(dir: &Path) -> Vec<String> {
+    git(dir, &["init", "-q"]);
+    let pass = "#!/bin/sh\n# a wrapper around the guest's crun\nexec /usr/bin/crun \"$@\"\n";
+    let strip = lab::mutant::strip_listen_fds_wrapper("/usr/bin/crun");
+    let mut c = vec![commit(
+        dir,
+        &[
+            ("autogen.sh", "#!/bin/sh\ntrue\n"),
+            ("configure", "#!/bin/sh\ntrue\n"),
+            ("Makefile", MAKEFILE),
+            ("crun.in", pass),
+        ],
+        "a crun that passes everything on",
+    )];
+    c.push(commit(dir, &[("README", "one\n")], "docs: one"));
+    c.push(commit(dir, &[("README", "two\n")], "docs: two"));
+    c.push(commit(
+        dir,
+        &[("Makefile", BROKEN_MAKEFILE)],
+        "build: break the build",
+    ));
+    c.push(commit(
+        dir,
+        &[("Makefile", MAKEFILE)],
+        "build: mend the build",
+    ));
+    c.push(commit(
+        dir,
+        &[("crun.in", &strip)],
+        "drop LISTEN_FDS from the container",
+    ));
+    c.push(commit(dir, &[("README", "three\n")], "docs: three"));
+    c
+}
+
+fn bisect(dir: &Path, old: &str, new: &str) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["bisect", "echo-tcp4", "--runtime", "crun", "--git"])
+        .arg(dir)
+        .args(["--old", old, "--new", new])
+        .current_dir(workspace())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    (out.status.success(), text)
+}
+
+/// The `bisect: HASH ...` progress lines: which commits were tested, with what.
+fn tested(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .filter_map(|l| l.strip_prefix("bisect: "))
+        .filter(|l| l.contains(" -> "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+#[ignore = "builds in a build root and boots guests; run by cargo xtask ci"]
+fn the_bisect_names_the_commit_that_drops_listen_fds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("crun");
+    std::fs::create_dir(&dir).unwrap();
+    let c = repository(&dir);
+    let (ok, output) = bisect(&dir, &c[0], &c[6]);
+    assert!(ok, "{output}");
+    assert!(
+        output.contains(&format!(
+            "the first commit with the new outcome: {} drop LISTEN_FDS from the container",
+            c[5]
+        )),
+        "{output}"
+    );
+    let lines = tested(&output);
+    let line_of = |commit: &str| {
+        lines
+            .iter()
+            .find(|l| l.starts_with(&commit[..12]))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert!(line_of(&c[0]).ends_with("PASS -> old"), "{lines:?}");
+    assert!(line_of(&c[6]).ends_with("FAIL -> new"), "{lines:?}");
+    assert!(
+        line_of(&c[3]).ends_with("no build -> skip (does not build)"),
+        "the commit that does not build must be tried and skipped: {lines:?}"
+    );
+    assert!(line_of(&c[4]).ends_with("PASS -> old"), "{lines:?}");
+    assert!(line_of(&c[5]).ends_with("FAIL -> new"), "{lines:?}");
+    // The deciding lines of the first new commit and of its parent.
+    assert!(output.contains("its trial: FAIL"), "{output}");
+    assert!(output.contains("its parent"), "{output}");
+    // The user's checkout is untouched: no bisect state, no worktree, same HEAD.
+    assert_eq!(git(&dir, &["rev-parse", "HEAD"]), c[6]);
+    assert!(!dir.join(".git/BISECT_LOG").exists());
+    assert_eq!(git(&dir, &["worktree", "list"]).lines().count(), 1);
+    assert_eq!(git(&dir, &["status", "--porcelain"]), "");
+    let run = output
+        .lines()
+        .rfind(|l| l.starts_with("reports: "))
+        .and_then(|l| l.trim_start_matches("reports: ").split("/{").next())
+        .map(PathBuf::from)
+        .unwrap();
+    let md = std::fs::read_to_string(run.join("bisect.md")).unwrap();
+    assert!(md.contains(&c[5]), "{md}");
+    let page = std::fs::read_to_string(run.join("report.html")).unwrap();
+    assert!(
+        page.contains("Bisect by commit") && page.contains(&c[5][..12]),
+        "report.html has no commit table"
+    );
+    // Each built trial keeps its build log.
+    let logs = std::fs::read_dir(&run)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().join("build.log").is_file())
+        .count();
+    assert!(
+        logs >= 4,
+        "{logs} trials with a build.log in {}",
+        run.display()
+    );
+    // Nothing of the bisect is left: no clone, no build directory.
+    let left: Vec<_> = std::fs::read_dir(&run)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("bisect-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+#[ignore = "builds in a build root and boots guests; run by cargo xtask ci"]
+fn an_old_end_that_fails_is_refused_with_its_evidence() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("crun");
+    std::fs::create_dir(&dir).unwrap();
+    let c = repository(&dir);
+    let (ok, output) = bisect(&dir, &c[5], &c[6]);
+    assert!(!ok, "{output}");
+    assert!(
+        output.contains(&format!("the old end {} ", c[5]))
+            && output.contains("does not give the old outcome (pass): it was FAIL")
+            && output.contains("nothing was bisected"),
+        "{output}"
+    );
+    // The evidence: the echo server's own complaint, from the journal of the failing step.
+    assert!(output.contains("LISTEN_FDS"), "{output}");
+}
+
+#[test]
+fn bad_input_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("nope");
+    let (ok, output) = bisect(&missing, "a", "b");
+    assert!(
+        !ok && output.contains("nope") && output.contains("does not exist"),
+        "{output}"
+    );
+    let plain = tmp.path().join("plain");
+    std::fs::create_dir(&plain).unwrap();
+    let (ok, output) = bisect(&plain, "a", "b");
+    assert!(!ok && output.contains("is not a git checkout"), "{output}");
+    let dir = tmp.path().join("crun");
+    std::fs::create_dir(&dir).unwrap();
+    let c = repository(&dir);
+    let (ok, output) = bisect(&dir, "v9.9", &c[6]);
+    assert!(
+        !ok && output.contains("revision \"v9.9\" does not exist"),
+        "{output}"
+    );
+    let (ok, output) = bisect(&dir, &c[6], &c[0]);
+    assert!(!ok && output.contains("is not an ancestor"), "{output}");
+}
