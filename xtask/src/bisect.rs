@@ -26,10 +26,11 @@ pub struct Commits {
     pub target: String,
 }
 
-/// One commit tested: its row, and its trial's result if it built.
+/// One commit tested: its row, and its trial's result if it built, else the build's
+/// error (which ends with the log's last lines and names the log).
 struct Tried {
     row: Tested,
-    result: Option<TrialResult>,
+    result: std::result::Result<TrialResult, String>,
 }
 
 struct Bisector<'a> {
@@ -74,14 +75,10 @@ impl Bisector<'_> {
                     return Err(e);
                 }
                 let text = format!("{e:#}");
-                let last = text.lines().rev().find(|l| !l.trim().is_empty());
+                let first = text.lines().next().unwrap_or_default().trim().to_string();
                 Tried {
-                    row: row(
-                        Mark::Skip("does not build".into()),
-                        "no build",
-                        last.unwrap_or_default().trim().to_string(),
-                    ),
-                    result: None,
+                    row: row(Mark::Skip("does not build".into()), "no build", first),
+                    result: Err(text),
                 }
             }
             Ok(_) => {
@@ -115,7 +112,7 @@ impl Bisector<'_> {
                         result.outcome.label(),
                         lab::bisect::deciding_line(&result),
                     ),
-                    result: Some(result),
+                    result: Ok(result),
                 }
             }
         };
@@ -144,16 +141,10 @@ impl Bisector<'_> {
             Mark::Old => self.args.old_outcome,
             _ => other(self.args.old_outcome),
         };
-        let logs = t
-            .result
-            .as_ref()
-            .map(|r| format!("\nlogs: {}", r.log_dir.display()))
-            .unwrap_or_default();
-        let detail = t
-            .result
-            .as_ref()
-            .map(|r| r.detail.clone())
-            .unwrap_or_else(|| t.row.line.clone());
+        let (detail, logs) = match &t.result {
+            Ok(r) => (r.detail.clone(), format!("\nlogs: {}", r.log_dir.display())),
+            Err(build_error) => (build_error.clone(), String::new()),
+        };
         bail!(
             "the {which} end {rev} ({} {}) does not give the {which} outcome ({expected}): it was {}{}\n{}{logs}\nnothing was bisected",
             build::short(&t.row.commit),

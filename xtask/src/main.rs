@@ -596,6 +596,14 @@ fn ci(sh: &Shell, root: &Path, no_vm: bool) -> Result<()> {
         "cargo test --locked -p xtask --test repro -- --ignored --test-threads=1"
     )
     .run()?;
+    step(
+        "bisect by commit: a git repository of a crun wrapper, built in the trixie build root; one commit drops LISTEN_FDS, one does not build",
+    );
+    cmd!(
+        sh,
+        "cargo test --locked -p xtask --test bisect_commits -- --include-ignored --test-threads=1"
+    )
+    .run()?;
     step("Ctrl-C during a trial, an image build and the ready state's provisioning");
     cmd!(
         sh,

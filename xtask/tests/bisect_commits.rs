@@ -42,10 +42,10 @@ fn commit(dir: &Path, files: &[(&str, &str)], subject: &str) -> String {
     for (name, text) in files {
         let p = dir.join(name);
         std::fs::write(&p, text).unwrap();
-        let mode = if name.ends_with(".in") || name.contains('.') {
-            0o644
-        } else {
+        let mode = if ["autogen.sh", "configure"].contains(name) {
             0o755
+        } else {
+            0o644
         };
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
     }
