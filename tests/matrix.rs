@@ -63,6 +63,7 @@ fn main() -> anyhow::Result<()> {
             .filter(|l| !l.is_empty())
             .map(PathBuf::from)
             .collect(),
+        conmon: std::env::var("SAL_CONMON").ok().filter(|c| !c.is_empty()),
     };
     let planned = run::reboots_first(run::plan(&workspace, &selection)?);
     let bins = Binaries::from_env();

@@ -174,7 +174,12 @@ pub fn commits(sh: &Shell, root: &Path, args: &Commits) -> Result<()> {
             target.name
         );
     };
-    build::recipe(&args.runtime)?;
+    if !lab::runtimes::RUNTIMES.contains(&args.runtime.as_str()) {
+        bail!(
+            "--runtime {:?}: bisect by commit takes runc or crun (a conmon revision can be tried with `cargo xtask test --conmon git:DIR#REV`)",
+            args.runtime
+        );
+    }
     let old = build::resolve(&args.git, Some(&args.old)).context("--old")?;
     let new = build::resolve(&args.git, Some(&args.new)).context("--new")?;
     if old.commit == new.commit {

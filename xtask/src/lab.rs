@@ -82,6 +82,7 @@ pub(crate) fn run_matrix(
         sh.push_env("SAL_FILTERS", &filters),
         sh.push_env("SAL_EXACT", if selection.exact { "1" } else { "" }),
         sh.push_env("SAL_MUTANTS", if selection.mutants { "1" } else { "" }),
+        sh.push_env("SAL_CONMON", selection.conmon.clone().unwrap_or_default()),
         sh.push_env(
             "SAL_SCENARIO_PATHS",
             selection
@@ -148,6 +149,9 @@ pub(crate) fn run_matrix(
     vm::cleanup::hand_interrupts_to(None);
     let exit = exit
         .map_err(|e| anyhow::anyhow!("waiting for the trial harness {}: {e}", harness.display()))?;
+    // The harness is gone: a Ctrl-C from here on (reports, a bisect's next build) is
+    // this process's to handle.
+    vm::cleanup::exit_on_interrupt();
     // Ctrl-C reached the harness as well: its 130 says so even if this process's own
     // handler thread has not run yet.
     let harness_interrupted = exit.code() == Some(130)
@@ -358,6 +362,16 @@ pub fn absolute_runtimes(runtimes: &[String], cwd: &Path) -> Result<Vec<String>>
         .collect()
 }
 
+/// `--conmon SPEC` with its host path made absolute, as given (without `conmon@`).
+pub fn absolute_conmon(conmon: Option<String>, cwd: &Path) -> Result<Option<String>> {
+    conmon
+        .map(|c| {
+            let spec = RuntimeSpec::conmon(&c)?.absolute(cwd).to_string();
+            Ok(spec.trim_start_matches("conmon@").to_string())
+        })
+        .transpose()
+}
+
 /// Runtimes given as host binaries are checked, and those given as checkouts built for
 /// each Debian target's suite, before any trial: a bad path or a failed build is one
 /// error that names it, not a FAIL per trial. The trials then find the build cached.
@@ -367,8 +381,17 @@ fn prepare_host_runtimes(root: &Path, selection: &Selection) -> Result<()> {
     } else {
         selection.targets.clone()
     };
-    for r in &selection.runtimes {
-        let spec: RuntimeSpec = r.parse()?;
+    let conmon = selection
+        .conmon
+        .as_deref()
+        .map(RuntimeSpec::conmon)
+        .transpose()?;
+    let runtimes = selection
+        .runtimes
+        .iter()
+        .map(|r| r.parse::<RuntimeSpec>())
+        .collect::<Result<Vec<_>>>()?;
+    for spec in runtimes.into_iter().chain(conmon) {
         match &spec.origin {
             Origin::Path(p) => {
                 let b =
@@ -394,9 +417,6 @@ fn prepare_host_runtimes(root: &Path, selection: &Selection) -> Result<()> {
                 }
                 for name in &target_names {
                     let target = vm::target::find(&root.join("vm"), name)?;
-                    if let Some(why) = spec.refusal(&target) {
-                        bail!("{why}");
-                    }
                     if let vm::target::ImageSource::Debian { suite, mirror, .. } = &target.source {
                         let built = build_runtime(&spec, &source, suite, mirror)?;
                         eprintln!(

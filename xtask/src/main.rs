@@ -56,6 +56,11 @@ enum Command {
         /// the mutation score: which scenario caught which mutant.
         #[arg(long)]
         mutants: bool,
+        /// A conmon in place of the guest's in every trial: path:FILE (a binary on this
+        /// host) or git:DIR#REV (a revision of a checkout, built in the target suite's
+        /// build root).
+        #[arg(long, value_name = "path:FILE|git:DIR#REV")]
+        conmon: Option<String>,
     },
     /// Run a scenario directory (a bug report's own unit files and a scenario.toml) or
     /// file from anywhere, with the same reports as `test`.
@@ -73,6 +78,9 @@ enum Command {
         /// Trials at once (default: one per core).
         #[arg(long)]
         jobs: Option<usize>,
+        /// A conmon in place of the guest's: path:FILE or git:DIR#REV (as for `test`).
+        #[arg(long, value_name = "path:FILE|git:DIR#REV")]
+        conmon: Option<String>,
     },
     /// Write a run directory's reports again (results.json, junit.xml, summary.md,
     /// report.html) from its trials' result.json files.
@@ -283,6 +291,7 @@ fn run(cli: Cli) -> Result<()> {
             exact,
             jobs,
             mutants,
+            conmon,
         } => lab::test(
             &sh,
             &root,
@@ -293,6 +302,7 @@ fn run(cli: Cli) -> Result<()> {
                 runtimes: lab::absolute_runtimes(&runtimes, &cwd)?,
                 mutants,
                 scenario_paths: Vec::new(),
+                conmon: lab::absolute_conmon(conmon, &cwd)?,
             },
             &lab::TestOptions {
                 list,
@@ -305,6 +315,7 @@ fn run(cli: Cli) -> Result<()> {
             targets,
             runtimes,
             jobs,
+            conmon,
         } => {
             let paths = paths
                 .iter()
@@ -319,6 +330,7 @@ fn run(cli: Cli) -> Result<()> {
                     targets,
                     runtimes: lab::absolute_runtimes(&runtimes, &cwd)?,
                     scenario_paths: paths,
+                    conmon: lab::absolute_conmon(conmon, &cwd)?,
                     ..Default::default()
                 },
                 &lab::TestOptions {

@@ -175,7 +175,7 @@ fn the_bisect_names_the_commit_that_drops_listen_fds() {
     let logs = std::fs::read_dir(&run)
         .unwrap()
         .flatten()
-        .filter(|e| e.path().join("build.log").is_file())
+        .filter(|e| e.path().join("build-crun.log").is_file())
         .count();
     assert!(
         logs >= 4,

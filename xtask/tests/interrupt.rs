@@ -373,3 +373,86 @@ fn killed_outright_mid_trial_then_the_next_run_removes_what_it_left() {
     // The killed trial's logs stay.
     assert!(dir.join("commands.log").is_file() && dir.join("console.log").is_file());
 }
+
+/// A crun source tree whose build (the crun recipe) takes minutes: the window for Ctrl-C.
+fn slow_crun_tree(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).unwrap();
+    for (name, text, mode) in [
+        ("autogen.sh", "#!/bin/sh\ntrue\n", 0o755),
+        ("configure", "#!/bin/sh\ntrue\n", 0o755),
+        (
+            "Makefile",
+            "all:\n\techo building slowly; sleep 600\n",
+            0o644,
+        ),
+    ] {
+        std::fs::write(dir.join(name), text).unwrap();
+        std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    for args in [
+        &["init", "-q"][..],
+        &["add", "-A"],
+        &[
+            "-c",
+            "user.name=lab",
+            "-c",
+            "user.email=lab@example.invalid",
+            "commit",
+            "-qm",
+            "slow",
+        ],
+    ] {
+        let ok = Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "git {args:?}");
+    }
+}
+
+#[test]
+#[ignore = "needs root, mmdebstrap and the crun build root (built when missing): cargo xtask ci"]
+fn ctrl_c_while_building_a_runtime() {
+    let tmp_before = vm::cleanup::lab_tmp_dirs();
+    let src = tempfile::tempdir().unwrap();
+    let tree = src.path().join("crun");
+    slow_crun_tree(&tree);
+    let head_before = read(&tree.join(".git/HEAD"));
+    let log = workspace().join("target/interrupt-build.log");
+    let runtime = format!("crun@git:{}", tree.display());
+    let mut child = spawn(&["test", "echo-tcp4::", "--runtime", &runtime], None, &log);
+    let images = vm::cache::root().join("images");
+    wait_until("the build at work", Duration::from_secs(900), || {
+        vm::cleanup::processes()
+            .iter()
+            .any(|(_, c)| c.contains("sleep 600"))
+    });
+    interrupt(&mut child, &log);
+    // Neither the build's processes nor its mounts nor its directories are left.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while vm::cleanup::processes()
+        .iter()
+        .any(|(_, c)| c.contains("sleep 600") || c.starts_with("unshare"))
+    {
+        assert!(Instant::now() < deadline, "the build is still running");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_nothing_left(&images, &tmp_before);
+    // The clone it built in (`.build-*`) and the entry it was staging (`.NAME.building-*`).
+    let left: Vec<String> = entries(&images)
+        .into_iter()
+        .filter(|n| n.starts_with(".build-") || n.contains(".building-"))
+        .collect();
+    assert!(left.is_empty(), "left in the cache: {left:?}");
+    // The checkout is as it was: no worktree, no bisect state, nothing built in it.
+    assert_eq!(read(&tree.join(".git/HEAD")), head_before);
+    assert!(!tree.join("crun").exists());
+    assert!(
+        read(&log).contains("building in the trixie build root"),
+        "{}",
+        read(&log)
+    );
+}

@@ -87,12 +87,41 @@ fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or_default()
 }
 
-/// The line that decided a trial: its evidence, or the first line of its detail.
+/// The line that decided a trial, for a reader comparing commits: its evidence (a known
+/// bug's or an expected failure's line); for a FAIL, the failing step (a probe's JSON
+/// reduced to its kind of failure) and the last error the journal logged during it
+/// (podman's `Error: ...`, which names the runtime's own words); for a PASS, that every
+/// step held.
 pub fn deciding_line(result: &TrialResult) -> String {
-    result
-        .evidence
-        .clone()
-        .unwrap_or_else(|| first_line(&result.detail).to_string())
+    if let Some(e) = &result.evidence {
+        return e.trim().to_string();
+    }
+    if result.outcome == Outcome::Pass {
+        return "every step held".to_string();
+    }
+    let step = first_line(&result.detail);
+    let step = match (step.find(" failed: {"), step.split("\"failure\":\"").nth(1)) {
+        (Some(at), Some(kind)) => format!(
+            "{} failed: {}",
+            &step[..at],
+            kind.split('"').next().unwrap_or_default()
+        ),
+        _ => step.to_string(),
+    };
+    let error = result
+        .detail
+        .lines()
+        .skip(1)
+        .filter(|l| l.contains("Error:") || l.contains("<error>"))
+        .last()
+        .map(|l| match l.find("] ") {
+            Some(at) => l[at + 2..].trim(),
+            None => l.trim(),
+        });
+    match error {
+        Some(e) => format!("{step}; {e}"),
+        None => step,
+    }
 }
 
 /// What `git bisect old|new|skip` printed, read.
@@ -213,6 +242,23 @@ mod tests {
             mark(&result(Outcome::Skip, None), Claim::Fails),
             Mark::Skip("SKIP: why".into())
         );
+    }
+
+    #[test]
+    fn the_deciding_line_names_the_step_and_the_last_error() {
+        let mut r = result(Outcome::Fail, Some(2));
+        r.detail = "step 2 `probe tcp4:127.0.0.1:3000` failed: {\"ok\":false,\"error\":\"Connection reset by peer\",\"failure\":\"reset\"}\nlab: stopped waiting\njournal:\n[ 30.8] lab conmon[629]: conmon ba7c <error>: Failed to create container: exit status 1\n[ 31.1] lab podman[618]: Error: OCI runtime error: /x/crun: recvfrom(PF_NETLINK)\n[ 31.2] lab systemd[254]: echo.service: Failed with result 'exit-code'.".into();
+        assert_eq!(
+            deciding_line(&r),
+            "step 2 `probe tcp4:127.0.0.1:3000` failed: reset; lab podman[618]: Error: OCI runtime error: /x/crun: recvfrom(PF_NETLINK)"
+        );
+        r.evidence = Some("the known bug's line".into());
+        assert_eq!(deciding_line(&r), "the known bug's line");
+        assert_eq!(
+            deciding_line(&result(Outcome::Pass, None)),
+            "every step held"
+        );
+        assert_eq!(deciding_line(&result(Outcome::Fail, Some(1))), "why");
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub struct Trial {
     pub runtime: String,
     /// Something broken on purpose that the scenario must catch.
     pub mutant: Option<Mutant>,
+    /// A conmon from the host or built from a checkout (`path:FILE`, `git:DIR#REV`) that
+    /// replaces the guest's for this trial.
+    pub conmon: Option<String>,
 }
 
 impl Trial {
@@ -57,6 +60,8 @@ pub struct Selection {
     /// Instead of the catalogue, these scenario files or directories, wherever they are
     /// (`cargo xtask repro DIR`).
     pub scenario_paths: Vec<PathBuf>,
+    /// A conmon that replaces the guest's in every trial (`path:FILE`, `git:DIR#REV`).
+    pub conmon: Option<String>,
 }
 
 impl Selection {
@@ -131,6 +136,15 @@ pub fn plan(workspace: &Path, selection: &Selection) -> Result<Vec<Trial>> {
                 bail!("{why}");
             }
         }
+        if let Some(c) = &selection.conmon {
+            let spec = RuntimeSpec::conmon(c)?;
+            if matches!(spec.origin, Origin::Git { .. }) && !target.is_debian() {
+                bail!(
+                    "conmon {c}: a source tree is built in a Debian build root of the target's suite; {} is not a Debian target",
+                    target.name
+                );
+            }
+        }
         for (m, s) in &pairs {
             for r in &runtimes {
                 let t = Trial {
@@ -138,6 +152,7 @@ pub fn plan(workspace: &Path, selection: &Selection) -> Result<Vec<Trial>> {
                     target: target.clone(),
                     runtime: r.clone(),
                     mutant: m.clone(),
+                    conmon: selection.conmon.clone(),
                 };
                 if selection.matches(&t.name()) {
                     trials.push(t);
@@ -255,37 +270,11 @@ fn runtime_for(
                 commit: None,
             }));
         }
-        (Origin::Path(path), _) => {
-            let binary =
-                runtimes::local::inspect(path).with_context(|| format!("runtime {spec}"))?;
-            if let Some(diff) = &binary.diff {
-                std::fs::write(dir.join("source.diff"), diff)?;
-            }
-            let podman_arg = runtimes::local::put_into_guest(&vm.guest, &spec, &binary.path)?;
+        (Origin::Path(_) | Origin::Git { .. }, _) => {
+            let host = host_binary(&spec, &trial.target, dir, events)?;
+            let podman_arg = runtimes::local::put_into_guest(&vm.guest, &spec, &host.binary)?;
             let installed = runtimes::install::usable(&vm.guest, &spec, podman_arg, ECHO_IMAGE)?;
-            return Ok(installed.map(|i| use_of(i, Some(binary.provenance), None)));
-        }
-        (Origin::Git { dir: tree, rev }, ImageSource::Debian { suite, mirror, .. }) => {
-            let source = runtimes::build::resolve(tree, rev.as_deref())
-                .with_context(|| format!("runtime {spec}"))?;
-            let recipe = runtimes::build::recipe(&spec.name)?;
-            let built =
-                runtimes::build::ensure_built(recipe, &source, suite, mirror, events.machine())
-                    .with_context(|| format!("runtime {spec}"))?;
-            std::fs::copy(&built.log, dir.join("build.log"))?;
-            if let Some(diff) = &source.diff {
-                std::fs::write(dir.join("source.diff"), diff)?;
-            }
-            let podman_arg = runtimes::local::put_into_guest(&vm.guest, &spec, &built.binary)?;
-            let installed = runtimes::install::usable(&vm.guest, &spec, podman_arg, ECHO_IMAGE)?;
-            let mut line = format!(
-                "{} in the {suite} build root (build.log)",
-                source.describe_line()
-            );
-            for n in &built.notes {
-                line += &format!("; {n}");
-            }
-            return Ok(installed.map(|i| use_of(i, Some(line), Some(source.commit.clone()))));
+            return Ok(installed.map(|i| use_of(i, Some(host.line), host.commit)));
         }
         (Origin::Suite(_), ImageSource::Debian { mirror, .. }) => {
             let fetched = archive::fetch_package(&spec, mirror, events)
@@ -310,6 +299,92 @@ fn runtime_for(
         ),
     };
     Ok(installed.map(|i| use_of(i, None, None)))
+}
+
+/// A binary given as a host path, or built from a checkout for the target's suite.
+struct HostBinary {
+    binary: PathBuf,
+    /// Where it came from, for the reports.
+    line: String,
+    commit: Option<String>,
+}
+
+/// The binary `spec` names on the host: checked (`path:`) or built (`git:`), with its
+/// build log and any uncommitted changes it was built with kept in `dir`.
+fn host_binary(
+    spec: &RuntimeSpec,
+    target: &Target,
+    dir: &Path,
+    events: &Events,
+) -> Result<HostBinary> {
+    match (&spec.origin, &target.source) {
+        (Origin::Path(path), _) => {
+            let b = runtimes::local::inspect(path).with_context(|| format!("{spec}"))?;
+            if let Some(diff) = &b.diff {
+                std::fs::write(dir.join(format!("source-{}.diff", spec.name)), diff)?;
+            }
+            Ok(HostBinary {
+                binary: b.path,
+                line: b.provenance,
+                commit: None,
+            })
+        }
+        (Origin::Git { dir: tree, rev }, ImageSource::Debian { suite, mirror, .. }) => {
+            let source = runtimes::build::resolve(tree, rev.as_deref())
+                .with_context(|| format!("{spec}"))?;
+            let recipe = runtimes::build::recipe(&spec.name)?;
+            let built =
+                runtimes::build::ensure_built(recipe, &source, suite, mirror, events.machine())
+                    .with_context(|| format!("{spec}"))?;
+            std::fs::copy(&built.log, dir.join(format!("build-{}.log", spec.name)))?;
+            if let Some(diff) = &source.diff {
+                std::fs::write(dir.join(format!("source-{}.diff", spec.name)), diff)?;
+            }
+            let mut line = format!(
+                "{} in the {suite} build root (build-{}.log)",
+                source.describe_line(),
+                spec.name
+            );
+            for n in &built.notes {
+                line += &format!("; {n}");
+            }
+            Ok(HostBinary {
+                binary: built.binary,
+                line,
+                commit: Some(source.commit),
+            })
+        }
+        _ => bail!(
+            "{spec}: a source tree is built only for Debian targets, not {}",
+            target.name
+        ),
+    }
+}
+
+/// Puts the trial's own conmon into the guest in place of the guest's (the guest is
+/// thrown away after the trial): its version and where it came from.
+fn conmon_for(
+    trial: &Trial,
+    vm: &TrialVm,
+    dir: &Path,
+    events: &Events,
+) -> Result<Option<(String, String)>> {
+    let Some(c) = &trial.conmon else {
+        return Ok(None);
+    };
+    let spec = RuntimeSpec::conmon(c)?;
+    let host = host_binary(&spec, &trial.target, dir, events)?;
+    let path = runtimes::local::put_into_guest(&vm.guest, &spec, &host.binary)?;
+    let t = std::time::Duration::from_secs(60);
+    let out = vm.guest.root_ok(
+        &format!(
+            "for p in $(command -v conmon) /usr/libexec/podman/conmon /usr/bin/conmon; do if [ -e \"$p\" ]; then cp {path} \"$p\"; fi; done; conmon --version"
+        ),
+        t,
+    )?;
+    let version = runtimes::install::parse_version(&out.stdout)
+        .with_context(|| format!("conmon --version printed {:?}", out.combined()))?;
+    Ok(Some((version, format!("conmon {}", host.line))))
 }
 
 /// The trial's scenario with the mutant's change, on a guest with the mutant's change.
@@ -413,6 +488,13 @@ pub fn run_trial(trial: &Trial, ready: &Ready, run_dir: &Path, events: &Events) 
                     Ok(Ok(rt)) => {
                         versions.insert(trial.runtime.clone(), rt.version.clone());
                         source = (rt.source.clone(), rt.commit.clone());
+                        if let Some((version, line)) = conmon_for(trial, &vm, &dir, events)? {
+                            versions.insert("conmon".into(), version);
+                            source.0 = Some(match source.0.take() {
+                                Some(runtime) => format!("{runtime}; {line}"),
+                                None => line,
+                            });
+                        }
                         scenario::steps::import_images(
                             &vm,
                             &trial.target,

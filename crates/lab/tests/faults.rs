@@ -142,6 +142,7 @@ fn trial_with_fault(
         target: ready.target.clone(),
         runtime: "crun".into(),
         mutant: None,
+        conmon: None,
     };
     let dir = run_dir.join(trial.name().replace("::", "--"));
     let port = Arc::new(std::sync::Mutex::new(0u16));

@@ -36,6 +36,7 @@ fn trial(fixture: &str, runtime: &str) -> TrialResult {
         target,
         runtime: runtime.into(),
         mutant: None,
+        conmon: None,
     };
     let result = run_trial(&trial, &ready, &run_dir, &events);
     lab::report::write_trial(&result).unwrap();

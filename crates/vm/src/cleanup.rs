@@ -57,6 +57,14 @@ pub fn defer_exit() {
     DEFER_EXIT.store(true, Ordering::SeqCst);
 }
 
+/// Undoes [`defer_exit`] once the children that handled interruptions are gone: a
+/// process that goes on with work of its own (the builds of a bisect between its
+/// trials) cleans up and exits on Ctrl-C again.
+pub fn exit_on_interrupt() {
+    install_handler();
+    DEFER_EXIT.store(false, Ordering::SeqCst);
+}
+
 /// The child (`Some(pid)`, `None` once it has exited) that does this deferring process's
 /// work and handles the interruption: a signal sent to this process alone (`kill PID`, a
 /// supervisor stopping the command it started) is passed on to it as SIGINT, since only a

@@ -135,7 +135,7 @@ impl Source {
     /// One line for reports: where the runtime came from.
     pub fn describe_line(&self) -> String {
         let changes = if self.diff.is_some() {
-            " with its uncommitted changes (source.diff)"
+            " with its uncommitted changes (source-NAME.diff in the trial)"
         } else {
             ""
         };
@@ -268,6 +268,8 @@ pub fn ensure_build_root(
     mirror: &str,
     events: &Events,
 ) -> Result<PathBuf> {
+    // Ctrl-C removes the staging directories and stops the build's process group.
+    vm::cleanup::install_handler();
     let packages: Vec<String> = recipe.packages.iter().map(|p| p.to_string()).collect();
     let key = cache::key(&[
         ("version", BUILD_VERSION.as_bytes()),

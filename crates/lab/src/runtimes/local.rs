@@ -53,7 +53,7 @@ pub fn inspect(path: &Path) -> Result<HostBinary> {
                 path.display(),
                 top.display(),
                 if diff.is_some() {
-                    " (with uncommitted changes: source.diff)"
+                    " (with uncommitted changes: source-NAME.diff in the trial)"
                 } else {
                     ""
                 }

@@ -119,6 +119,56 @@ fn is_rpm_version(v: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || ".+~^_-:".contains(c))
 }
 
+/// The origin after `NAME@` that names a host path: `path:FILE` or `git:DIR[#REV]`;
+/// `None` for any other spelling. `full` is the whole spelling, for errors.
+fn host_origin(full: &str, name: &str, at: &str) -> Option<Result<Origin>> {
+    if let Some(file) = at.strip_prefix(PATH_PREFIX) {
+        return Some(if file.is_empty() {
+            Err(anyhow::anyhow!(
+                "{full:?}: {PATH_PREFIX} needs the binary's path ({name}@{PATH_PREFIX}./build/{name})"
+            ))
+        } else {
+            Ok(Origin::Path(file.into()))
+        });
+    }
+    let rest = at.strip_prefix(GIT_PREFIX)?;
+    let (dir, rev) = match rest.rsplit_once('#') {
+        Some((d, "")) => {
+            return Some(Err(anyhow::anyhow!(
+                "{full:?}: nothing after '#': name a revision ({name}@{GIT_PREFIX}{d}#v1.2) or leave '#' out for HEAD with the uncommitted changes"
+            )));
+        }
+        Some((d, r)) => (d, Some(r.to_string())),
+        None => (rest, None),
+    };
+    Some(if dir.is_empty() {
+        Err(anyhow::anyhow!(
+            "{full:?}: {GIT_PREFIX} needs the checkout's directory ({name}@{GIT_PREFIX}~/src/{name}#REV)"
+        ))
+    } else {
+        Ok(Origin::Git {
+            dir: dir.into(),
+            rev,
+        })
+    })
+}
+
+impl RuntimeSpec {
+    /// The conmon a run uses instead of the guest's: `path:FILE` or `git:DIR#REV`.
+    pub fn conmon(s: &str) -> Result<RuntimeSpec> {
+        let full = format!("conmon@{s}");
+        match host_origin(&full, "conmon", s) {
+            Some(origin) => Ok(RuntimeSpec {
+                name: "conmon".into(),
+                origin: origin.map_err(|e| anyhow::anyhow!("conmon {e}"))?,
+            }),
+            None => bail!(
+                "conmon {s:?}: expected {PATH_PREFIX}FILE (a binary on this host) or {GIT_PREFIX}DIR#REV (a revision of a checkout, built by the lab)"
+            ),
+        }
+    }
+}
+
 impl FromStr for RuntimeSpec {
     type Err = anyhow::Error;
 
@@ -134,40 +184,15 @@ impl FromStr for RuntimeSpec {
         }
         let origin = match at {
             None => Origin::Target,
-            Some(v) if v.starts_with(PATH_PREFIX) => {
-                let file = &v[PATH_PREFIX.len()..];
-                if file.is_empty() {
-                    bail!(
-                        "runtime {s:?}: {PATH_PREFIX} needs the binary's path ({name}@{PATH_PREFIX}./build/{name})"
-                    );
-                }
-                Origin::Path(file.into())
-            }
-            Some(v) if v.starts_with(GIT_PREFIX) => {
-                let rest = &v[GIT_PREFIX.len()..];
-                let (dir, rev) = match rest.rsplit_once('#') {
-                    Some((d, "")) => bail!(
-                        "runtime {s:?}: nothing after '#': name a revision ({name}@{GIT_PREFIX}{d}#v1.2) or leave '#' out for HEAD with the uncommitted changes"
-                    ),
-                    Some((d, r)) => (d, Some(r.to_string())),
-                    None => (rest, None),
-                };
-                if dir.is_empty() {
-                    bail!(
-                        "runtime {s:?}: {GIT_PREFIX} needs the checkout's directory ({name}@{GIT_PREFIX}~/src/{name}#REV)"
-                    );
-                }
-                Origin::Git {
-                    dir: dir.into(),
-                    rev,
-                }
-            }
-            Some(v) if SUITES.contains(&v) => Origin::Suite(v.into()),
-            Some(v) if is_rpm_version(v) => Origin::Version(v.into()),
-            Some(v) => bail!(
-                "runtime {s:?}: {v:?} is neither a Debian suite ({}) nor a package version (like 1.21 or 1.21-1.fc43)",
-                SUITES.join(", ")
-            ),
+            Some(v) => match host_origin(s, name, v) {
+                Some(origin) => origin.map_err(|e| anyhow::anyhow!("runtime {e}"))?,
+                None if SUITES.contains(&v) => Origin::Suite(v.into()),
+                None if is_rpm_version(v) => Origin::Version(v.into()),
+                None => bail!(
+                    "runtime {s:?}: {v:?} is neither a Debian suite ({}) nor a package version (like 1.21 or 1.21-1.fc43)",
+                    SUITES.join(", ")
+                ),
+            },
         };
         Ok(RuntimeSpec {
             name: name.into(),
@@ -227,6 +252,41 @@ mod tests {
     fn bad_specs(#[case] text: &str, #[case] msg: &str) {
         let e = text.parse::<RuntimeSpec>().unwrap_err().to_string();
         assert!(e.contains(msg) && e.contains(text), "{e}");
+    }
+
+    #[test]
+    fn conmon_comes_from_a_host_path_or_a_checkout() {
+        let c = RuntimeSpec::conmon("path:./bin/conmon").unwrap();
+        assert_eq!(c.origin, Origin::Path("./bin/conmon".into()));
+        assert_eq!(c.to_string(), "conmon@path:./bin/conmon");
+        let c = RuntimeSpec::conmon("git:/src/conmon#v2.1.12").unwrap();
+        assert_eq!(
+            c.origin,
+            Origin::Git {
+                dir: "/src/conmon".into(),
+                rev: Some("v2.1.12".into())
+            }
+        );
+        let e = RuntimeSpec::conmon("trixie").unwrap_err().to_string();
+        assert!(e.contains("\"trixie\"") && e.contains("path:FILE"), "{e}");
+        let e = RuntimeSpec::conmon("path:").unwrap_err().to_string();
+        assert!(e.contains("needs the binary's path"), "{e}");
+    }
+
+    #[test]
+    fn host_paths_become_absolute() {
+        let cwd = Path::new("/home/me");
+        let s: RuntimeSpec = "crun@path:build/crun".parse().unwrap();
+        assert_eq!(s.absolute(cwd).to_string(), "crun@path:/home/me/build/crun");
+        let s: RuntimeSpec = "crun@git:../crun#1.21".parse().unwrap();
+        assert_eq!(
+            s.absolute(cwd).to_string(),
+            "crun@git:/home/me/../crun#1.21"
+        );
+        let s: RuntimeSpec = "crun@git:/abs#1.21".parse().unwrap();
+        assert_eq!(s.absolute(cwd).to_string(), "crun@git:/abs#1.21");
+        let s: RuntimeSpec = "runc@sid".parse().unwrap();
+        assert_eq!(s.absolute(cwd), s);
     }
 
     fn vm_target(name: &str) -> Target {
