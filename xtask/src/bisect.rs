@@ -87,8 +87,10 @@ impl Bisector<'_> {
                     &self.args.target,
                     vec![spec.to_string()],
                 )?;
+                // The default count, though it is one trial: under TCG the guests at
+                // once size the ready state, and another count would build another.
                 let options = TestOptions {
-                    jobs: 1,
+                    jobs: crate::lab::default_jobs(),
                     run_dir: Some(self.run_dir.clone()),
                     ..Default::default()
                 };
