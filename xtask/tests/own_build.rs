@@ -1,11 +1,15 @@
-//! `cargo xtask bisect --git DIR` on a git repository this test makes: a "crun" source
-//! tree whose build (the crun recipe: `./autogen.sh`, `./configure`, `make`, in the real
-//! trixie build root) makes a wrapper around the guest's crun. One commit makes the
-//! wrapper drop `LISTEN_FDS` (the lab's own strip-listen-fds mutant), one commit does
-//! not build. The bisect must name exactly the commit that drops the variables, skip
-//! the one that does not build, and refuse an old end that already fails.
+//! The user's own build of a runtime, on the real build path: a "crun" source tree this
+//! test makes, built with the crun recipe (`./autogen.sh`, `./configure`, `make`) in the
+//! real trixie build root into a wrapper around the guest's crun.
+//! - `xtask bisect --git DIR`: one commit makes the wrapper drop `LISTEN_FDS` (the lab's
+//!   own strip-listen-fds mutant), one does not build. The bisect must name exactly the
+//!   commit that drops the variables, skip the one that does not build, and refuse an
+//!   old end that already fails.
+//! - `crun@git:DIR` of a dirty checkout is built with its uncommitted changes and says so.
+//! - `crun@path:FILE`: a wrapper runs, and a binary the guest's loader refuses is a FAIL
+//!   with the loader's words and what the guest has.
 //!
-//! Needs root and QEMU; `cargo xtask ci` runs it with `--ignored`.
+//! Needs root and QEMU; `cargo xtask ci` runs it with `--include-ignored`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -233,4 +237,126 @@ fn bad_input_is_named() {
     );
     let (ok, output) = bisect(&dir, &c[6], &c[0]);
     assert!(!ok && output.contains("is not an ancestor"), "{output}");
+}
+
+/// `xtask test echo-tcp4 --runtime SPEC`: its exit status, output and run directory.
+fn test_with(runtime: &str) -> (bool, String, PathBuf) {
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["test", "echo-tcp4::", "--runtime", runtime])
+        .current_dir(workspace())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    let run = text
+        .lines()
+        .rfind(|l| l.starts_with("reports: "))
+        .and_then(|l| l.trim_start_matches("reports: ").split("/{").next())
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    (out.status.success(), text, run)
+}
+
+#[test]
+#[ignore = "builds in a build root and boots guests; run by cargo xtask ci"]
+fn a_dirty_checkout_is_built_with_its_changes_and_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("crun");
+    std::fs::create_dir(&dir).unwrap();
+    let c = repository(&dir);
+    // HEAD drops LISTEN_FDS; the uncommitted change passes them on again.
+    git(&dir, &["checkout", "-q", &c[5]]);
+    std::fs::write(
+        dir.join("crun.in"),
+        "#!/bin/sh\n# mended, not committed\nexec /usr/bin/crun \"$@\"\n",
+    )
+    .unwrap();
+    let (ok, output, run) = test_with(&format!("crun@git:{}", dir.display()));
+    assert!(ok, "{output}");
+    assert!(
+        output.contains("is dirty: building HEAD with its uncommitted changes"),
+        "{output}"
+    );
+    let summary = std::fs::read_to_string(run.join("summary.md")).unwrap();
+    assert!(
+        summary.contains("with its uncommitted changes") && summary.contains("-dirty"),
+        "{summary}"
+    );
+    let trial = std::fs::read_dir(&run)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("echo-tcp4--"))
+        .unwrap()
+        .path();
+    let diff = std::fs::read_to_string(trial.join("source-crun.diff")).unwrap();
+    assert!(diff.contains("+# mended, not committed"), "{diff}");
+    // The checkout is as the user left it.
+    assert_eq!(git(&dir, &["status", "--porcelain"]), "M crun.in");
+}
+
+/// A program linked against a library only this host has: the guest's loader refuses it.
+fn binary_missing_a_library(dir: &Path) -> PathBuf {
+    std::fs::write(dir.join("lib.c"), "int sal_missing(void) { return 0; }\n").unwrap();
+    std::fs::write(
+        dir.join("main.c"),
+        "int sal_missing(void);\nint main(void) { return sal_missing(); }\n",
+    )
+    .unwrap();
+    let cc = |args: &[&str]| {
+        let ok = Command::new("cc")
+            .current_dir(dir)
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "cc {args:?}");
+    };
+    cc(&["-shared", "-fPIC", "-o", "libsalmissing.so", "lib.c"]);
+    cc(&["-o", "crun", "main.c", "-L.", "-lsalmissing"]);
+    dir.join("crun")
+}
+
+#[test]
+#[ignore = "boots guests; run by cargo xtask ci"]
+fn host_binaries_run_or_fail_with_the_loaders_words() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A wrapper in a git tree runs, and the results name the tree's describe.
+    let dir = tmp.path().join("wrapper");
+    std::fs::create_dir(&dir).unwrap();
+    let c = repository(&dir);
+    git(&dir, &["tag", "v0.1", &c[0]]);
+    git(&dir, &["checkout", "-q", "v0.1"]);
+    let wrapper = dir.join("crun.in");
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let (ok, output, run) = test_with(&format!("crun@path:{}", wrapper.display()));
+    assert!(ok, "{output}");
+    let summary = std::fs::read_to_string(run.join("summary.md")).unwrap();
+    assert!(
+        summary.contains(&format!("binary {}", wrapper.display())),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("at v0.1-dirty"),
+        "the mode change makes the tree dirty: {summary}"
+    );
+    // A binary the guest's loader refuses: a FAIL with its words and what the guest has.
+    let dir = tmp.path().join("cc");
+    std::fs::create_dir(&dir).unwrap();
+    let binary = binary_missing_a_library(&dir);
+    let (ok, output, _) = test_with(&format!("crun@path:{}", binary.display()));
+    assert!(!ok, "{output}");
+    assert!(
+        output.contains("cannot run in the guest")
+            && output.contains("libsalmissing.so: cannot open shared object file")
+            && output.contains("guest: x86_64, ldd (Debian GLIBC")
+            && output.contains("ldd: \tlibsalmissing.so => not found"),
+        "{output}"
+    );
 }
