@@ -14,7 +14,7 @@ use lab::trial::TrialResult;
 use xshell::{Shell, cmd};
 
 use crate::host;
-use crate::lab::{TestOptions, build_runtime, run_matrix, scenario_selection};
+use crate::lab::{TestOptions, events, run_matrix, scenario_selection};
 
 pub struct Commits {
     pub scenario: String,
@@ -69,7 +69,7 @@ impl Bisector<'_> {
             verdict: verdict.to_string(),
             line,
         };
-        let tried = match build_runtime(&spec, &source, &self.suite, &self.mirror) {
+        let tried = match build::ensure_for(&spec, &self.suite, &self.mirror, events().machine()) {
             Err(e) => {
                 if vm::cleanup::interrupted() {
                     return Err(e);

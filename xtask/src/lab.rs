@@ -398,29 +398,34 @@ fn prepare_host_runtimes(root: &Path, selection: &Selection) -> Result<()> {
                     lab::runtimes::local::inspect(p).with_context(|| format!("runtime {spec}"))?;
                 eprintln!("xtask: runtime {spec}: {}", b.provenance);
             }
-            Origin::Git { dir, rev } => {
-                let source = lab::runtimes::build::resolve(dir, rev.as_deref())
-                    .with_context(|| format!("runtime {spec}"))?;
-                if source.diff.is_some() {
-                    eprintln!(
-                        "xtask: runtime {spec}: {} is dirty: building HEAD with its uncommitted changes (the trials keep them as source.diff){}",
-                        source.dir.display(),
-                        if source.untracked.is_empty() {
-                            String::new()
-                        } else {
-                            format!(
-                                "; untracked files are not included: {}",
-                                source.untracked.join(", ")
-                            )
-                        }
-                    );
-                }
+            Origin::Git { .. } => {
                 for name in &target_names {
                     let target = vm::target::find(&root.join("vm"), name)?;
                     if let vm::target::ImageSource::Debian { suite, mirror, .. } = &target.source {
-                        let built = build_runtime(&spec, &source, suite, mirror)?;
+                        let built = lab::runtimes::build::ensure_for(
+                            &spec,
+                            suite,
+                            mirror,
+                            events().machine(),
+                        )?;
+                        let source = &built.source;
+                        if source.diff.is_some() {
+                            eprintln!(
+                                "xtask: {spec}: {} is dirty: built HEAD with its uncommitted changes (the trials keep them as source-{}.diff){}",
+                                source.dir.display(),
+                                spec.name,
+                                if source.untracked.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(
+                                        "; untracked files are not included: {}",
+                                        source.untracked.join(", ")
+                                    )
+                                }
+                            );
+                        }
                         eprintln!(
-                            "xtask: runtime {spec}: {} for {suite}: {}{}",
+                            "xtask: {spec}: {} for {suite}: {}{}",
                             source.describe_line(),
                             built.binary.display(),
                             if built.cached { " (cached)" } else { "" }
@@ -432,18 +437,6 @@ fn prepare_host_runtimes(root: &Path, selection: &Selection) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Builds `spec`'s component from `source` for a suite (or finds it cached).
-pub fn build_runtime(
-    spec: &RuntimeSpec,
-    source: &lab::runtimes::build::Source,
-    suite: &str,
-    mirror: &str,
-) -> Result<lab::runtimes::build::Built> {
-    let recipe = lab::runtimes::build::recipe(&spec.name)?;
-    lab::runtimes::build::ensure_built(recipe, source, suite, mirror, events().machine())
-        .with_context(|| format!("runtime {spec}"))
 }
 
 pub fn build(sh: &Shell, root: &Path, target: &str) -> Result<()> {

@@ -278,7 +278,7 @@ fn a_dirty_checkout_is_built_with_its_changes_and_says_so() {
     let (ok, output, run) = test_with(&format!("crun@git:{}", dir.display()));
     assert!(ok, "{output}");
     assert!(
-        output.contains("is dirty: building HEAD with its uncommitted changes"),
+        output.contains("is dirty: built HEAD with its uncommitted changes"),
         "{output}"
     );
     let summary = std::fs::read_to_string(run.join("summary.md")).unwrap();

@@ -175,14 +175,15 @@ pub struct Tested {
 /// The Markdown table of tested commits, in the order tested.
 pub fn table(tested: &[Tested]) -> String {
     let mut s = String::from(
-        "| # | commit | describe | verdict | counts as | deciding line |\n|---|---|---|---|---|---|\n",
+        "| # | commit | describe | date | verdict | counts as | deciding line |\n|---|---|---|---|---|---|---|\n",
     );
     for (i, t) in tested.iter().enumerate() {
         s += &format!(
-            "| {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
             i + 1,
             &t.commit[..t.commit.len().min(12)],
             t.describe,
+            t.date,
             t.verdict,
             match &t.mark {
                 Mark::Skip(why) => format!("skip ({why})"),
@@ -279,6 +280,34 @@ mod tests {
                 "fedcba9876543210fedcba9876543210fedcba98".into()
             ])
         );
+    }
+
+    #[test]
+    fn the_table_has_a_row_per_tested_commit() {
+        let row = |commit: &str, mark: Mark, line: &str| Tested {
+            commit: commit.into(),
+            describe: "1.16.1-32-gab64a5cb".into(),
+            subject: "linux: fix".into(),
+            date: "2024-09-03T14:12:09+02:00".into(),
+            mark,
+            verdict: "FAIL".into(),
+            line: line.into(),
+        };
+        let t = table(&[
+            row("ab64a5cb5e141edea1a4", Mark::New, "a | b"),
+            row(
+                "28b47d6c7f41f2e29e0b",
+                Mark::Skip("does not build".into()),
+                "x",
+            ),
+        ]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4, "{t}");
+        assert_eq!(
+            lines[2],
+            "| 1 | ab64a5cb5e14 | 1.16.1-32-gab64a5cb | 2024-09-03T14:12:09+02:00 | FAIL | new | a \\| b |"
+        );
+        assert!(lines[3].contains("| skip (does not build) | x |"), "{t}");
     }
 
     #[test]

@@ -329,13 +329,9 @@ fn host_binary(
                 commit: None,
             })
         }
-        (Origin::Git { dir: tree, rev }, ImageSource::Debian { suite, mirror, .. }) => {
-            let source = runtimes::build::resolve(tree, rev.as_deref())
-                .with_context(|| format!("{spec}"))?;
-            let recipe = runtimes::build::recipe(&spec.name)?;
-            let built =
-                runtimes::build::ensure_built(recipe, &source, suite, mirror, events.machine())
-                    .with_context(|| format!("{spec}"))?;
+        (Origin::Git { .. }, ImageSource::Debian { suite, mirror, .. }) => {
+            let built = runtimes::build::ensure_for(spec, suite, mirror, events.machine())?;
+            let source = &built.source;
             std::fs::copy(&built.log, dir.join(format!("build-{}.log", spec.name)))?;
             if let Some(diff) = &source.diff {
                 std::fs::write(dir.join(format!("source-{}.diff", spec.name)), diff)?;
@@ -349,9 +345,9 @@ fn host_binary(
                 line += &format!("; {n}");
             }
             Ok(HostBinary {
+                commit: Some(source.commit.clone()),
                 binary: built.binary,
                 line,
-                commit: Some(source.commit),
             })
         }
         _ => bail!(

@@ -224,14 +224,9 @@ fn commit_section(results: &[TrialResult]) -> Option<Markup> {
     if commits.len() < 2 {
         return None;
     }
-    // The source line starts "built from DIR at HASH (DESCRIBE, DATE: SUBJECT)".
     let date = |r: &TrialResult| {
-        r.runtime_source
-            .as_deref()
-            .and_then(|s| s.split(", ").nth(1))
-            .and_then(|s| s.split(": ").next())
-            .unwrap_or_default()
-            .to_string()
+        let (line, commit) = (r.runtime_source.as_deref()?, r.runtime_commit.as_deref()?);
+        crate::runtimes::build::date_in_line(line, commit).map(str::to_string)
     };
     built.sort_by_key(|r| date(r));
     Some(html! {

@@ -150,6 +150,30 @@ impl Source {
     }
 }
 
+/// The commit date in a line [`Source::describe_line`] wrote for `commit`.
+pub fn date_in_line<'a>(line: &'a str, commit: &str) -> Option<&'a str> {
+    let marker = format!(" at {} (", short(commit));
+    let after = &line[line.find(&marker)? + marker.len()..];
+    let (_describe, rest) = after.split_once(", ")?;
+    Some(rest.split_once(": ")?.0)
+}
+
+/// `spec`'s component (a runtime, or conmon) built from the checkout and revision it
+/// names (`git:DIR#REV`) for `suite`: resolved, then found in the cache or built.
+pub fn ensure_for(
+    spec: &crate::runtimes::RuntimeSpec,
+    suite: &str,
+    mirror: &str,
+    events: &Events,
+) -> Result<Built> {
+    let crate::runtimes::Origin::Git { dir, rev } = &spec.origin else {
+        bail!("{spec} names no checkout to build");
+    };
+    let source = resolve(dir, rev.as_deref()).with_context(|| format!("{spec}"))?;
+    ensure_built(recipe(&spec.name)?, &source, suite, mirror, events)
+        .with_context(|| format!("{spec}"))
+}
+
 pub fn short(commit: &str) -> &str {
     &commit[..commit.len().min(12)]
 }
@@ -681,6 +705,25 @@ fn run_in_root(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_date_is_read_back_from_the_source_line() {
+        let source = Source {
+            dir: "/src/a, b".into(),
+            commit: "0123456789abcdef0123".into(),
+            describe: "1.21-3-g0123456".into(),
+            subject: "fix: a: b".into(),
+            date: "2025-07-18T14:44:10+02:00".into(),
+            diff: None,
+            untracked: Vec::new(),
+        };
+        let line = source.describe_line();
+        assert_eq!(
+            date_in_line(&line, &source.commit),
+            Some("2025-07-18T14:44:10+02:00")
+        );
+        assert_eq!(date_in_line(&line, "ffffffffffff"), None);
+    }
 
     #[test]
     fn gitmodules_lines() {
