@@ -53,13 +53,14 @@ pub struct RuntimeSpec {
 impl RuntimeSpec {
     /// The same runtime with its host paths made absolute against `cwd`, so that the
     /// harness (another process, another directory) finds them; other origins unchanged.
+    /// A leading `~/` is the home directory: the shell does not expand it inside
+    /// `crun@git:~/src/crun`.
     pub fn absolute(&self, cwd: &Path) -> RuntimeSpec {
-        let abs = |p: &Path| {
-            if p.is_absolute() {
-                p.to_path_buf()
-            } else {
-                cwd.join(p)
-            }
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        let abs = |p: &Path| match (p.strip_prefix("~"), &home) {
+            (Ok(rest), Some(home)) => home.join(rest),
+            _ if p.is_absolute() => p.to_path_buf(),
+            _ => cwd.join(p),
         };
         let origin = match &self.origin {
             Origin::Path(p) => Origin::Path(abs(p)),
@@ -287,6 +288,12 @@ mod tests {
         assert_eq!(s.absolute(cwd).to_string(), "crun@git:/abs#1.21");
         let s: RuntimeSpec = "runc@sid".parse().unwrap();
         assert_eq!(s.absolute(cwd), s);
+        let home = std::env::var("HOME").unwrap();
+        let s: RuntimeSpec = "crun@git:~/src/crun#1.21".parse().unwrap();
+        assert_eq!(
+            s.absolute(cwd).to_string(),
+            format!("crun@git:{home}/src/crun#1.21")
+        );
     }
 
     fn vm_target(name: &str) -> Target {
