@@ -11,15 +11,12 @@
 //!
 //! Needs root and QEMU; `cargo xtask ci` runs it with `--include-ignored`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
+use common::{run_dir, xtask};
 
 const MAKEFILE: &str = "all: crun\ncrun: crun.in\n\tcp crun.in crun\n\tchmod 755 crun\n";
 const BROKEN_MAKEFILE: &str = "all:\n\t@echo 'error: this revision does not build' >&2; exit 1\n";
@@ -96,20 +93,18 @@ fn repository(dir: &Path) -> Vec<String> {
 }
 
 fn bisect(dir: &Path, old: &str, new: &str) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["bisect", "echo-tcp4", "--runtime", "crun", "--git"])
-        .arg(dir)
-        .args(["--old", old, "--new", new])
-        .current_dir(workspace())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("{text}");
-    (out.status.success(), text)
+    xtask([
+        "bisect".as_ref(),
+        "echo-tcp4".as_ref(),
+        "--runtime".as_ref(),
+        "crun".as_ref(),
+        "--git".as_ref(),
+        dir.as_os_str(),
+        "--old".as_ref(),
+        old.as_ref(),
+        "--new".as_ref(),
+        new.as_ref(),
+    ])
 }
 
 /// The `bisect: HASH ...` progress lines: which commits were tested, with what.
@@ -162,12 +157,7 @@ fn the_bisect_names_the_commit_that_drops_listen_fds() {
     assert!(!dir.join(".git/BISECT_LOG").exists());
     assert_eq!(git(&dir, &["worktree", "list"]).lines().count(), 1);
     assert_eq!(git(&dir, &["status", "--porcelain"]), "");
-    let run = output
-        .lines()
-        .rfind(|l| l.starts_with("reports: "))
-        .and_then(|l| l.trim_start_matches("reports: ").split("/{").next())
-        .map(PathBuf::from)
-        .unwrap();
+    let run = run_dir(&output);
     let md = std::fs::read_to_string(run.join("bisect.md")).unwrap();
     assert!(md.contains(&c[5]), "{md}");
     let page = std::fs::read_to_string(run.join("report.html")).unwrap();
@@ -241,24 +231,13 @@ fn bad_input_is_named() {
 
 /// `xtask test echo-tcp4 --runtime SPEC`: its exit status, output and run directory.
 fn test_with(runtime: &str) -> (bool, String, PathBuf) {
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["test", "echo-tcp4::", "--runtime", runtime])
-        .current_dir(workspace())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("{text}");
-    let run = text
-        .lines()
-        .rfind(|l| l.starts_with("reports: "))
-        .and_then(|l| l.trim_start_matches("reports: ").split("/{").next())
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    (out.status.success(), text, run)
+    let (ok, text) = xtask(["test", "echo-tcp4::", "--runtime", runtime]);
+    let run = if text.contains("reports: ") {
+        run_dir(&text)
+    } else {
+        PathBuf::new()
+    };
+    (ok, text, run)
 }
 
 #[test]

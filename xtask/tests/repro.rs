@@ -5,15 +5,11 @@
 //!
 //! Needs root and QEMU; `cargo xtask ci` runs it with `--ignored`.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
+use std::path::{Path, PathBuf};
+
+use common::{run_dir, workspace, xtask};
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -50,34 +46,12 @@ fn edited_copy(
 /// Runs `xtask repro DIR --runtime crun` (a guest per core, as a default run, so it
 /// uses that run's ready state); its exit status and output.
 fn repro(dir: &Path) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["repro"])
-        .arg(dir)
-        .args(["--runtime", "crun"])
-        .current_dir(workspace())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("{text}");
-    (out.status.success(), text)
-}
-
-/// The run directory `xtask` reported.
-fn run_dir(output: &str) -> PathBuf {
-    let line = output
-        .lines()
-        .rfind(|l| l.starts_with("reports: "))
-        .expect("a reports: line");
-    let dir = line
-        .trim_start_matches("reports: ")
-        .split("/{")
-        .next()
-        .unwrap();
-    PathBuf::from(dir)
+    xtask([
+        "repro".as_ref(),
+        dir.as_os_str(),
+        "--runtime".as_ref(),
+        "crun".as_ref(),
+    ])
 }
 
 #[test]

@@ -423,26 +423,22 @@ pub fn ensure_built(
         }
         text += &out.combined();
         std::fs::write(&log, &text)?;
-        if !out.success() {
+        let built = src.join(recipe.output);
+        let failed = if !out.success() {
+            Some(format!("failed ({})", out.status))
+        } else if !built.is_file() {
+            Some(format!("finished but made no {}", recipe.output))
+        } else {
+            None
+        };
+        if let Some(what) = failed {
             let kept = keep_failed_log(&log, &dir);
             bail!(
-                "building {} at {} ({}) failed ({}):\n{}\nthe whole log: {}",
+                "building {} at {} ({}) {what}:\n{}\nthe whole log: {}",
                 recipe.name,
                 short(&source.commit),
                 source.describe,
-                out.status,
                 proc::tail(&text, 25),
-                kept.display()
-            );
-        }
-        let built = src.join(recipe.output);
-        if !built.is_file() {
-            let kept = keep_failed_log(&log, &dir);
-            bail!(
-                "building {} at {} finished but made no {}; the whole log: {}",
-                recipe.name,
-                short(&source.commit),
-                recipe.output,
                 kept.display()
             );
         }
