@@ -228,15 +228,16 @@ fn commit_section(results: &[TrialResult]) -> Option<Markup> {
         let (line, commit) = (r.runtime_source.as_deref()?, r.runtime_commit.as_deref()?);
         crate::runtimes::build::date_in_line(line, commit).map(str::to_string)
     };
-    built.sort_by_key(|r| date(r));
+    built.sort_by_key(|r| (date(r), r.scenario.clone()));
     Some(html! {
         h2 { "Bisect by commit" }
         table {
-            tr { th { "commit" } th { "verdict" } th { "built from" } th { "deciding line" } }
+            tr { th { "commit" } th { "scenario" } th { "verdict" } th { "built from" } th { "deciding line" } }
             @for r in &built {
                 @let commit = r.runtime_commit.as_deref().unwrap_or_default();
                 tr {
                     td { code { (&commit[..commit.len().min(12)]) } }
+                    td { (r.scenario) }
                     td style=(format!("background:{}", color(r.outcome))) { (r.outcome.label()) }
                     td { (r.runtime_source.as_deref().unwrap_or_default()) }
                     td { code { (crate::bisect::deciding_line(r)) } }
@@ -523,6 +524,65 @@ mod tests {
             svg.starts_with("<svg") && svg.contains(">0.90x</text>"),
             "{svg}"
         );
+    }
+
+    fn built(commit: &str, date: &str, outcome: Outcome) -> TrialResult {
+        let source = crate::runtimes::build::Source {
+            dir: "/src/crun".into(),
+            commit: commit.into(),
+            describe: "1.16.1-32-gab64a5cb".into(),
+            subject: "linux: fix".into(),
+            date: date.into(),
+            diff: None,
+            untracked: Vec::new(),
+        };
+        TrialResult {
+            name: format!("restrict::debian-13::crun@git:/src/crun#{commit}"),
+            scenario: "restrict".into(),
+            target: "debian-13".into(),
+            runtime: format!("crun@git:/src/crun#{commit}"),
+            outcome,
+            elapsed_s: 5.0,
+            versions: Default::default(),
+            issue: None,
+            detail: String::new(),
+            log_dir: "/tmp/x".into(),
+            mutant: None,
+            claim: None,
+            failed_step: None,
+            evidence: None,
+            measurements: Vec::new(),
+            runtime_source: Some(source.describe_line()),
+            runtime_commit: Some(commit.into()),
+        }
+    }
+
+    #[test]
+    fn commits_are_listed_in_date_order() {
+        let newer = built(
+            "ab64a5cb5e141edea1a4",
+            "2024-09-03T14:12:09+02:00",
+            Outcome::Fail,
+        );
+        let older = built(
+            "28b47d6c7f41f2e29e0b",
+            "2024-09-03T11:31:42+02:00",
+            Outcome::Pass,
+        );
+        let html = commit_section(&[newer.clone(), older])
+            .unwrap()
+            .into_string();
+        let (a, b) = (
+            html.find("28b47d6c7f41").unwrap(),
+            html.find("ab64a5cb5e14").unwrap(),
+        );
+        assert!(a < b, "the older commit first: {html}");
+        assert!(
+            html.contains("<td>restrict</td>") && html.contains("every step held"),
+            "{html}"
+        );
+        // One commit is no bisect.
+        assert!(commit_section(&[newer]).is_none());
     }
 
     #[test]
