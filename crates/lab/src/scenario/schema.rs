@@ -270,8 +270,14 @@ pub enum Step {
         who: Who,
         #[serde(default)]
         exit: i32,
+        /// A text the output (stdout and stderr) must contain.
         #[serde(default)]
         contains: Option<String>,
+        /// The whole standard output, trimmed, line for line: for values a wrong state
+        /// also contains as a substring (`inactive` holds `active`, `unhealthy` holds
+        /// `healthy`).
+        #[serde(default)]
+        output: Option<String>,
         /// Seconds the command may take (default 300).
         #[serde(default)]
         timeout: Option<f64>,

@@ -847,6 +847,7 @@ fn run_command(vm: &TrialVm, runtime: &str, step: &Step) -> StepResult {
         who,
         exit,
         contains,
+        output,
         timeout,
         record,
     } = step
@@ -875,6 +876,14 @@ fn run_command(vm: &TrialVm, runtime: &str, step: &Step) -> StepResult {
             out.combined(),
         );
     }
+    if let Some(want) = output
+        && !same_output(&out.stdout, want)
+    {
+        return failed(
+            format!("run `{command}` (expect the output {want:?})"),
+            out.combined(),
+        );
+    }
     if let Some(name) = record {
         let value = out.stdout.trim().replace(['\n', '\t'], " ");
         let mut file = std::fs::OpenOptions::new()
@@ -884,6 +893,18 @@ fn run_command(vm: &TrialVm, runtime: &str, step: &Step) -> StepResult {
         std::io::Write::write_all(&mut file, format!("{name}\t{value}\n").as_bytes())?;
     }
     Ok(None)
+}
+
+/// Whether `stdout` is `want` line for line (each line and the whole trimmed).
+fn same_output(stdout: &str, want: &str) -> bool {
+    let lines = |t: &str| {
+        t.trim()
+            .lines()
+            .map(str::trim_end)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    lines(stdout) == lines(want)
 }
 
 /// The trial directory's file of `record`ed values, one `NAME<TAB>VALUE` per line.
@@ -902,6 +923,15 @@ pub fn measurements(dir: &std::path::Path) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_is_compared_whole() {
+        assert!(same_output("active\nactive\n", "active\nactive"));
+        assert!(same_output("  healthy \nactive", "healthy\nactive"));
+        assert!(!same_output("inactive\nactive\n", "active\nactive"));
+        assert!(!same_output("unhealthy\nactive", "healthy\nactive"));
+        assert!(!same_output("active\nactive\nactive", "active\nactive"));
+    }
 
     #[test]
     fn complaints_name_the_written_files() {
