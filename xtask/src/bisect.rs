@@ -124,10 +124,7 @@ impl Bisector<'_> {
             tried.row.describe,
             tried.row.subject,
             tried.row.verdict,
-            match &tried.row.mark {
-                Mark::Skip(why) => format!("skip ({why})"),
-                m => m.git_word().to_string(),
-            }
+            tried.row.mark.label()
         );
         self.tried.push(tried);
         Ok(self.tried.len() - 1)

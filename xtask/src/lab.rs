@@ -94,7 +94,8 @@ pub(crate) fn run_matrix(
         ),
     );
     // A filter that selects nothing is an error before anything is built or run.
-    let planned = run::plan_selected(root, &selection)?.len();
+    let plan = run::plan_selected(root, &selection)?;
+    let planned = plan.len();
     // Built apart from the run, so a compile error is reported as one, not as failed
     // trials.
     let harness = harness_executable(sh)?;
@@ -103,7 +104,7 @@ pub(crate) fn run_matrix(
         return Ok(None);
     }
     host::ensure(sh, host::LAB)?;
-    prepare_host_runtimes(root, &selection)?;
+    prepare_host_runtimes(&plan)?;
     let bins = statics::build(sh, root)?;
     let mutant_echo = if selection.mutants {
         Some(statics::build_mutant_echo(sh, root)?)
@@ -373,70 +374,59 @@ pub fn absolute_conmon(conmon: Option<String>, cwd: &Path) -> Result<Option<Stri
 }
 
 /// Runtimes given as host binaries are checked, and those given as checkouts built for
-/// each Debian target's suite, before any trial: a bad path or a failed build is one
-/// error that names it, not a FAIL per trial. The trials then find the build cached.
-fn prepare_host_runtimes(root: &Path, selection: &Selection) -> Result<()> {
-    let target_names = if selection.targets.is_empty() {
-        vec![run::DEFAULT_TARGET.to_string()]
-    } else {
-        selection.targets.clone()
-    };
-    let conmon = selection
-        .conmon
-        .as_deref()
-        .map(RuntimeSpec::conmon)
-        .transpose()?;
-    let runtimes = selection
-        .runtimes
-        .iter()
-        .map(|r| r.parse::<RuntimeSpec>())
-        .collect::<Result<Vec<_>>>()?;
-    for spec in runtimes.into_iter().chain(conmon) {
-        match &spec.origin {
-            Origin::Path(p) => {
-                let b =
-                    lab::runtimes::local::inspect(p).with_context(|| format!("runtime {spec}"))?;
-                eprintln!("xtask: runtime {spec}: {}", b.provenance);
-            }
-            Origin::Git { .. } => {
-                for name in &target_names {
-                    let target = vm::target::find(&root.join("vm"), name)?;
-                    if let vm::target::ImageSource::Debian { suite, mirror, .. } = &target.source {
-                        let built = lab::runtimes::build::ensure_for(
-                            &spec,
-                            suite,
-                            mirror,
-                            events().machine(),
-                        )?;
-                        let source = &built.source;
-                        if source.diff.is_some() {
-                            eprintln!(
-                                "xtask: {spec}: {} is dirty: built HEAD with its uncommitted changes (the trials keep them as source-{}.diff){}",
-                                source.dir.display(),
-                                spec.name,
-                                if source.untracked.is_empty() {
-                                    String::new()
-                                } else {
-                                    format!(
-                                        "; untracked files are not included: {}",
-                                        source.untracked.join(", ")
-                                    )
-                                }
-                            );
-                        }
-                        eprintln!(
-                            "xtask: {spec}: {} for {suite}: {}{}",
-                            source.describe_line(),
-                            built.binary.display(),
-                            if built.cached { " (cached)" } else { "" }
-                        );
-                    }
+/// the suite of each Debian target the plan takes them to, before any trial: a bad path
+/// or a failed build is one error that names it, not a FAIL per trial. The trials then
+/// find the build cached.
+fn prepare_host_runtimes(plan: &[run::Trial]) -> Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    for t in plan {
+        let conmon = t.conmon.as_deref().map(RuntimeSpec::conmon).transpose()?;
+        for spec in std::iter::once(t.runtime.parse::<RuntimeSpec>()?).chain(conmon) {
+            match (&spec.origin, &t.target.source) {
+                (Origin::Path(p), _) if seen.insert((spec.clone(), None)) => {
+                    let b = lab::runtimes::local::inspect(p)
+                        .with_context(|| format!("runtime {spec}"))?;
+                    eprintln!("xtask: runtime {spec}: {}", b.provenance);
                 }
+                (Origin::Git { .. }, vm::target::ImageSource::Debian { suite, mirror, .. })
+                    if seen.insert((spec.clone(), Some(suite.clone()))) =>
+                {
+                    let built =
+                        lab::runtimes::build::ensure_for(&spec, suite, mirror, events().machine())?;
+                    report_build(&spec, &built, suite);
+                }
+                _ => {}
             }
-            _ => {}
         }
     }
     Ok(())
+}
+
+/// What a build from a checkout made, and with what: one line, and the uncommitted
+/// changes it was built with.
+fn report_build(spec: &RuntimeSpec, built: &lab::runtimes::build::Built, suite: &str) {
+    let source = &built.source;
+    if source.diff.is_some() {
+        eprintln!(
+            "xtask: {spec}: {} is dirty: built HEAD with its uncommitted changes (the trials keep them as source-{}.diff){}",
+            source.dir.display(),
+            spec.name,
+            if source.untracked.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; untracked files are not included: {}",
+                    source.untracked.join(", ")
+                )
+            }
+        );
+    }
+    eprintln!(
+        "xtask: {spec}: {} for {suite}: {}{}",
+        source.describe_line(),
+        built.binary.display(),
+        if built.cached { " (cached)" } else { "" }
+    );
 }
 
 pub fn build(sh: &Shell, root: &Path, target: &str) -> Result<()> {

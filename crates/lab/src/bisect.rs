@@ -51,6 +51,14 @@ pub enum Mark {
 }
 
 impl Mark {
+    /// How the table and the progress lines say it: `old`, `new`, `skip (why)`.
+    pub fn label(&self) -> String {
+        match self {
+            Mark::Skip(why) => format!("skip ({why})"),
+            m => m.git_word().to_string(),
+        }
+    }
+
     pub fn git_word(&self) -> &'static str {
         match self {
             Mark::Old => "old",
@@ -185,10 +193,7 @@ pub fn table(tested: &[Tested]) -> String {
             t.describe,
             t.date,
             t.verdict,
-            match &t.mark {
-                Mark::Skip(why) => format!("skip ({why})"),
-                m => m.git_word().to_string(),
-            },
+            t.mark.label(),
             t.line.replace('|', "\\|")
         );
     }

@@ -237,20 +237,14 @@ pub fn entry_dirs() -> Vec<PathBuf> {
 
 /// Sizes of the entries under the cache root, for `vm ls`.
 pub fn entries() -> Result<Vec<(PathBuf, u64, bool)>> {
-    let mut out = Vec::new();
-    let images = root().join("images");
-    let Ok(rd) = std::fs::read_dir(&images) else {
-        return Ok(out);
-    };
-    for e in rd {
-        let path = e?.path();
-        if path.is_dir() {
+    Ok(entry_dirs()
+        .into_iter()
+        .map(|path| {
             let ok = Manifest::verify(&path).is_ok();
-            out.push((path.clone(), dir_size(&path), ok));
-        }
-    }
-    out.sort();
-    Ok(out)
+            let size = dir_size(&path);
+            (path, size, ok)
+        })
+        .collect())
 }
 
 /// The disk space `path` takes: allocated blocks, since a ready state's memory file is

@@ -189,7 +189,8 @@ fn git(dir: &Path) -> Command {
     c
 }
 
-fn git_out(dir: &Path, args: &[&str]) -> Result<proc::Output> {
+/// `git ARGS` on the host in `dir`, with its output.
+pub(crate) fn git_out(dir: &Path, args: &[&str]) -> Result<proc::Output> {
     let mut c = git(dir);
     c.args(args);
     proc::run(c, None, Duration::from_secs(120))

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use vm::guest::Guest;
-use vm::proc::{self, quote};
+use vm::proc::quote;
 
 use crate::runtimes::RuntimeSpec;
 
@@ -92,13 +92,7 @@ fn foreign_architecture(bytes: &[u8]) -> Option<String> {
 fn git_tree_of(path: &Path) -> Option<(PathBuf, String, Option<String>)> {
     let dir = path.parent()?;
     let git = |args: &[&str]| {
-        let mut c = std::process::Command::new("git");
-        c.arg("-c")
-            .arg("safe.directory=*")
-            .arg("-C")
-            .arg(dir)
-            .args(args);
-        proc::run(c, None, Duration::from_secs(60))
+        super::build::git_out(dir, args)
             .ok()
             .filter(|o| o.success())
             .map(|o| o.stdout)
