@@ -101,7 +101,8 @@ fn start(cli: Cli) -> Result<ExitCode, String> {
     let opts = Options {
         debug: cli.debug,
         reply_peer: cli.reply_peer,
-        flip_first_byte: mutant_flip_first_byte(),
+        flip_first_byte: mutant_fault("flip-byte"),
+        forge_peer: mutant_fault("forge-peer"),
     };
     // The main runtime accepts, serves datagrams and waits for signals; connections go
     // to the workers.
@@ -144,12 +145,12 @@ fn inetd(debug: bool) -> Result<ExitCode, String> {
 /// Only a build with the `mutants` feature reads `SAL_ECHO_MUTANT`: the lab's mutation
 /// score puts this broken server into an image of its own. A normal build has no fault.
 #[cfg(feature = "mutants")]
-fn mutant_flip_first_byte() -> bool {
-    std::env::var("SAL_ECHO_MUTANT").is_ok_and(|v| v == "flip-byte")
+fn mutant_fault(name: &str) -> bool {
+    std::env::var("SAL_ECHO_MUTANT").is_ok_and(|v| v == name)
 }
 
 #[cfg(not(feature = "mutants"))]
-fn mutant_flip_first_byte() -> bool {
+fn mutant_fault(_: &str) -> bool {
     false
 }
 

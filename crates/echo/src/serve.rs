@@ -22,7 +22,13 @@ pub struct Options {
     /// A deliberate fault, only in builds with the `mutants` feature (the lab's mutation
     /// score): the first byte of every reply is changed.
     pub flip_first_byte: bool,
+    /// The other fault: `--reply-peer` answers with [`FORGED_PEER`], a well-formed
+    /// address that is not the peer's.
+    pub forge_peer: bool,
 }
+
+/// The peer a `forge-peer` mutant reports (TEST-NET-3, which no trial uses).
+pub const FORGED_PEER: &str = "203.0.113.7:4242";
 
 /// `reply` as sent: with `flip`, its first byte changed (the mutant the lab's scenarios
 /// must catch); unchanged otherwise.
@@ -199,7 +205,10 @@ async fn connection(
     records: bool,
     opts: Options,
 ) {
-    let peer = peer_text(peer.as_ref());
+    let mut peer = peer_text(peer.as_ref());
+    if opts.forge_peer {
+        peer = FORGED_PEER.to_string();
+    }
     if opts.debug {
         eprintln!("socket-activate-echo: {label}: connection from {peer}");
     }
@@ -295,7 +304,11 @@ async fn datagram_loop(
         };
         let peer_line;
         let reply: &[u8] = if opts.reply_peer {
-            peer_line = format!("{}\n", format_address(&peer));
+            peer_line = if opts.forge_peer {
+                format!("{FORGED_PEER}\n")
+            } else {
+                format!("{}\n", format_address(&peer))
+            };
             peer_line.as_bytes()
         } else {
             &buf[..n]

@@ -19,6 +19,9 @@ use crate::trial::{Outcome, TrialResult};
 /// The image the mutant echo server is imported as in a trial's guest.
 pub const MUTANT_IMAGE: &str = "localhost/socket-activate-echo:mutant";
 
+/// The faults the echo server built with its `mutants` feature knows (`SAL_ECHO_MUTANT`).
+pub const ECHO_FAULTS: [&str; 2] = ["flip-byte", "forge-peer"];
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Mutant {
@@ -35,7 +38,8 @@ pub struct Mutant {
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Mutation {
     /// The echo image is replaced by one whose server has a fault (`flip-byte`: the first
-    /// byte of every reply changed), built with the echo crate's `mutants` feature.
+    /// byte of every reply changed; `forge-peer`: `--reply-peer` names another address),
+    /// built with the echo crate's `mutants` feature.
     EchoServer { fault: String },
     /// A runtime wrapper removes `LISTEN_FDS` and `LISTEN_PID` from the container's
     /// environment (its OCI config), as if the runtime did not pass the sockets on; with
@@ -89,11 +93,12 @@ impl Mutant {
             );
         }
         if let Mutation::EchoServer { fault } = &m.mutation
-            && fault != "flip-byte"
+            && !ECHO_FAULTS.contains(&fault.as_str())
         {
             bail!(
-                "{}: mutation.fault = {fault:?}: the mutant echo server knows flip-byte",
-                path.display()
+                "{}: mutation.fault = {fault:?}: the mutant echo server knows {}",
+                path.display(),
+                ECHO_FAULTS.join(", ")
             );
         }
         Ok(m)
@@ -360,40 +365,62 @@ exec {real} "$@"
 /// What a mutant did to one scenario on one runtime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Score {
-    /// The scenario did not PASS: it caught the mutant.
-    Caught,
+    /// The trial failed at a step that judges the scenario's claim (counted from 1; for
+    /// an expected failure that did not come, its step).
+    Caught(usize),
     /// It passed (or a listed bug did not reproduce): the mutant survived it.
     Survived,
     /// A known bug reproduced first (XFAIL): this trial cannot tell.
     Masked,
     /// SKIP: the scenario did not run here.
     NotRun,
+    /// The steps ran and failed, but at a step that does not judge the claim: the
+    /// mutant broke something else, and the claim was never put to the test.
+    OffClaim(usize),
+    /// A FAIL before the steps were judged: the lab, the guest or the mutant's own
+    /// set-up failed. It says nothing of the claim.
+    Broken,
 }
 
 impl Score {
-    pub fn of(outcome: Outcome) -> Score {
-        match outcome {
-            Outcome::Fail => Score::Caught,
+    pub fn of(r: &TrialResult) -> Score {
+        match r.outcome {
             Outcome::Pass | Outcome::Xpass => Score::Survived,
             Outcome::Xfail => Score::Masked,
             Outcome::Skip => Score::NotRun,
+            Outcome::Fail if !r.steps_ran => Score::Broken,
+            // No failed step with the steps judged: an expected failure that did not come.
+            Outcome::Fail => match (r.failed_step, r.claim_steps.as_slice()) {
+                (None, [step]) => Score::Caught(*step),
+                (Some(step), claim) if claim.contains(&step) => Score::Caught(step),
+                (Some(step), _) => Score::OffClaim(step),
+                (None, _) => Score::Broken,
+            },
         }
     }
 
-    pub fn label(self) -> &'static str {
+    pub fn label(self) -> String {
         match self {
-            Score::Caught => "caught",
-            Score::Survived => "SURVIVED",
-            Score::Masked => "masked (XFAIL)",
-            Score::NotRun => "not run (SKIP)",
+            Score::Caught(step) => format!("caught at step {step}"),
+            Score::Survived => "SURVIVED".into(),
+            Score::Masked => "masked (XFAIL)".into(),
+            Score::NotRun => "not run (SKIP)".into(),
+            Score::OffClaim(step) => format!("FAILED OFF THE CLAIM (step {step})"),
+            Score::Broken => "NOT RUN (the set-up failed)".into(),
         }
     }
 }
 
-/// The mutation score of a `--mutants` run as a markdown table (mutant, scenario, one
-/// column per runtime), and the problems: a pair that survived on some runtime, a mutant
-/// no scenario caught.
-pub fn score_table(results: &[TrialResult]) -> (String, Vec<String>) {
+/// The mutation score of a `--mutants` run: a markdown table (mutant, scenario, one
+/// column per runtime), the claims with the mutant and the evidence that caught each,
+/// and the problems, each of which fails the run: a pair that survived, a FAIL off the
+/// claim or before the steps, a mutant no scenario caught, a claim no mutant names, and
+/// a claim in the run that none of its mutants was caught at.
+pub fn score_report(
+    results: &[TrialResult],
+    scenarios: &[Scenario],
+    mutants: &[Mutant],
+) -> (String, Vec<String>) {
     let mut runtimes: Vec<&str> = results.iter().map(|r| r.runtime.as_str()).collect();
     runtimes.sort();
     runtimes.dedup();
@@ -404,7 +431,7 @@ pub fn score_table(results: &[TrialResult]) -> (String, Vec<String>) {
         };
         rows.entry((m, r.scenario.as_str()))
             .or_default()
-            .insert(r.runtime.as_str(), Score::of(r.outcome));
+            .insert(r.runtime.as_str(), Score::of(r));
     }
     let mut text = format!(
         "| mutant | scenario | {} |\n|---|---|",
@@ -415,25 +442,94 @@ pub fn score_table(results: &[TrialResult]) -> (String, Vec<String>) {
     let mut problems = Vec::new();
     let mut caught_by: BTreeMap<&str, usize> = BTreeMap::new();
     for ((m, scenario), scores) in &rows {
-        let cells: Vec<&str> = runtimes
+        let cells: Vec<String> = runtimes
             .iter()
-            .map(|rt| scores.get(rt).map_or("", |s| s.label()))
+            .map(|rt| scores.get(rt).map(|s| s.label()).unwrap_or_default())
             .collect();
         text += &format!("| {m} | {scenario} | {} |\n", cells.join(" | "));
-        let caught = scores.values().filter(|s| **s == Score::Caught).count();
+        let caught = scores
+            .values()
+            .filter(|s| matches!(s, Score::Caught(_)))
+            .count();
         *caught_by.entry(m).or_default() += caught;
         for (rt, score) in scores {
-            if *score == Score::Survived {
-                problems.push(format!("{m} survived {scenario} on {rt}: a weak scenario"));
+            match score {
+                Score::Survived => {
+                    problems.push(format!("{m} survived {scenario} on {rt}: a weak scenario"))
+                }
+                Score::OffClaim(step) => problems.push(format!(
+                    "{m} made {scenario} fail on {rt} at step {step}, which does not judge its claim: the mutant breaks something else"
+                )),
+                Score::Broken => problems.push(format!(
+                    "{m} on {scenario} on {rt} did not run (the lab, the guest or the mutant's set-up failed): see its trial"
+                )),
+                _ => {}
             }
         }
     }
-    for (m, caught) in caught_by {
-        if caught == 0 {
+    for (m, caught) in &caught_by {
+        if *caught == 0 {
             problems.push(format!("{m} was caught by no scenario"));
         }
     }
+    for s in unchallenged_claims(scenarios, mutants) {
+        problems.push(format!("{s} claims a behaviour but no mutant names it"));
+    }
+    // Per claim: the mutant and the evidence that caught it.
+    text += "\n## Claims and the mutants that break them\n\n| scenario | claim | mutant | runtime | caught at | evidence |\n|---|---|---|---|---|---|\n";
+    let mut in_run: Vec<&str> = results.iter().map(|r| r.scenario.as_str()).collect();
+    in_run.sort();
+    in_run.dedup();
+    for name in in_run {
+        let Some(s) = scenarios.iter().find(|s| s.name == name) else {
+            continue;
+        };
+        let Some(claim) = &s.claim else { continue };
+        let catching: Vec<&TrialResult> = results
+            .iter()
+            .filter(|r| r.scenario == name && matches!(Score::of(r), Score::Caught(_)))
+            .collect();
+        if catching.is_empty() {
+            problems.push(format!(
+                "{name}'s claim was judged false under none of its mutants"
+            ));
+            text += &format!("| {name} | {} | | | not caught | |\n", cell(claim));
+        }
+        for r in catching {
+            let Score::Caught(step) = Score::of(r) else {
+                continue;
+            };
+            let what = s
+                .steps
+                .get(step - 1)
+                .map(|st| format!("{} {}", st.kind(), st.summary()))
+                .unwrap_or_default();
+            let evidence = r
+                .evidence
+                .clone()
+                .unwrap_or_else(|| r.detail.lines().next().unwrap_or_default().to_string());
+            text += &format!(
+                "| {name} | {} | {} | {} | step {step} `{}` | {} |\n",
+                cell(claim),
+                r.mutant.as_deref().unwrap_or_default(),
+                r.runtime,
+                cell(&what),
+                cell(&evidence)
+            );
+        }
+    }
     (text, problems)
+}
+
+/// `text` fit for one markdown table cell.
+fn cell(text: &str) -> String {
+    let one: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let one = one.replace('|', "\\|").replace('`', "'");
+    if one.chars().count() > 160 {
+        format!("{}...", one.chars().take(160).collect::<String>())
+    } else {
+        one
+    }
 }
 
 /// The scenarios with a `claim` that no mutant names: claims nothing tests.
@@ -533,9 +629,8 @@ mod tests {
         assert_eq!(shift_port("tcp4:127.0.0.1:65535", 1), None);
     }
 
-    #[test]
-    fn the_table_shows_each_pair_and_names_survivors() {
-        let r = |m: &str, s: &str, rt: &str, outcome| TrialResult {
+    fn result(m: &str, s: &str, rt: &str, outcome: Outcome) -> TrialResult {
+        TrialResult {
             name: format!("mutants::{m}::{s}::debian-13::{rt}"),
             scenario: s.into(),
             target: "debian-13".into(),
@@ -544,48 +639,104 @@ mod tests {
             elapsed_s: 1.0,
             versions: Default::default(),
             issue: None,
-            detail: String::new(),
+            detail: "step 2 `probe tcp4:127.0.0.1:3000` failed: mismatch".into(),
             log_dir: "/tmp/x".into(),
             mutant: Some(m.into()),
             claim: None,
-            failed_step: None,
+            failed_step: (outcome == Outcome::Fail).then_some(2),
             evidence: None,
             measurements: Vec::new(),
             runtime_source: None,
             runtime_commit: None,
-        };
-        let results = vec![
-            r("flip", "echo-tcp4", "crun", Outcome::Fail),
-            r("flip", "echo-tcp4", "runc", Outcome::Fail),
-            r("drop", "restrict", "crun", Outcome::Xfail),
-            r("drop", "restrict", "runc", Outcome::Pass),
-        ];
-        let (table, problems) = score_table(&results);
-        assert!(table.starts_with("| mutant | scenario | crun | runc |\n|---|---|---|---|\n"));
-        assert!(
-            table.contains("| flip | echo-tcp4 | caught | caught |"),
-            "{table}"
-        );
-        assert!(
-            table.contains("| drop | restrict | masked (XFAIL) | SURVIVED |"),
-            "{table}"
-        );
-        assert_eq!(
-            problems,
-            vec![
-                "drop survived restrict on runc: a weak scenario".to_string(),
-                "drop was caught by no scenario".to_string()
-            ]
-        );
+            steps_ran: true,
+            claim_steps: vec![2],
+        }
     }
 
     #[test]
-    fn scores_of_outcomes() {
-        assert_eq!(Score::of(Outcome::Fail), Score::Caught);
-        assert_eq!(Score::of(Outcome::Pass), Score::Survived);
-        assert_eq!(Score::of(Outcome::Xpass), Score::Survived);
-        assert_eq!(Score::of(Outcome::Xfail), Score::Masked);
-        assert_eq!(Score::of(Outcome::Skip), Score::NotRun);
+    fn caught_means_failed_at_a_step_that_judges_the_claim() {
+        let r = result("flip", "echo-tcp4", "crun", Outcome::Fail);
+        assert_eq!(Score::of(&r), Score::Caught(2));
+        // Failed at another step: the claim was never tested.
+        let off = TrialResult {
+            failed_step: Some(1),
+            ..r.clone()
+        };
+        assert_eq!(Score::of(&off), Score::OffClaim(1));
+        // The guest did not come up, the mutant could not be applied, the lab failed.
+        let broken = TrialResult {
+            steps_ran: false,
+            failed_step: None,
+            ..r.clone()
+        };
+        assert_eq!(Score::of(&broken), Score::Broken);
+        // An expected failure that did not come (every step passed) is caught at its step.
+        let came_not = TrialResult {
+            failed_step: None,
+            claim_steps: vec![3],
+            ..r.clone()
+        };
+        assert_eq!(Score::of(&came_not), Score::Caught(3));
+        for (o, score) in [
+            (Outcome::Pass, Score::Survived),
+            (Outcome::Xpass, Score::Survived),
+            (Outcome::Xfail, Score::Masked),
+            (Outcome::Skip, Score::NotRun),
+        ] {
+            assert_eq!(Score::of(&result("m", "s", "crun", o)), score);
+        }
+    }
+
+    #[test]
+    fn the_report_shows_each_pair_and_fails_on_all_but_a_catch_at_the_claim() {
+        let all = scenarios();
+        let mutants = load_all(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/mutants"),
+            &all,
+        )
+        .unwrap();
+        let mut off = result("strip-listen-fds", "echo-udp4", "runc", Outcome::Fail);
+        off.failed_step = Some(1);
+        let mut broken = result("strip-listen-fds", "echo-unix", "runc", Outcome::Fail);
+        broken.steps_ran = false;
+        broken.failed_step = None;
+        let results = vec![
+            result("echo-flip-byte", "echo-tcp6", "crun", Outcome::Fail),
+            result("echo-flip-byte", "echo-tcp6", "runc", Outcome::Fail),
+            result("restrict-dropped", "restrict", "crun", Outcome::Xfail),
+            result("restrict-dropped", "restrict", "runc", Outcome::Pass),
+            off,
+            broken,
+        ];
+        let (table, problems) = score_report(&results, &all, &mutants);
+        assert!(table.starts_with("| mutant | scenario | crun | runc |\n|---|---|---|---|\n"));
+        assert!(
+            table.contains("| echo-flip-byte | echo-tcp6 | caught at step 2 | caught at step 2 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| restrict-dropped | restrict | masked (XFAIL) | SURVIVED |"),
+            "{table}"
+        );
+        // The claim, the mutant and the evidence.
+        assert!(
+            table.contains("| echo-tcp6 | articles 002/004: ") && table.contains("| echo-flip-byte | crun | step 2 `probe tcp6:[::1]:3000` | step 2 'probe tcp4:127.0.0.1:3000' failed: mismatch |"),
+            "{table}"
+        );
+        let expected = [
+            "restrict-dropped survived restrict on runc: a weak scenario",
+            "strip-listen-fds made echo-udp4 fail on runc at step 1, which does not judge its claim: the mutant breaks something else",
+            "strip-listen-fds on echo-unix on runc did not run (the lab, the guest or the mutant's set-up failed): see its trial",
+            "restrict-dropped was caught by no scenario",
+            "strip-listen-fds was caught by no scenario",
+            "restrict's claim was judged false under none of its mutants",
+        ];
+        for e in expected {
+            assert!(
+                problems.iter().any(|p| p == e),
+                "{e:?} not in {problems:#?}"
+            );
+        }
     }
 
     #[test]

@@ -439,6 +439,8 @@ pub fn not_started(trial: &Trial, run_dir: &Path, why: &str) -> TrialResult {
         measurements: Vec::new(),
         runtime_source: None,
         runtime_commit: None,
+        steps_ran: false,
+        claim_steps: trial.scenario.claim_steps(),
     }
 }
 
@@ -538,6 +540,8 @@ pub fn run_trial(trial: &Trial, ready: &Ready, run_dir: &Path, events: &Events) 
         measurements,
         runtime_source: source.0,
         runtime_commit: source.1,
+        steps_ran: verdict.steps_ran,
+        claim_steps: trial.scenario.claim_steps(),
     };
     vm::cleanup::forget(&result.log_dir);
     events.emit(Event::TrialEnd(Box::new(result.clone())));

@@ -72,6 +72,13 @@ pub struct TrialResult {
     /// The commit a runtime built from a git checkout was built at.
     #[serde(default)]
     pub runtime_commit: Option<String>,
+    /// The scenario's steps ran and were judged. A FAIL without it is the lab's, the
+    /// guest's or a mutant's set-up failing, and says nothing of the claim.
+    #[serde(default)]
+    pub steps_ran: bool,
+    /// The steps that judge the scenario's claim, counted from 1.
+    #[serde(default)]
+    pub claim_steps: Vec<usize>,
 }
 
 impl TrialResult {

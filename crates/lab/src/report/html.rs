@@ -554,6 +554,8 @@ mod tests {
             measurements: Vec::new(),
             runtime_source: Some(source.describe_line()),
             runtime_commit: Some(commit.into()),
+            steps_ran: true,
+            claim_steps: Vec::new(),
         }
     }
 

@@ -244,6 +244,8 @@ mod tests {
             measurements: Vec::new(),
             runtime_source: None,
             runtime_commit: None,
+            steps_ran: true,
+            claim_steps: Vec::new(),
         }
     }
 

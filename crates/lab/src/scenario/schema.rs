@@ -19,6 +19,11 @@ pub struct Scenario {
     /// What the articles claim, for the summary.
     #[serde(default)]
     pub claim: Option<String>,
+    /// The steps that judge the claim, counted from 1: each fails when the claim is false.
+    /// A mutant counts as caught only at one of them. An expected failure's claim is
+    /// judged at `expect.step`.
+    #[serde(default)]
+    pub claim_steps: Vec<usize>,
     /// Part of the representative subset that `cargo xtask ci` runs.
     #[serde(default)]
     pub ci: bool,
@@ -211,6 +216,10 @@ pub enum Step {
         /// Check the reply of a `--reply-peer` server against our own address.
         #[serde(default)]
         source: Option<SourceAddress>,
+        /// With `source = "rewritten"`: the IP address the server must have seen instead
+        /// of ours (the one the port forwarder connects from).
+        #[serde(default)]
+        peer: Option<String>,
         /// The probe must fail, and in this way: `refused` (nothing listens), `reset`
         /// (accepted, then reset), `no-reply`, `connect-timeout`, `connect-error`,
         /// `mismatch`. Any other failure (a usage error, a missing binary, a failed
@@ -390,6 +399,7 @@ impl Step {
                 fail,
                 retry,
                 source,
+                peer,
                 expect,
                 half_close,
                 ..
@@ -406,6 +416,17 @@ impl Step {
                     .map_err(|e| format!("address: {e}"))?;
                 if fail.is_some() && (*retry || source.is_some()) {
                     return Err("a probe that must fail takes neither `retry` nor `source`".into());
+                }
+                match (source, peer) {
+                    (Some(SourceAddress::Rewritten), None) => {
+                        return Err("source = \"rewritten\" needs `peer`, the IP address the server must see (any other reply, an echo of the text included, is no proof)".into());
+                    }
+                    (Some(SourceAddress::Rewritten), Some(ip)) => {
+                        ip.parse::<std::net::IpAddr>()
+                            .map_err(|e| format!("peer = {ip:?}: {e}"))?;
+                    }
+                    (_, Some(_)) => return Err("`peer` goes with source = \"rewritten\"".into()),
+                    _ => {}
                 }
             }
             Step::Run {
@@ -538,6 +559,10 @@ pub struct Requires {
     pub podman: Option<String>,
     #[serde(default)]
     pub systemd: Option<String>,
+    /// The guest has SELinux (container-selinux installed): a scenario about labels
+    /// proves nothing without it, and SKIPs.
+    #[serde(default)]
+    pub selinux: bool,
     /// Why a scenario cannot run anywhere yet (reported as SKIP).
     #[serde(default)]
     pub unavailable: Option<String>,
@@ -713,6 +738,34 @@ impl Scenario {
         } else if s.expect.pattern.is_some() || s.expect.step.is_some() {
             bail!("{p}: expect.pattern and expect.step belong to `outcome = \"fail\"`");
         }
+        match (&s.claim, s.expect.outcome) {
+            (None, _) if !s.claim_steps.is_empty() => {
+                bail!("{p}: claim_steps without a `claim`: the steps judge nothing")
+            }
+            (Some(_), ExpectedOutcome::Pass) if s.claim_steps.is_empty() => bail!(
+                "{p}: a scenario with a `claim` names the steps that judge it: claim_steps = [N, ...], each one that fails when the claim is false"
+            ),
+            (Some(_), ExpectedOutcome::Fail) if !s.claim_steps.is_empty() => {
+                bail!("{p}: claim_steps: an expected failure's claim is judged at expect.step")
+            }
+            _ => {}
+        }
+        for &n in &s.claim_steps {
+            check_step("claim_", n)?;
+            let step = &s.steps[n - 1];
+            let judges = match step {
+                Step::Reboot | Step::Sleep { .. } => false,
+                Step::Run { record, .. } => record.is_none(),
+                _ => true,
+            };
+            if !judges {
+                bail!(
+                    "{p}: claim_steps = {:?}: step {n} ({}) judges nothing (a reboot, a sleep or a recorded measurement never fails for a claim)",
+                    s.claim_steps,
+                    step.kind()
+                );
+            }
+        }
         if s.load_complaints.iter().any(|c| c.trim().is_empty()) {
             bail!("{p}: load_complaints: an empty text would match any complaint");
         }
@@ -779,6 +832,14 @@ impl Scenario {
         Ok(())
     }
 
+    /// The steps that judge the claim: `claim_steps`, or an expected failure's step.
+    pub fn claim_steps(&self) -> Vec<usize> {
+        match (self.expect.outcome, self.expect.step) {
+            (ExpectedOutcome::Fail, Some(step)) if self.claim.is_some() => vec![step],
+            _ => self.claim_steps.clone(),
+        }
+    }
+
     pub fn socket_unit(&self) -> Option<SocketUnit> {
         self.socket.as_ref().map(|sock| SocketUnit {
             description: format!("socket-activation-lab {}", self.name),
@@ -800,7 +861,13 @@ impl Scenario {
         exec.push(spec.image.clone());
         exec.extend(spec.args.iter().cloned());
         let mut service_options = notify_service_options();
-        service_options.extend(spec.options.clone());
+        // A service option may run podman itself (an ExecStartPre= that proves a
+        // restriction): it names the trial's runtime as ExecStart= does.
+        service_options.extend(
+            spec.options
+                .iter()
+                .map(|(k, v)| (k.clone(), v.replace("{runtime}", runtime))),
+        );
         Some(ServiceUnit {
             description: format!("socket-activation-lab {}", self.name),
             socket: self.socket_name(),

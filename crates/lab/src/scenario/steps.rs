@@ -554,6 +554,7 @@ fn probe(vm: &TrialVm, scenario: &Scenario, runtime: &str, step: &Step) -> StepR
         timeout,
         netns,
         source,
+        peer,
         fail: must_fail,
         retry,
         half_close,
@@ -676,14 +677,31 @@ fn probe(vm: &TrialVm, scenario: &Scenario, runtime: &str, step: &Step) -> StepR
                 ),
             );
         };
-        let good = match src {
-            SourceAddress::Preserved => reply == local,
-            SourceAddress::Rewritten => !reply.is_empty() && reply != local,
-        };
-        if !good {
+        // Both are addresses; a reply that is not one (a plain echo) proves nothing.
+        let (Ok(seen), Ok(ours)) = (
+            reply.parse::<std::net::SocketAddr>(),
+            local.parse::<std::net::SocketAddr>(),
+        ) else {
             return failed(
                 format!("{what} (source {src:?})"),
-                format!("the server saw {reply:?}, the client is {local:?}"),
+                format!("the server's reply {reply:?} or the client's {local:?} is no address"),
+            );
+        };
+        let good = match (src, peer) {
+            (SourceAddress::Preserved, _) => seen == ours,
+            (SourceAddress::Rewritten, Some(ip)) => {
+                seen.ip().to_string() == *ip && seen.ip() != ours.ip()
+            }
+            (SourceAddress::Rewritten, None) => false,
+        };
+        if !good {
+            let wanted = peer
+                .as_deref()
+                .map(|ip| format!(", the forwarder's address is {ip}"))
+                .unwrap_or_default();
+            return failed(
+                format!("{what} (source {src:?})"),
+                format!("the server saw {seen}, the client is {ours}{wanted}"),
             );
         }
     }

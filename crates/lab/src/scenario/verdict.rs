@@ -45,6 +45,9 @@ pub struct Verdict {
     pub step: Option<usize>,
     /// The line that decided the verdict (an expected failure's or a known bug's text).
     pub evidence: Option<String>,
+    /// The scenario's steps ran and were judged (`judge`): false for a SKIP before the
+    /// trial, and for a FAIL of the lab, the guest or a mutant's set-up.
+    pub steps_ran: bool,
 }
 
 impl Verdict {
@@ -55,6 +58,7 @@ impl Verdict {
             issue,
             step: None,
             evidence: None,
+            steps_ran: false,
         }
     }
 
@@ -74,6 +78,18 @@ pub fn requirements_verdict(
 ) -> Option<Verdict> {
     if let Some(why) = &scenario.requires.unavailable {
         return Some(Verdict::new(Outcome::Skip, why.clone(), None));
+    }
+    if scenario.requires.selinux && !versions.contains_key("container-selinux") {
+        return Some(Verdict::new(
+            Outcome::Skip,
+            match &scenario.requires.reason {
+                Some(why) => {
+                    format!("needs SELinux, the guest has none (no container-selinux): {why}")
+                }
+                None => "needs SELinux, the guest has none (no container-selinux)".into(),
+            },
+            None,
+        ));
     }
     for (tool, range) in [
         ("podman", &scenario.requires.podman),
@@ -104,27 +120,39 @@ pub fn requirements_verdict(
     None
 }
 
-/// The known bugs that apply to this runtime and these guest versions.
+/// The known bugs that apply to this runtime and these guest versions; an error naming
+/// the component when a bug is keyed on a version that could not be read (an empty or
+/// unparsable runtime version, a tool's version that is not one), since that would
+/// switch the bug off without a word. A tool the guest does not have at all (no SELinux
+/// on Debian) is no error: its bugs do not apply there.
 fn applicable<'a>(
     scenario: &'a Scenario,
     runtime: &RuntimeUse,
     versions: &BTreeMap<String, String>,
-) -> Vec<&'a KnownBug> {
-    scenario
-        .known_bug
-        .iter()
-        .filter(|b| {
-            let version = match (&b.runtime, &b.tool) {
-                (Some(r), _) if *r == runtime.name => Some(runtime.version.as_str()),
-                (_, Some(t)) => versions
-                    .get(t)
-                    .map(String::as_str)
-                    .filter(|v| !v.is_empty()),
-                _ => None,
-            };
-            version.is_some_and(|v| version::in_range(v, &b.versions).unwrap_or(false))
-        })
-        .collect()
+) -> Result<Vec<&'a KnownBug>, String> {
+    let mut bugs = Vec::new();
+    for b in &scenario.known_bug {
+        let (component, version) = match (&b.runtime, &b.tool) {
+            (Some(r), _) if *r == runtime.name => (r, Some(runtime.version.as_str())),
+            (_, Some(t)) => match versions.get(t) {
+                Some(v) => (t, Some(v.as_str())),
+                None => continue,
+            },
+            _ => continue,
+        };
+        let version = version.unwrap_or_default();
+        match version::in_range(version, &b.versions) {
+            Ok(true) => bugs.push(b),
+            Ok(false) => {}
+            Err(e) => {
+                return Err(format!(
+                    "the known bug {} is keyed on {component}'s version ({}), but the version read from the guest, {version:?}, is none: {e}",
+                    b.issue, b.versions
+                ));
+            }
+        }
+    }
+    Ok(bugs)
 }
 
 /// What a known bug is about on this guest: `crun 1.21`, `container-selinux 2.180.0`.
@@ -144,11 +172,28 @@ pub fn judge(
     failure: Option<StepFailure>,
     journal: &str,
 ) -> Verdict {
+    let bugs = match applicable(scenario, runtime, versions) {
+        Ok(bugs) => bugs,
+        // The steps ran, but what they showed cannot be judged: the lab's failure.
+        Err(why) => return Verdict::new(Outcome::Fail, why, None),
+    };
+    let mut verdict = judge_steps(scenario, runtime, versions, &bugs, failure, journal);
+    verdict.steps_ran = true;
+    verdict
+}
+
+fn judge_steps(
+    scenario: &Scenario,
+    runtime: &RuntimeUse,
+    versions: &BTreeMap<String, String>,
+    bugs: &[&KnownBug],
+    failure: Option<StepFailure>,
+    journal: &str,
+) -> Verdict {
     let tail = |text: &str| -> String {
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
         lines[lines.len().saturating_sub(15)..].join("\n")
     };
-    let bugs = applicable(scenario, runtime, versions);
     match failure {
         None => {
             if let Some(b) = bugs.first() {
@@ -172,7 +217,7 @@ pub fn judge(
             }
         }
         Some(f) => {
-            for b in &bugs {
+            for b in bugs {
                 if let Some(line) = f.evidence(b.step, &b.pattern) {
                     return Verdict::new(
                         Outcome::Xfail,
