@@ -33,6 +33,7 @@ details { margin: .3em 0; } summary { cursor: pointer; }
 details.step.failed > summary { color: #b00020; font-weight: 700; }
 .diff-add { color: #116329; } .diff-del { color: #b00020; }
 .claim { font-style: italic; }
+.cause { font-weight: 600; }
 svg text { font: 12px system-ui, sans-serif; }
 "#;
 
@@ -78,6 +79,33 @@ pub fn split_steps(log: &str) -> Vec<LoggedStep> {
     }
     steps.retain(|s| !(s.text.trim().is_empty() && s.heading.starts_with("before")));
     steps
+}
+
+/// A step's log split into what a user would type and see, and the lab's plumbing around
+/// it: the journal position taken before the step's first command, and the watcher
+/// around a probe (`& p=$!` up to its `wait $p`), so the probe reads as the command it is.
+pub fn split_plumbing(text: &str) -> (String, String) {
+    let (mut shown, mut plumbing) = (String::new(), String::new());
+    let mut in_watcher = false;
+    for line in text.lines() {
+        if in_watcher {
+            plumbing += line;
+            plumbing.push('\n');
+            in_watcher = !line.starts_with("wait $p;");
+        } else if line.starts_with("$ ") && line.contains("socket-activation-lab-journal-mark") {
+            plumbing += line;
+            plumbing.push('\n');
+        } else if let Some(command) = line.strip_suffix(" & p=$!") {
+            shown += command;
+            shown.push('\n');
+            plumbing += "(the probe runs in the background, watched:)\n";
+            in_watcher = true;
+        } else {
+            shown += line;
+            shown.push('\n');
+        }
+    }
+    (shown, plumbing)
 }
 
 /// Text as lines, the lines equal to `evidence` marked.
@@ -127,11 +155,43 @@ fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// The first line of a FAIL's text that says why, for a FAIL no pattern decided: a
+/// program's `Error:` first (podman, netavark, the runtime), then any other error or
+/// failure, never the lab's own lines or the client's (a probe only sees that the server
+/// went away, not why).
+pub fn cause_line(detail: &str) -> Option<&str> {
+    let candidates = || {
+        detail.lines().map(str::trim).filter(|l| {
+            !l.is_empty()
+                && !l.starts_with("lab:")
+                && !l.contains("echo-probe")
+                && !l.starts_with("step ")
+                && !l.starts_with("failed at step ")
+        })
+    };
+    let lower = |l: &str| l.to_ascii_lowercase();
+    candidates()
+        .find(|l| l.contains("Error:"))
+        .or_else(|| candidates().find(|l| lower(l).contains("error")))
+        .or_else(|| {
+            candidates().find(|l| {
+                let l = lower(l);
+                ["failed", "denied", "refusing", "not found", "no such file"]
+                    .iter()
+                    .any(|w| l.contains(w))
+            })
+        })
+}
+
 fn trial_section(run_dir: &Path, r: &TrialResult) -> Markup {
     let dir = &r.log_dir;
     let base = rel(run_dir, r);
     let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
-    let evidence = r.evidence.as_deref();
+    // A FAIL that no pattern decided gets the line that explains it first and marked.
+    let cause = (r.outcome == Outcome::Fail && r.evidence.is_none())
+        .then(|| cause_line(&r.detail))
+        .flatten();
+    let evidence = r.evidence.as_deref().or(cause);
     let steps = read("commands.log")
         .map(|l| split_steps(&l))
         .unwrap_or_default();
@@ -152,6 +212,7 @@ fn trial_section(run_dir: &Path, r: &TrialResult) -> Markup {
                 @if let Some(m) = &r.mutant { ", mutant " strong { (m) } }
                 @if let Some(issue) = &r.issue { " — " a href=(issue) { (issue) } }
             }
+            @if let Some(line) = cause { p.cause { "Cause: " mark { (line) } } }
             @if let Some(claim) = &r.claim { p.claim { "Claim: " (claim) } }
             @if let Some(source) = &r.runtime_source { p { "Runtime: " (source) } }
             @if !r.detail.is_empty() {
@@ -162,9 +223,16 @@ fn trial_section(run_dir: &Path, r: &TrialResult) -> Markup {
                 h3 { "Steps" }
                 @for s in &steps {
                     @let is_failing = failing.as_deref().is_some_and(|f| s.heading.starts_with(f));
+                    @let (shown, plumbing) = split_plumbing(&s.text);
                     details.step.failed[is_failing] open[is_failing] {
                         summary { (s.heading) @if is_failing { " — failed here" } }
-                        (marked(&s.text, evidence))
+                        (marked(&shown, evidence))
+                        @if !plumbing.is_empty() {
+                            details.plumbing {
+                                summary { "the lab's plumbing (journal position, watcher)" }
+                                pre { (plumbing) }
+                            }
+                        }
                     }
                 }
             }
@@ -486,6 +554,42 @@ pub fn chart_page(title: &str, context: &str, bars: &[Bar], table: &str) -> Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_probe_step_shows_the_probe_and_folds_the_watcher() {
+        let step = "$ [root] journalctl -q -n 0 --show-cursor > /run/socket-activation-lab-journal-mark || { echo 'lab: x' >&2; exit 125; }\n$ [root] echo-probe tcp4:127.0.0.1:3000 --send hello --timeout 150 --json --expect hello & p=$!\n( exec 3>&2 2>/dev/null >/dev/null </dev/null\n  sleep 4 3>&-\n  done ) & w=$!\nwait $p; r=$?; kill $w 2>/dev/null; exit $r\n{\"ok\":true}\n[exit 0 after 3.92 s]\n";
+        let (shown, plumbing) = split_plumbing(step);
+        assert_eq!(
+            shown,
+            "$ [root] echo-probe tcp4:127.0.0.1:3000 --send hello --timeout 150 --json --expect hello\n{\"ok\":true}\n[exit 0 after 3.92 s]\n"
+        );
+        assert!(
+            plumbing.contains("--show-cursor") && plumbing.contains("wait $p;"),
+            "{plumbing}"
+        );
+        // A plain command is left alone.
+        let plain = "$ [test] systemctl --user start echo.socket\n[exit 0 after 0.2 s]\n";
+        assert_eq!(split_plumbing(plain), (plain.to_string(), String::new()));
+    }
+
+    #[test]
+    fn the_cause_of_a_fail_is_the_first_error_line_not_the_lab_s_own() {
+        // As a container on a user-defined network failed on debian-12 (the cause in
+        // the middle of 40 journal lines).
+        let detail = "step 2 `probe tcp4:127.0.0.1:3000` failed: echo-probe: tcp4:127.0.0.1:3000: connection closed before a reply\nlab: stopped waiting: echo.service failed 4 times during the step\njournal:\n[ 40.1] lab systemd[377]: Starting echo.service...\n[ 41.2] lab echo[590]: Error: netavark: No such file or directory\n[ 41.3] lab systemd[377]: echo.service: Main process exited, code=exited, status=126/n/a\n[ 41.3] lab systemd[377]: echo.service: Failed with result 'exit-code'.";
+        assert_eq!(
+            cause_line(detail),
+            Some("[ 41.2] lab echo[590]: Error: netavark: No such file or directory")
+        );
+        let systemd_only = "step 1 `start echo.socket` failed: Job failed\njournal:\n[ 3.0] lab systemd[377]: echo.socket: Failed to create listening socket (0.0.0.0:80): Permission denied";
+        assert_eq!(
+            cause_line(systemd_only),
+            Some(
+                "[ 3.0] lab systemd[377]: echo.socket: Failed to create listening socket (0.0.0.0:80): Permission denied"
+            )
+        );
+        assert_eq!(cause_line("step 3 `run true` failed: exit 1"), None);
+    }
 
     #[test]
     fn the_command_log_splits_at_step_headings() {

@@ -66,11 +66,28 @@ pub fn junit(results: &[TrialResult]) -> Result<String> {
             .entry(format!("{}::{}", r.target, r.runtime))
             .or_insert_with_key(|k| TestSuite::new(k.clone()));
         let mut status = match r.outcome {
-            Outcome::Pass | Outcome::Xfail => TestCaseStatus::success(),
+            Outcome::Pass => TestCaseStatus::success(),
             Outcome::Fail | Outcome::Xpass => TestCaseStatus::non_success(NonSuccessKind::Failure),
+            // pytest's convention: an expected failure is a skipped test of type
+            // pytest.xfail, never a success, with the issue and the evidence.
+            Outcome::Xfail => {
+                let mut s = TestCaseStatus::skipped();
+                s.set_type("pytest.xfail");
+                s
+            }
             Outcome::Skip => TestCaseStatus::skipped(),
         };
-        if r.outcome != Outcome::Pass {
+        if r.outcome == Outcome::Xfail {
+            status.set_message(format!(
+                "XFAIL: {}: {}",
+                r.issue.as_deref().unwrap_or("no issue"),
+                r.evidence.as_deref().unwrap_or_else(|| r
+                    .detail
+                    .lines()
+                    .next()
+                    .unwrap_or_default())
+            ));
+        } else if r.outcome != Outcome::Pass {
             status.set_message(format!(
                 "{}: {}",
                 r.outcome.label(),
@@ -106,7 +123,11 @@ pub fn summary(results: &[TrialResult]) -> String {
             )
         })
         .collect();
-    let scenarios: BTreeSet<&str> = results.iter().map(|r| r.scenario.as_str()).collect();
+    // A row per scenario, or per (scenario, mutant) in a --mutants run.
+    let scenarios: BTreeSet<(&str, Option<&str>)> = results
+        .iter()
+        .map(|r| (r.scenario.as_str(), r.mutant.as_deref()))
+        .collect();
     let count = |o: Outcome| results.iter().filter(|r| r.outcome == o).count();
     let mut s = format!(
         "## socket-activation-lab\n\n{} trials: {} PASS, {} FAIL, {} XFAIL, {} XPASS, {} SKIP\n\n",
@@ -140,11 +161,18 @@ pub fn summary(results: &[TrialResult]) -> String {
     s += &"---|".repeat(columns.len());
     s += "\n";
     let mut notes = Vec::new();
-    for sc in &scenarios {
-        s += &format!("| {sc} |");
+    for (sc, mutant) in &scenarios {
+        match mutant {
+            Some(m) => s += &format!("| {sc} with mutant {m} |"),
+            None => s += &format!("| {sc} |"),
+        }
         for (t, r, v) in &columns {
             let cell = results.iter().find(|x| {
-                x.scenario == *sc && &x.target == t && &x.runtime == r && x.runtime_version() == v
+                x.scenario == *sc
+                    && x.mutant.as_deref() == *mutant
+                    && &x.target == t
+                    && &x.runtime == r
+                    && x.runtime_version() == v
             });
             match cell {
                 None => s += " |",
@@ -152,6 +180,9 @@ pub fn summary(results: &[TrialResult]) -> String {
                     let mut text = x.outcome.label().to_string();
                     if let Some(issue) = &x.issue {
                         text = format!("[{text}]({issue})");
+                    }
+                    if let Some(m) = &x.mutant {
+                        text = format!("{text}: {m} {}", crate::mutant::Score::of(x).label());
                     }
                     if matches!(x.outcome, Outcome::Fail | Outcome::Xpass | Outcome::Skip) {
                         notes.push(format!(
@@ -287,6 +318,27 @@ mod tests {
     }
 
     #[test]
+    fn a_mutants_summary_names_the_mutant_in_its_rows_and_cells() {
+        let mut caught = result("echo-tcp6", "crun", Outcome::Fail, None);
+        caught.mutant = Some("echo-flip-byte".into());
+        caught.failed_step = Some(2);
+        caught.claim_steps = vec![2];
+        let mut survived = result("echo-tcp6", "crun", Outcome::Pass, None);
+        survived.mutant = Some("probe-port-off-by-one".into());
+        let s = summary(&[caught, survived]);
+        assert!(
+            s.contains(
+                "| echo-tcp6 with mutant echo-flip-byte | FAIL: echo-flip-byte caught at step 2 |"
+            ),
+            "{s}"
+        );
+        assert!(
+            s.contains("| echo-tcp6 with mutant probe-port-off-by-one | PASS: probe-port-off-by-one SURVIVED |"),
+            "{s}"
+        );
+    }
+
+    #[test]
     fn junit_maps_outcomes() {
         let rs = vec![
             result("a", "crun", Outcome::Pass, None),
@@ -298,10 +350,15 @@ mod tests {
         assert!(
             x.contains("tests=\"4\"")
                 && x.contains("failures=\"1\"")
-                && x.contains("skipped=\"1\""),
+                && x.contains("skipped=\"2\""),
             "{x}"
         );
         assert!(x.contains("name=\"outcome\" value=\"XFAIL\""), "{x}");
+        // The XFAIL is skipped the way pytest writes it, with its issue.
+        assert!(
+            x.contains("<skipped message=\"XFAIL: u: why it went so\" type=\"pytest.xfail\"/>"),
+            "{x}"
+        );
     }
 
     #[test]
