@@ -469,6 +469,35 @@ fn run_dirs_since(root: &Path, since: std::time::SystemTime) -> Result<Vec<PathB
     Ok(dirs)
 }
 
+/// Runs a CI step's trials, a guest per core as a user's run (the guests' vCPUs follow
+/// the guests at once, so another count would build another ready state). A step meant
+/// to run trials fails when none ran or every one was a SKIP.
+fn run_ci_trials(
+    sh: &Shell,
+    root: &Path,
+    selection: ::lab::run::Selection,
+    what: &str,
+) -> Result<()> {
+    let options = lab::TestOptions {
+        jobs: lab::default_jobs(),
+        ..Default::default()
+    };
+    let Some((results, status)) = lab::run_matrix(sh, root, selection, &options)? else {
+        anyhow::bail!("{what}: no trial ran");
+    };
+    status?;
+    if results
+        .iter()
+        .all(|r| r.outcome == ::lab::trial::Outcome::Skip)
+    {
+        anyhow::bail!(
+            "{what}: every one of the {} trials was a SKIP, so the step proved nothing",
+            results.len()
+        );
+    }
+    Ok(())
+}
+
 fn ci(sh: &Shell, root: &Path, no_vm: bool) -> Result<()> {
     let started = std::time::Instant::now();
     let started_at = std::time::SystemTime::now();
@@ -538,18 +567,7 @@ fn ci(sh: &Shell, root: &Path, no_vm: bool) -> Result<()> {
         runtimes: vec!["crun".into(), "runc".into()],
         ..Default::default()
     };
-    // A guest per core, as a user's run: the guests' vCPUs follow the guests at once
-    // (`vm::qemu::MachineSpec::sized_for`), so another count would build another ready
-    // state.
-    lab::test(
-        sh,
-        root,
-        subset,
-        &lab::TestOptions {
-            jobs: lab::default_jobs(),
-            ..Default::default()
-        },
-    )?;
+    run_ci_trials(sh, root, subset, "the ci = true scenarios")?;
     step("VM trial with a runtime from another suite: sockets-3 with runc@bookworm");
     let other_suite = ::lab::run::Selection {
         filters: vec!["sockets-3::".into()],
@@ -557,15 +575,27 @@ fn ci(sh: &Shell, root: &Path, no_vm: bool) -> Result<()> {
         runtimes: vec!["runc@bookworm".into()],
         ..Default::default()
     };
-    lab::test(
-        sh,
-        root,
-        other_suite,
-        &lab::TestOptions {
-            jobs: lab::default_jobs(),
+    run_ci_trials(sh, root, other_suite, "sockets-3 with runc@bookworm")?;
+    step(
+        "mutants: each one once, on runc, against the cheapest scenario it names; caught only at a step that judges the claim",
+    );
+    {
+        let scenarios = ::lab::scenario::load_all(&root.join("tests/scenarios"))?;
+        let mutants = ::lab::mutant::load_all(&::lab::mutant::dir(root), &scenarios)?;
+        let pairs = ::lab::mutant::ci_pairs(&mutants, &scenarios);
+        let mutated = ::lab::run::Selection {
+            filters: pairs
+                .iter()
+                .map(|(m, s)| format!("mutants::{m}::{s}::debian-13::runc"))
+                .collect(),
+            exact: true,
+            targets: vec!["debian-13".into()],
+            runtimes: vec!["runc".into()],
+            mutants: true,
             ..Default::default()
-        },
-    )?;
+        };
+        run_ci_trials(sh, root, mutated, "the mutants")?;
+    }
     step("report.html of the trials above and of a recorded run, in headless Chromium");
     {
         host::ensure(sh, &[host::CHROMIUM])?;
@@ -587,6 +617,19 @@ fn ci(sh: &Shell, root: &Path, no_vm: bool) -> Result<()> {
         cmd!(
             sh,
             "cargo test --locked -p lab --test faults -- --ignored --test-threads=1"
+        )
+        .run()?;
+    }
+    step("host tests this host cannot run, in a guest: the echo server over vsock loopback");
+    {
+        let (tests, server) = statics::build_echo_tests(sh)?;
+        let _tests = sh.push_env("SAL_ECHO_TEST_BIN", &tests);
+        let _server = sh.push_env("SAL_ECHO_TEST_SERVER", &server);
+        let _echo = sh.push_env("SAL_ECHO_BIN", &bins.echo);
+        let _probe = sh.push_env("SAL_PROBE_BIN", &bins.probe);
+        cmd!(
+            sh,
+            "cargo test --locked -p lab --test in_guest -- --ignored --nocapture"
         )
         .run()?;
     }

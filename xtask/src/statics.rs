@@ -73,6 +73,41 @@ pub fn build_mutant_echo(sh: &Shell, root: &Path) -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// The echo server's host tests (`crates/echo/tests/echo.rs`) and the server they start,
+/// both static, for a guest that has what the host lacks (vsock loopback): the test
+/// binary finds the server at the path it was compiled with, so both go there.
+pub fn build_echo_tests(sh: &Shell) -> Result<(PathBuf, PathBuf)> {
+    let target = if musl_available(sh) { MUSL } else { GNU };
+    let mut build = cmd!(
+        sh,
+        "cargo test --no-run --locked --target {target} -p socket-activate-echo --test echo --message-format=json-render-diagnostics"
+    );
+    if target == GNU {
+        build = build.env("RUSTFLAGS", "-C target-feature=+crt-static");
+    }
+    let messages = build.read().context("static build of the echo tests")?;
+    let artifact = |kind: &str, name: &str| {
+        messages
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|m| {
+                m["reason"] == "compiler-artifact"
+                    && m["target"]["name"] == name
+                    && m["target"]["kind"][0] == kind
+            })
+            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+            .with_context(|| format!("cargo built no {kind} {name}"))
+    };
+    let (tests, server) = (
+        artifact("test", "echo")?,
+        artifact("bin", "socket-activate-echo")?,
+    );
+    for bin in [&tests, &server] {
+        ensure_static(bin)?;
+    }
+    Ok((tests, server))
+}
+
 /// Where cargo puts what it builds: `CARGO_TARGET_DIR`, `build.target-dir` or
 /// `./target`, as cargo itself resolves them.
 pub fn target_dir(sh: &Shell, root: &Path) -> Result<PathBuf> {

@@ -281,10 +281,9 @@ mod tests {
 
     #[test]
     fn udp6_socket() {
-        let Ok(s) = UdpSocket::bind("[::1]:0") else {
-            eprintln!("no IPv6 loopback on this host");
-            return;
-        };
+        // No quiet pass without IPv6: a host without ::1 fails here, by name.
+        let s = UdpSocket::bind("[::1]:0")
+            .expect("binding [::1]:0: this test needs the IPv6 loopback address on the host");
         let i = info(&s);
         assert_eq!(
             (i.family, i.socket_type, i.listening),

@@ -532,6 +532,38 @@ fn cell(text: &str) -> String {
     }
 }
 
+/// The (mutant, scenario) pairs `cargo xtask ci` runs: every mutant once, against the
+/// scenario it names that costs the least (fewest reboots, then the least time slept
+/// and the fewest steps), so that each mutant is shown to be caught somewhere.
+pub fn ci_pairs(mutants: &[Mutant], scenarios: &[Scenario]) -> Vec<(String, String)> {
+    let cost = |s: &Scenario| {
+        let reboots = s
+            .steps
+            .iter()
+            .filter(|st| matches!(st, Step::Reboot))
+            .count();
+        let slept: f64 = s
+            .steps
+            .iter()
+            .map(|st| match st {
+                Step::Sleep { seconds } => *seconds,
+                _ => 0.0,
+            })
+            .sum();
+        (reboots, slept as u64, s.steps.len(), s.name.clone())
+    };
+    mutants
+        .iter()
+        .filter_map(|m| {
+            let cheapest = scenarios
+                .iter()
+                .filter(|s| m.catches.contains(&s.name))
+                .min_by_key(|s| cost(s))?;
+            Some((m.name.clone(), cheapest.name.clone()))
+        })
+        .collect()
+}
+
 /// The scenarios with a `claim` that no mutant names: claims nothing tests.
 pub fn unchallenged_claims(scenarios: &[Scenario], mutants: &[Mutant]) -> Vec<String> {
     let named: BTreeSet<&str> = mutants
@@ -570,6 +602,25 @@ mod tests {
         .unwrap();
         assert!(!mutants.is_empty());
         assert_eq!(unchallenged_claims(&all, &mutants), Vec::<String>::new());
+    }
+
+    #[test]
+    fn ci_runs_every_mutant_once_on_its_cheapest_scenario() {
+        let all = scenarios();
+        let mutants = load_all(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/mutants"),
+            &all,
+        )
+        .unwrap();
+        let pairs = ci_pairs(&mutants, &all);
+        let named: Vec<&str> = pairs.iter().map(|(m, _)| m.as_str()).collect();
+        let every: Vec<&str> = mutants.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(named, every);
+        // No reboot where a mutant names a scenario without one.
+        let flip = pairs.iter().find(|(m, _)| m == "echo-flip-byte").unwrap();
+        assert!(!flip.1.contains("reboot"), "{flip:?}");
+        // A scenario named only with reboots is still run.
+        assert!(pairs.contains(&("usernamespace-noop".into(), "reboot-usernamespace".into())));
     }
 
     #[test]

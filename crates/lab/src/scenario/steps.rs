@@ -164,6 +164,25 @@ pub fn prepare_guest(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> Result
         dir_files(vm, scenario, runtime)?
     };
     let written: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
+    // A quadlet file only becomes a unit through podman's generator: without one (podman
+    // before 4.4) the cause is that, not the "not found" unit it would have made.
+    let quadlets: Vec<&String> = written
+        .iter()
+        .filter(|p| p.starts_with(&quadlet_dir(g)))
+        .collect();
+    if !quadlets.is_empty() {
+        let found = g.root(&format!("test -e {QUADLET_USER_GENERATOR}"), t)?;
+        if !found.success() {
+            bail!(
+                "this guest's podman has no quadlet generator (no {QUADLET_USER_GENERATOR}; quadlet is new in podman 4.4), so these quadlet files cannot become units: {}",
+                quadlets
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
     // systemd parses a unit file when it loads the unit: load them all now, so a
     // complaint comes before any step. One round trip writes the files, reads the
     // journal's position, loads the units and reads what was logged meanwhile.
@@ -171,16 +190,20 @@ pub fn prepare_guest(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> Result
     let load = load_script(manager.systemctl(), &units, reload_always(scenario));
     let as_manager = g.beside_manager(manager, load);
     let out = g.write_files(&files, &load_after_files(&as_manager))?;
-    let (loaded, logged) = out
-        .stdout
-        .split_once(&format!("{JOURNAL_MARK}\n"))
-        .unwrap_or((out.stdout.as_str(), ""));
     if !out.success() {
         bail!(
-            "daemon-reload, or loading the units, failed: {}",
+            "daemon-reload, loading the units, or reading the journal around it failed: {}",
             out.combined()
         );
     }
+    // Without the journal since the files were written there is nothing to check them
+    // against: never a silent pass of the check.
+    let Some((loaded, logged)) = out.stdout.split_once(&format!("{JOURNAL_MARK}\n")) else {
+        bail!(
+            "loading the units printed no journal (no {JOURNAL_MARK:?} line): {}",
+            out.combined()
+        );
+    };
     let not_loaded: Vec<&str> = loaded
         .lines()
         .filter(|l| l.starts_with("LoadState=") && l.trim() != "LoadState=loaded")
@@ -214,9 +237,12 @@ pub fn prepare_guest(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> Result
 fn load_after_files(load: &str) -> String {
     format!(
         "c=$(journalctl -q -n 0 --show-cursor); case $c in '-- cursor: '?*) ;; *) echo \"lab: no journal cursor in: $c\" >&2; exit 1;; esac\n\
-         ( {load} ); r=$?; journalctl --sync; echo '{JOURNAL_MARK}'; journalctl --no-pager -q -o cat --after-cursor=\"${{c#-- cursor: }}\"; exit $r"
+         ( {load} ); r=$?; journalctl --sync || {{ echo 'lab: journalctl --sync failed' >&2; exit 125; }}; echo '{JOURNAL_MARK}'; journalctl --no-pager -q -o cat --after-cursor=\"${{c#-- cursor: }}\" || {{ echo 'lab: reading the journal since the files were written failed' >&2; exit 125; }}; exit $r"
     )
 }
+
+/// Where podman puts its user generator for quadlet files (podman 4.4 and later).
+const QUADLET_USER_GENERATOR: &str = "/usr/lib/systemd/user-generators/podman-user-generator";
 
 /// The line between the units' properties and the journal in [`prepare_guest`]'s output.
 const JOURNAL_MARK: &str = "-- journal since the files were written --";
@@ -1057,6 +1083,19 @@ Reloading finished in 212 ms.\n";
         assert!(out.stdout.is_empty(), "{out:?}");
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("no journal cursor in: No entries"),
+            "{out:?}"
+        );
+        // A journal read that fails is a failure of the load, never an empty journal.
+        let fake = "journalctl() { case \"$*\" in *--show-cursor*) echo '-- cursor: s=1';; *--after-cursor=*) return 1;; esac; }\n";
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(fake.to_string() + &load_after_files("echo LoadState=loaded"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(125), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr)
+                .contains("reading the journal since the files were written failed"),
             "{out:?}"
         );
     }
