@@ -554,7 +554,7 @@ pub fn ci_pairs(
         let reboots = s
             .steps
             .iter()
-            .filter(|st| matches!(st, Step::Reboot))
+            .filter(|st| matches!(st, Step::Reboot {}))
             .count();
         let slept: f64 = s
             .steps

@@ -208,7 +208,7 @@ pub fn reboots_first(mut trials: Vec<Trial>) -> Vec<Trial> {
             t.scenario
                 .steps
                 .iter()
-                .filter(|s| matches!(s, crate::scenario::schema::Step::Reboot))
+                .filter(|s| matches!(s, crate::scenario::schema::Step::Reboot {}))
                 .count(),
         )
     });
@@ -623,7 +623,7 @@ mod tests {
             t.scenario
                 .steps
                 .iter()
-                .filter(|s| matches!(s, crate::scenario::schema::Step::Reboot))
+                .filter(|s| matches!(s, crate::scenario::schema::Step::Reboot {}))
                 .count()
         };
         let others: Vec<String> = planned

@@ -237,7 +237,7 @@ pub enum Step {
         half_close: bool,
     },
     /// A real reboot of the guest.
-    Reboot,
+    Reboot {},
     /// `systemctl is-failed UNIT` must say failed (or, with `failed = false`, not).
     IsFailed {
         unit: String,
@@ -350,7 +350,7 @@ impl Step {
             Step::Enable { .. } => "enable",
             Step::ResetFailed { .. } => "reset-failed",
             Step::Probe { .. } => "probe",
-            Step::Reboot => "reboot",
+            Step::Reboot {} => "reboot",
             Step::IsFailed { .. } => "is-failed",
             Step::Journal { .. } => "journal",
             Step::Netinfo { .. } => "netinfo",
@@ -371,7 +371,7 @@ impl Step {
                 Some(ns) => format!("{address} from {ns}"),
                 None => address.clone(),
             },
-            Step::Reboot => String::new(),
+            Step::Reboot {} => String::new(),
             Step::Journal { contains, lacks } => format!(
                 "{}{}",
                 contains
@@ -754,7 +754,7 @@ impl Scenario {
             check_step("claim_", n)?;
             let step = &s.steps[n - 1];
             let judges = match step {
-                Step::Reboot | Step::Sleep { .. } => false,
+                Step::Reboot {} | Step::Sleep { .. } => false,
                 Step::Run { record, .. } => record.is_none(),
                 _ => true,
             };
@@ -1118,6 +1118,10 @@ mod tests {
         "[[steps]]\ndo = \"netinfo\"\ncontainer = \"echo\"\noutbound_ok = true\n",
         "step 2 (netinfo): `outbound_ok` needs `outbound`"
     )]
+    #[case::rewritten_without_peer(
+        "[[steps]]\ndo = \"probe\"\naddress = \"tcp4:127.0.0.1:1\"\nsource = \"rewritten\"\n",
+        "source = \"rewritten\" needs `peer`"
+    )]
     #[case::bug_runtime(
         "[[known_bug]]\nruntime = \"youki\"\nversions = \"*\"\nissue = \"u\"\npattern = \"x\"\nstep = 1\n",
         "runtime = \"youki\": expected runc or crun"
@@ -1129,6 +1133,34 @@ mod tests {
         let text = format!("description = \"d\"\n[[steps]]\ndo = \"reboot\"\n{extra}");
         let e = load_text(&text);
         assert!(e.contains("bad.toml") && e.contains(message), "{e}");
+    }
+
+    #[rstest::rstest]
+    #[case::claim_unjudged(
+        "claim = \"c\"\n",
+        "a scenario with a `claim` names the steps that judge it"
+    )]
+    #[case::claim_judged_by_a_reboot(
+        "claim = \"c\"\nclaim_steps = [1]\n",
+        "step 1 (reboot) judges nothing"
+    )]
+    #[case::claim_step_out_of_range(
+        "claim = \"c\"\nclaim_steps = [3]\n",
+        "claim_step = 3: the scenario has steps 1 to 2"
+    )]
+    #[case::claim_steps_without_claim("claim_steps = [2]\n", "claim_steps without a `claim`")]
+    fn a_claim_names_the_steps_that_judge_it(#[case] top: &str, #[case] message: &str) {
+        let text = format!(
+            "description = \"d\"\n{top}[[steps]]\ndo = \"reboot\"\n[[steps]]\ndo = \"start\"\nunit = \"echo.socket\"\n"
+        );
+        let e = load_text(&text);
+        assert!(e.contains("bad.toml") && e.contains(message), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_key_on_a_step_without_arguments_is_an_error() {
+        let e = load_text("description = \"d\"\n[[steps]]\ndo = \"reboot\"\nclaim = \"c\"\n");
+        assert!(e.contains("unknown field `claim`"), "{e}");
     }
 
     #[test]

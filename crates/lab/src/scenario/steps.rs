@@ -497,7 +497,7 @@ pub fn run_steps(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> StepResult
             | Step::Enable { unit }
             | Step::ResetFailed { unit } => unit_verb(vm, scenario, step, unit),
             Step::Probe { .. } => probe(vm, scenario, runtime, step),
-            Step::Reboot => reboot(vm),
+            Step::Reboot {} => reboot(vm),
             Step::IsFailed { unit, failed } => is_failed(vm, scenario, unit, *failed),
             Step::Journal { contains, lacks } => {
                 journal_holds(vm, scenario, contains.as_deref(), lacks.as_deref())

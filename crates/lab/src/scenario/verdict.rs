@@ -395,6 +395,30 @@ mod tests {
     }
 
     #[test]
+    fn a_known_bug_keyed_on_an_unreadable_version_fails_naming_it() {
+        // A runtime whose --version printed nothing usable must not switch the bug off.
+        for unread in ["", "unknown"] {
+            let v = judged(&with_bug(2), &crun(unread), None, "");
+            assert_eq!(v.outcome, Outcome::Fail, "{unread:?}: {}", v.detail);
+            assert!(
+                v.detail.contains("keyed on crun's version") && v.detail.contains("/1828"),
+                "{}",
+                v.detail
+            );
+            assert!(!v.steps_ran, "the lab's failure, not the steps'");
+        }
+        // Another runtime's unreadable version is not this bug's business.
+        let runc = RuntimeUse {
+            name: "runc".into(),
+            podman_arg: "runc".into(),
+            version: String::new(),
+            source: None,
+            commit: None,
+        };
+        assert_eq!(judged(&with_bug(2), &runc, None, "").outcome, Outcome::Pass);
+    }
+
+    #[test]
     fn known_bug_not_reproduced_is_xpass_and_fixed_versions_pass() {
         let v = judged(&with_bug(2), &crun("1.21"), None, "");
         assert_eq!(v.outcome, Outcome::Xpass, "{}", v.detail);
