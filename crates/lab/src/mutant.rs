@@ -390,11 +390,11 @@ impl Score {
             Outcome::Skip => Score::NotRun,
             Outcome::Fail if !r.steps_ran => Score::Broken,
             // No failed step with the steps judged: an expected failure that did not come.
-            Outcome::Fail => match (r.failed_step, r.claim_steps.as_slice()) {
-                (None, [step]) => Score::Caught(*step),
-                (Some(step), claim) if claim.contains(&step) => Score::Caught(step),
+            Outcome::Fail => match (r.failed_step, r.claim_steps.last()) {
+                (None, Some(&step)) => Score::Caught(step),
+                (Some(step), _) if r.claim_steps.contains(&step) => Score::Caught(step),
                 (Some(step), _) => Score::OffClaim(step),
-                (None, _) => Score::Broken,
+                (None, None) => Score::Broken,
             },
         }
     }
@@ -499,11 +499,10 @@ pub fn score_report(
             let Score::Caught(step) = Score::of(r) else {
                 continue;
             };
-            let what = s
-                .steps
-                .get(step - 1)
-                .map(|st| format!("{} {}", st.kind(), st.summary()))
-                .unwrap_or_default();
+            let what = match step.checked_sub(1).and_then(|i| s.steps.get(i)) {
+                Some(st) => format!("{} {}", st.kind(), st.summary()),
+                None => "loading the units".into(),
+            };
             let evidence = r
                 .evidence
                 .clone()
@@ -781,6 +780,25 @@ mod tests {
             ..r.clone()
         };
         assert_eq!(Score::of(&came_not), Score::Caught(3));
+        // A claim about what systemd says of a unit is judged at the units' load, step 0
+        // (a scenario with load_complaints), and at its expected failure's step.
+        let said = TrialResult {
+            failed_step: Some(0),
+            claim_steps: vec![0, 2],
+            ..r.clone()
+        };
+        assert_eq!(Score::of(&said), Score::Caught(0));
+        let unsaid = TrialResult {
+            failed_step: None,
+            ..said.clone()
+        };
+        assert_eq!(Score::of(&unsaid), Score::Caught(2));
+        // Elsewhere a refused unit is no part of the claim.
+        let refused = TrialResult {
+            failed_step: Some(0),
+            ..r.clone()
+        };
+        assert_eq!(Score::of(&refused), Score::OffClaim(0));
         for (o, score) in [
             (Outcome::Pass, Score::Survived),
             (Outcome::Xpass, Score::Survived),

@@ -196,7 +196,11 @@ fn trial_section(run_dir: &Path, r: &TrialResult) -> Markup {
         .map(|l| split_steps(&l))
         .unwrap_or_default();
     let files = files::relative_files(dir).unwrap_or_default();
-    let failing = r.failed_step.map(|n| format!("step {n} "));
+    // Step 0 is the units' load, logged under the preparation's heading.
+    let failing = r.failed_step.map(|n| match n {
+        0 => "preparing the guest".to_string(),
+        n => format!("step {n} "),
+    });
     html! {
         section.trial id=(anchor(r)) {
             h2 {

@@ -26,7 +26,12 @@ pub fn run_on_guest(
     runtime: &RuntimeUse,
     versions: &BTreeMap<String, String>,
 ) -> Result<Verdict> {
-    steps::prepare_guest(vm, scenario, &runtime.podman_arg)?;
+    if let Err(e) = steps::prepare_guest(vm, scenario, &runtime.podman_arg) {
+        return match e.downcast::<steps::UnitsRefused>() {
+            Ok(refused) => Ok(verdict::units_refused(&refused.0)),
+            Err(e) => Err(e),
+        };
+    }
     let failure = steps::run_steps(vm, scenario, &runtime.podman_arg)?;
     let journal = steps::journal(vm, scenario, None);
     std::fs::write(vm.dir.join("journal.txt"), &journal)?;

@@ -19,7 +19,8 @@ pub struct Scenario {
     /// What the articles claim, for the summary.
     #[serde(default)]
     pub claim: Option<String>,
-    /// The steps that judge the claim, counted from 1: each fails when the claim is false.
+    /// The steps that judge the claim, counted from 1 (0: the units' load, with
+    /// `load_complaints`): each fails when the claim is false.
     /// A mutant counts as caught only at one of them. An expected failure's claim is
     /// judged at `expect.step`.
     #[serde(default)]
@@ -751,6 +752,14 @@ impl Scenario {
             _ => {}
         }
         for &n in &s.claim_steps {
+            if n == 0 {
+                if s.load_complaints.is_empty() {
+                    bail!(
+                        "{p}: claim_steps: step 0 (the units' load) judges a claim only with load_complaints"
+                    );
+                }
+                continue;
+            }
             check_step("claim_", n)?;
             let step = &s.steps[n - 1];
             let judges = match step {
@@ -832,12 +841,17 @@ impl Scenario {
         Ok(())
     }
 
-    /// The steps that judge the claim: `claim_steps`, or an expected failure's step.
+    /// The steps that judge the claim: `claim_steps`, or an expected failure's step, and
+    /// then step 0 (the units' load) when the scenario expects systemd to complain.
     pub fn claim_steps(&self) -> Vec<usize> {
-        match (self.expect.outcome, self.expect.step) {
+        let mut steps = match (self.expect.outcome, self.expect.step) {
             (ExpectedOutcome::Fail, Some(step)) if self.claim.is_some() => vec![step],
             _ => self.claim_steps.clone(),
+        };
+        if self.claim.is_some() && !self.load_complaints.is_empty() && !steps.contains(&0) {
+            steps.insert(0, 0);
         }
+        steps
     }
 
     pub fn socket_unit(&self) -> Option<SocketUnit> {

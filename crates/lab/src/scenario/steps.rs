@@ -226,10 +226,24 @@ pub fn prepare_guest(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> Result
         } else {
             "what systemd said on loading the units is not the scenario's load_complaints"
         };
-        bail!("{what}:\n{}", complaints.join("\n"));
+        return Err(UnitsRefused(format!("{what}:\n{}", complaints.join("\n"))).into());
     }
     Ok(())
 }
+
+/// What systemd (or the quadlet generator) said on loading the units was not what the
+/// scenario's `load_complaints` expects: the units' load as a step of its own (step 0),
+/// which judges a claim about what systemd says of a unit.
+#[derive(Debug)]
+pub struct UnitsRefused(pub String);
+
+impl std::fmt::Display for UnitsRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UnitsRefused {}
 
 /// The shell, run as root once the files are written, that reads the journal's position,
 /// runs `load` (the units' loading, beside their manager) and prints its output, then

@@ -69,6 +69,19 @@ impl Verdict {
     }
 }
 
+/// The FAIL of a trial whose units systemd did not take as the scenario expects: judged
+/// at step 0, the units' load (a claim about what systemd says of a unit is judged there).
+pub fn units_refused(why: &str) -> Verdict {
+    let mut v = Verdict::new(
+        Outcome::Fail,
+        format!("step 0 (loading the units): {why}"),
+        None,
+    );
+    v.step = Some(0);
+    v.steps_ran = true;
+    v
+}
+
 /// The verdict the scenario's `requires` gives before anything runs: a SKIP when the
 /// guest's versions are outside its ranges (or the scenario is unavailable), a FAIL when
 /// a version it needs could not be read from the guest; `None` when the trial runs.
