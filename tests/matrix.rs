@@ -65,7 +65,7 @@ fn main() -> anyhow::Result<()> {
             .collect(),
         conmon: std::env::var("SAL_CONMON").ok().filter(|c| !c.is_empty()),
     };
-    let planned = run::reboots_first(run::plan(&workspace, &selection)?);
+    let planned = run::longest_first(run::plan(&workspace, &selection)?);
     let bins = Binaries::from_env();
     if bins.is_none() && !args.list {
         eprintln!("lab trials need guests and are ignored here; run them with `cargo xtask test`");

@@ -290,7 +290,20 @@ pub fn accelerator() -> vm::qemu::Accel {
 
 /// `cargo xtask doctor`: reports, never installs. Fails when something the lab cannot
 /// work without is missing and `cargo xtask test` would not fix it by itself.
-pub fn doctor(sh: &Shell) -> Result<()> {
+/// The guest's components `doctor` shows per target, as its ready state recorded them.
+const GUEST_COMPONENTS: [&str; 9] = [
+    "podman",
+    "conmon",
+    "netavark",
+    "aardvark-dns",
+    "passt",
+    "slirp4netns",
+    "crun",
+    "runc",
+    "systemd",
+];
+
+pub fn doctor(sh: &Shell, root_dir: &std::path::Path) -> Result<()> {
     let mut blocking = Vec::new();
     let root = is_root();
     println!(
@@ -388,6 +401,39 @@ pub fn doctor(sh: &Shell) -> Result<()> {
             "free disk:     unknown (df failed on {})",
             existing.display()
         ),
+    }
+    // Per target: the archive its guests come from, and what its ready state has.
+    match vm::target::load_all(&root_dir.join("vm")) {
+        Err(e) => println!("targets:       {e:#}"),
+        Ok(targets) => {
+            for t in targets {
+                let archive = match &t.source {
+                    vm::target::ImageSource::Debian {
+                        suite,
+                        mirror,
+                        mirror_origin,
+                        ..
+                    } => format!("{suite} from {mirror} ({mirror_origin})"),
+                    vm::target::ImageSource::Fedora { release, .. } => {
+                        format!("Fedora {release} cloud image")
+                    }
+                };
+                println!("{:<15}{archive}", format!("{}:", t.name));
+                let versions = vm::ready::cached_versions(&t.name);
+                println!(
+                    "{:<15}{}",
+                    "",
+                    match versions {
+                        Some(v) => GUEST_COMPONENTS
+                            .iter()
+                            .map(|k| format!("{k} {}", v.get(*k).map_or("?", String::as_str)))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        None => "no ready state yet (cargo xtask vm build NAME)".into(),
+                    }
+                );
+            }
+        }
     }
     let tmp = std::env::temp_dir();
     println!(

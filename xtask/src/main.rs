@@ -388,7 +388,7 @@ fn run(cli: Cli) -> Result<()> {
             VmWhat::Ssh { target, command } => lab::ssh(&sh, &root, &target, &command),
         },
         Command::Ci { no_vm } => ci(&sh, &root, no_vm),
-        Command::Doctor => host::doctor(&sh),
+        Command::Doctor => host::doctor(&sh, &root),
         Command::Layout => layout::check(&root),
         Command::Host { dry_run, linters } => host::host(&sh, dry_run, linters),
         Command::Bench {

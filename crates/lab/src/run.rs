@@ -198,20 +198,31 @@ pub fn plan_selected(workspace: &Path, selection: &Selection) -> Result<Vec<Tria
     Ok(selected)
 }
 
-/// `trials` with those that reboot first (most reboots first), the others in their
-/// order. libtest-mimic starts trials in the order given, and under TCG a reboot trial
-/// takes 40-110 s against a median of about 10 s: with `--jobs N`, one started last
-/// keeps the run going while the other jobs sit idle.
-pub fn reboots_first(mut trials: Vec<Trial>) -> Vec<Trial> {
-    trials.sort_by_key(|t| {
-        std::cmp::Reverse(
-            t.scenario
-                .steps
-                .iter()
-                .filter(|s| matches!(s, crate::scenario::schema::Step::Reboot {}))
-                .count(),
-        )
-    });
+/// A trial's expected length under TCG, for ordering only: a reboot costs about 35 s, a
+/// sleep its seconds, and a probe allowed more than the default 30 s waits for something
+/// slow (a container's own systemd, a network that comes late) or, when the trial fails,
+/// waits out its timeout.
+pub fn expected_seconds(scenario: &Scenario) -> f64 {
+    use crate::scenario::schema::Step;
+    let mut seconds = 10.0;
+    let mut longest_probe: f64 = 30.0;
+    for step in &scenario.steps {
+        match step {
+            Step::Reboot {} => seconds += 35.0,
+            Step::Sleep { seconds: s } => seconds += s,
+            Step::Probe { timeout, .. } => longest_probe = longest_probe.max(*timeout),
+            _ => {}
+        }
+    }
+    seconds + (longest_probe - 30.0)
+}
+
+/// `trials` longest first ([`expected_seconds`]), the others in their order. libtest-mimic
+/// starts trials in the order given, and under TCG a reboot trial or one with a long probe
+/// takes 40-150 s against a median of about 10 s: with `--jobs N`, one started last keeps
+/// the run going while the other jobs sit idle.
+pub fn longest_first(mut trials: Vec<Trial>) -> Vec<Trial> {
+    trials.sort_by(|a, b| expected_seconds(&b.scenario).total_cmp(&expected_seconds(&a.scenario)));
     trials
 }
 
@@ -608,7 +619,7 @@ mod tests {
     }
 
     #[test]
-    fn trials_that_reboot_start_first_and_the_others_keep_their_order() {
+    fn long_trials_start_first_and_the_others_keep_their_order() {
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let planned = plan(
             &workspace,
@@ -619,27 +630,32 @@ mod tests {
             },
         )
         .unwrap();
-        let reboots = |t: &Trial| {
-            t.scenario
-                .steps
-                .iter()
-                .filter(|s| matches!(s, crate::scenario::schema::Step::Reboot {}))
-                .count()
-        };
-        let others: Vec<String> = planned
+        let short: Vec<String> = planned
             .iter()
-            .filter(|t| reboots(t) == 0)
+            .filter(|t| expected_seconds(&t.scenario) == 10.0)
             .map(Trial::name)
             .collect();
-        let ordered = reboots_first(planned);
-        let counts: Vec<usize> = ordered.iter().map(reboots).collect();
-        assert!(counts[0] > 0, "{counts:?}");
-        assert!(counts.windows(2).all(|w| w[0] >= w[1]), "{counts:?}");
+        let ordered = longest_first(planned);
+        let seconds: Vec<f64> = ordered
+            .iter()
+            .map(|t| expected_seconds(&t.scenario))
+            .collect();
+        assert!(seconds.windows(2).all(|w| w[0] >= w[1]), "{seconds:?}");
+        // The reboot with the network 60 s late first; systemd as PID 1 (a 90 s probe)
+        // before the plain trials.
+        assert!(ordered[0].name().starts_with("quadlet-reboot-slow-network"));
+        let pos = |n: &str| {
+            ordered
+                .iter()
+                .position(|t| t.name().starts_with(n))
+                .unwrap()
+        };
+        assert!(pos("systemd-pid1::") < pos("echo-tcp4::"));
         let after: Vec<String> = ordered
             .iter()
-            .filter(|t| reboots(t) == 0)
+            .filter(|t| expected_seconds(&t.scenario) == 10.0)
             .map(Trial::name)
             .collect();
-        assert_eq!(after, others);
+        assert_eq!(after, short);
     }
 }

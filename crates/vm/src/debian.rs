@@ -321,6 +321,7 @@ pub fn build(target: &Target, dir: &Path, key: &str, events: &Events) -> Result<
         suite,
         mirror,
         kernel_package,
+        ..
     } = &target.source
     else {
         bail!("{} is not a Debian target", target.name);

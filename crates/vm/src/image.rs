@@ -40,6 +40,14 @@ pub struct BaseImage {
 pub fn base_key(target: &Target) -> String {
     cache::key(&[
         ("target", target.file_text.as_bytes()),
+        // The archive may come from the host's apt or the environment, not the file.
+        (
+            "mirror",
+            match &target.source {
+                ImageSource::Debian { mirror, .. } => mirror.as_bytes(),
+                ImageSource::Fedora { .. } => b"",
+            },
+        ),
         ("recipe", debian::RECIPE_VERSION.as_bytes()),
         (
             "builder_packages",

@@ -4,6 +4,7 @@
 //! progress events for those steps. It knows nothing of scenarios, runtimes as a matrix
 //! axis, verdicts or reports: it does not depend on the `lab` crate.
 
+pub mod apt_sources;
 pub mod cache;
 pub mod cleanup;
 pub mod container_image;

@@ -330,6 +330,16 @@ fn provision(
         )?;
     }
     let mut versions = BTreeMap::new();
+    let mut scripts: Vec<(&str, String)> = Vec::new();
+    // podman's network stack: what a user-defined network or pasta runs on.
+    for p in NETWORK_PACKAGES {
+        scripts.push((
+            p,
+            format!(
+                "dpkg-query -W -f='${{Version}}' {p} 2>/dev/null || rpm -q --qf '%{{VERSION}}' {p} 2>/dev/null || true"
+            ),
+        ));
+    }
     for (name, script) in [
         ("podman", "podman --version | awk '{print $3}'"),
         ("runc", "runc --version | awk 'NR==1{print $3}'"),
@@ -344,8 +354,12 @@ fn provision(
             "container-selinux",
             "rpm -q --qf '%{VERSION}' container-selinux 2>/dev/null || true",
         ),
-    ] {
-        let out = guest.root(script, t)?;
+    ]
+    .map(|(n, s)| (n, s.to_string()))
+    .into_iter()
+    .chain(scripts)
+    {
+        let out = guest.root(&script, t)?;
         let value = out.stdout.trim();
         if !value.is_empty() && !value.contains("not installed") {
             versions.insert(name.to_string(), value.to_string());
@@ -354,6 +368,31 @@ fn provision(
     guest.root_ok("sync", t)?;
     Ok(versions)
 }
+
+/// The versions recorded by `target`'s most recent ready state in the cache (any
+/// accelerator or key), read without building anything; `None` when there is none.
+pub fn cached_versions(target: &str) -> Option<BTreeMap<String, String>> {
+    let prefix = format!("{target}-ready-");
+    let mut entries: Vec<(std::time::SystemTime, BTreeMap<String, String>)> =
+        std::fs::read_dir(cache::root().join("images"))
+            .ok()?
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.starts_with(&prefix) && !name.ends_with(".lock")
+            })
+            .filter_map(|e| {
+                let m = cache::lookup(&e.path())?;
+                let when = e.metadata().and_then(|md| md.modified()).ok()?;
+                Some((when, m.facts))
+            })
+            .collect();
+    entries.sort_by_key(|(when, _)| *when);
+    entries.pop().map(|(_, facts)| facts)
+}
+
+/// The packages of podman's network stack whose versions a ready state records.
+pub const NETWORK_PACKAGES: [&str; 4] = ["netavark", "aardvark-dns", "passt", "slirp4netns"];
 
 #[cfg(test)]
 mod tests {

@@ -43,7 +43,13 @@ pub enum ImageSource {
     /// Built offline with mmdebstrap from the Debian archive.
     Debian {
         suite: String,
+        /// The Debian archive: `SAL_DEBIAN_MIRROR` if set, else this key if the file has
+        /// it, else the one the host's apt is configured with ([`resolve_mirror`]).
+        #[serde(default)]
         mirror: String,
+        /// Where `mirror` came from, for `doctor` and messages.
+        #[serde(skip)]
+        mirror_origin: String,
         /// The cloud kernel boots fastest.
         kernel_package: String,
     },
@@ -117,6 +123,16 @@ impl Target {
                 target.name
             );
         }
+        if let ImageSource::Debian {
+            mirror,
+            mirror_origin,
+            ..
+        } = &mut target.source
+        {
+            let env = std::env::var(MIRROR_ENV).ok();
+            let host = crate::apt_sources::read(Path::new("/etc/apt"));
+            (*mirror, *mirror_origin) = resolve_mirror(env.as_deref(), mirror, path, &host)?;
+        }
         if target.runtimes.is_empty() {
             bail!(
                 "{}: key `runtimes` is empty; expected at least one of \"crun\", \"runc\"",
@@ -168,6 +184,37 @@ impl Target {
 }
 
 /// Every target under `dir`, sorted by name.
+/// The environment variable that names the Debian archive for every Debian target.
+pub const MIRROR_ENV: &str = "SAL_DEBIAN_MIRROR";
+
+/// The Debian archive a target's guests and runtime packages come from, and where that
+/// was said: `SAL_DEBIAN_MIRROR`, then the target file's `mirror`, then the host's own
+/// apt sources (so a local mirror, a proxy or a snapshot the host uses is the guests'
+/// too); an error naming all three when none has one.
+pub fn resolve_mirror(
+    env: Option<&str>,
+    in_file: &str,
+    file: &Path,
+    host: &[crate::apt_sources::Source],
+) -> Result<(String, String)> {
+    if let Some(m) = env.map(str::trim).filter(|m| !m.is_empty()) {
+        return Ok((m.trim_end_matches('/').to_string(), MIRROR_ENV.to_string()));
+    }
+    if !in_file.trim().is_empty() {
+        return Ok((
+            in_file.trim().trim_end_matches('/').to_string(),
+            format!("mirror in {}", file.display()),
+        ));
+    }
+    match crate::apt_sources::debian_archive(host) {
+        Some(s) => Ok((s.uri.clone(), format!("the host's apt ({})", s.file))),
+        None => bail!(
+            "{}: no Debian archive to build from: the host's apt names none (/etc/apt/sources.list, sources.list.d/*.list or *.sources with a Debian suite and main); set {MIRROR_ENV}=URL or `mirror = \"URL\"` under [source]",
+            file.display()
+        ),
+    }
+}
+
 pub fn load_all(dir: &Path) -> Result<Vec<Target>> {
     let mut targets = Vec::new();
     let entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
@@ -210,6 +257,38 @@ suite = "trixie"
 mirror = "http://deb.debian.org/debian"
 kernel_package = "linux-image-cloud-amd64"
 "#;
+
+    #[test]
+    fn the_archive_comes_from_the_environment_the_file_or_the_hosts_apt() {
+        let file = Path::new("vm/debian-13.toml");
+        let host = crate::apt_sources::parse_list(
+            "deb http://proxy.local:3142/debian bookworm main\n",
+            "/etc/apt/sources.list",
+        );
+        let r = |env: Option<&str>, in_file: &str, host: &[crate::apt_sources::Source]| {
+            resolve_mirror(env, in_file, file, host).unwrap()
+        };
+        assert_eq!(
+            r(Some("http://snap.local/debian/"), "http://f/debian", &host),
+            ("http://snap.local/debian".into(), MIRROR_ENV.into())
+        );
+        assert_eq!(
+            r(Some(" "), "http://f/debian", &host).1,
+            "mirror in vm/debian-13.toml"
+        );
+        assert_eq!(
+            r(None, "", &host),
+            (
+                "http://proxy.local:3142/debian".into(),
+                "the host's apt (/etc/apt/sources.list)".into()
+            )
+        );
+        let e = format!("{:#}", resolve_mirror(None, "", file, &[]).unwrap_err());
+        assert!(
+            e.contains("vm/debian-13.toml") && e.contains(MIRROR_ENV) && e.contains("sources.list"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn parses_a_debian_target() {
