@@ -23,7 +23,8 @@ pub(crate) const RECIPE_VERSION: &str = "debian-base-6";
 const CUSTOMIZE: &str = r#"#!/bin/sh
 set -eu
 R="$1"; STAGE="$2"
-echo lab > "$R/etc/hostname"
+# What apt would still install, for the comparison with a user's system (apt_record).
+@APT_RECORD@echo lab > "$R/etc/hostname"
 # A whole hosts file: bookworm's mmdebstrap leaves none, and without `localhost` a pull
 # fails in name resolution before it ever opens a socket.
 printf '127.0.0.1\tlocalhost\n127.0.1.1\tlab\n::1\tlocalhost ip6-localhost ip6-loopback\n' > "$R/etc/hosts"
@@ -126,8 +127,70 @@ chroot "$R" sh -c 'cd /tmp/lab-initrd && find . | sort | busybox cpio -o -H newc
 rm -rf "$I"
 "#;
 
+/// apt installs Recommends by default; mmdebstrap does not unless told.
+const RECOMMENDS: &str = "--aptopt=APT::Install-Recommends \"true\"";
+
+/// A setup hook that pins the target's `leave_out` packages away (priority -1), so apt
+/// skips them where they are only recommended and fails where something depends on them.
+fn leave_out_hook(target: &Target) -> Option<String> {
+    if target.leave_out.is_empty() {
+        return None;
+    }
+    let names: Vec<&str> = target.leave_out.keys().map(String::as_str).collect();
+    Some(format!(
+        "--setup-hook=mkdir -p \"$1/etc/apt/preferences.d\" && printf 'Package: %s\\nPin: version *\\nPin-Priority: -1\\n\\n' {} > \"$1/etc/apt/preferences.d/socket-activation-lab\"",
+        names.join(" ")
+    ))
+}
+
+/// Where the customize script records, for the test that compares the guest with apt,
+/// what apt would still install for the target's packages without the lab's pins, and
+/// what it would install for the left-out packages alone: the two must be the same.
+pub const APT_WOULD_ADD: &str = "/var/lib/socket-activation-lab/apt-would-add";
+pub const LEFT_OUT_WOULD_ADD: &str = "/var/lib/socket-activation-lab/left-out-would-add";
+
+/// The customize script's part that records [`APT_WOULD_ADD`] and [`LEFT_OUT_WOULD_ADD`]
+/// (apt's lists are still in the tree then), each a sorted list of package names.
+fn apt_record(target: &Target) -> String {
+    let simulate = |packages: &str, out: &str| {
+        format!(
+            "chroot \"$R\" apt-get install --simulate -q -o APT::Install-Recommends=true -o Dir::Etc::PreferencesParts=/nonexistent {packages} > \"$R/tmp/sal-simulate\"\n\
+             sed -n 's/^Inst \\([^ ]*\\) .*/\\1/p' \"$R/tmp/sal-simulate\" | sort > \"$R{out}\"\n"
+        )
+    };
+    let mut s = "mkdir -p \"$R/var/lib/socket-activation-lab\"\n".to_string();
+    s += &simulate(&target.packages.join(" "), APT_WOULD_ADD);
+    if target.leave_out.is_empty() {
+        s += &format!(": > \"$R{LEFT_OUT_WOULD_ADD}\"\n");
+    } else {
+        let names: Vec<&str> = target.leave_out.keys().map(String::as_str).collect();
+        s += &simulate(&names.join(" "), LEFT_OUT_WOULD_ADD);
+    }
+    s + "rm -f \"$R/tmp/sal-simulate\"\n"
+}
+
+/// What differs between the guest and what apt installs, beyond what the target leaves
+/// out on purpose: each package apt would add that the left-out packages do not account
+/// for, and each left-out package (or its dependency) that apt would not add anyway.
+pub fn unlisted_differences(apt_would_add: &str, left_out_would_add: &str) -> Vec<String> {
+    let set = |t: &str| -> std::collections::BTreeSet<String> {
+        t.split_whitespace().map(String::from).collect()
+    };
+    let (apt, left) = (set(apt_would_add), set(left_out_would_add));
+    let mut diffs: Vec<String> = apt
+        .difference(&left)
+        .map(|p| format!("apt would install {p}, which the target does not leave out"))
+        .collect();
+    diffs.extend(
+        left.difference(&apt)
+            .map(|p| format!("{p} is left out, but apt would not install it anyway")),
+    );
+    diffs
+}
+
 pub(crate) fn customize_script(target: &Target) -> String {
     CUSTOMIZE
+        .replace("@APT_RECORD@", &apt_record(target))
         .replace("@MODULES@", &target.modules.join(" "))
         .replace("@UID@", &target.user.uid.to_string())
         .replace("@USER@", &target.user.name)
@@ -332,11 +395,18 @@ pub fn build(target: &Target, dir: &Path, key: &str, events: &Events) -> Result<
     let mut packages = vec![kernel_package.to_string()];
     packages.extend(BUILDER_PACKAGES.map(String::from));
     packages.extend(target.packages.iter().cloned());
-    let tar = debootstrap(
+    let recommends = RECOMMENDS.to_string();
+    let pin = leave_out_hook(target);
+    let mut extra = vec![recommends.as_str()];
+    if let Some(pin) = &pin {
+        extra.push(pin);
+    }
+    let tar = debootstrap_with(
         suite,
         mirror,
         &packages,
         Some(&customize_script(target)),
+        &extra,
         s,
         &target.name,
         events,
@@ -363,6 +433,65 @@ pub fn build(target: &Target, dir: &Path, key: &str, events: &Events) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_what_the_target_leaves_out_may_differ_from_apt() {
+        // Nothing left out: apt would add nothing.
+        assert!(unlisted_differences("", "").is_empty());
+        // cpp left out: apt would add it and its dependencies, and exactly those.
+        assert!(unlisted_differences("cpp\ncpp-14\n", "cpp\ncpp-14\n").is_empty());
+        assert_eq!(
+            unlisted_differences("cpp\nnftables\n", "cpp\n"),
+            ["apt would install nftables, which the target does not leave out"]
+        );
+        assert_eq!(
+            unlisted_differences("", "criu\n"),
+            ["criu is left out, but apt would not install it anyway"]
+        );
+    }
+
+    #[test]
+    fn recommends_are_installed_and_left_out_packages_pinned_away() {
+        let mut t = Target::parse(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../vm/debian-13.toml"
+            ))
+            .unwrap(),
+            Path::new("vm/debian-13.toml"),
+        )
+        .unwrap();
+        let script = customize_script(&t);
+        assert!(
+            script.contains("apt-get install --simulate -q -o APT::Install-Recommends=true -o Dir::Etc::PreferencesParts=/nonexistent podman crun runc "),
+            "{script}"
+        );
+        t.leave_out.insert("cpp".into(), "size".into());
+        t.leave_out.insert("criu".into(), "size".into());
+        let hook = leave_out_hook(&t).unwrap();
+        assert!(
+            hook.contains("Pin-Priority: -1")
+                && hook.ends_with(" cpp criu > \"$1/etc/apt/preferences.d/socket-activation-lab\""),
+            "{hook}"
+        );
+        // The pin file as apt reads it, written by the hook's own printf.
+        let dir = tempfile::tempdir().unwrap();
+        let shell = hook.strip_prefix("--setup-hook=").unwrap();
+        let out = std::process::Command::new("sh")
+            .args(["-c", shell, "sh"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            std::fs::read_to_string(
+                dir.path()
+                    .join("etc/apt/preferences.d/socket-activation-lab")
+            )
+            .unwrap(),
+            "Package: cpp\nPin: version *\nPin-Priority: -1\n\nPackage: criu\nPin: version *\nPin-Priority: -1\n\n"
+        );
+    }
 
     #[test]
     fn customize_fills_every_placeholder() {

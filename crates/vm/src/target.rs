@@ -15,8 +15,14 @@ pub struct Target {
     pub name: String,
     pub description: String,
     pub source: ImageSource,
-    /// Packages installed in the guest (the kernel package is added by the source).
+    /// Packages installed in the guest (the kernel package is added by the source); on a
+    /// Debian target with their Recommends, as `apt install` does.
     pub packages: Vec<String>,
+    /// Packages apt would install (a Recommends) that the lab leaves out on purpose, each
+    /// with the reason (size, boot time): pinned away at the build, and the only
+    /// difference the guest may have from what apt installs.
+    #[serde(default)]
+    pub leave_out: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     pub user: User,
     #[serde(default)]
