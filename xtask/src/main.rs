@@ -633,7 +633,9 @@ fn ci(sh: &Shell, root: &Path, no_vm: bool) -> Result<()> {
         )
         .run()?;
     }
-    step("host tests this host cannot run, in a guest: the echo server over vsock loopback");
+    step(
+        "in a guest: the echo server over vsock loopback (this host has none), the package set against what apt installs",
+    );
     {
         let (tests, server) = statics::build_echo_tests(sh)?;
         let _tests = sh.push_env("SAL_ECHO_TEST_BIN", &tests);

@@ -1,8 +1,8 @@
-//! Host tests that need what this host may lack, run inside a lab guest instead: the
-//! echo server's vsock test needs AF_VSOCK loopback (`vsock_loopback`), which a guest
-//! has and a container or a CI runner often does not. The test binary and the server it
-//! starts are static (musl) builds, copied into the guest at the paths the test binary
-//! was compiled with.
+//! Tests that need a lab guest: host tests that need what this host may lack (the echo
+//! server's vsock test needs AF_VSOCK loopback, `vsock_loopback`, which a guest has and a
+//! container or a CI runner often does not; the test binary and the server it starts are
+//! static musl builds, copied into the guest at the paths the test binary was compiled
+//! with), and the guest's package set against what apt installs for a user.
 //!
 //! `SAL_ECHO_TEST_BIN` (the echo crate's `tests/echo.rs`, built for musl) and
 //! `SAL_ECHO_TEST_SERVER` (the musl `socket-activate-echo` it starts), plus the lab's
@@ -26,6 +26,41 @@ fn env_path(name: &str) -> PathBuf {
     )
 }
 
+/// A restored guest of debian-13 (its ready state built or reused).
+fn debian_13_guest(dir_name: &str) -> TrialVm {
+    let bins = Binaries::from_env().expect("SAL_ECHO_BIN and SAL_PROBE_BIN");
+    let target = vm::target::Target::load(&workspace().join("vm/debian-13.toml")).unwrap();
+    let events = Events::console();
+    let ready = vm::ready::ensure_ready(&target, &bins, events.machine()).unwrap();
+    let dir = workspace()
+        .join("target/lab")
+        .join(format!("{dir_name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    TrialVm::start(&ready, &dir, events.machine()).unwrap()
+}
+
+#[test]
+#[ignore = "boots a guest; run by cargo xtask ci"]
+fn the_guest_has_what_apt_installs_for_a_user_but_what_the_target_leaves_out() {
+    let vm = debian_13_guest("apt-set");
+    let t = Duration::from_secs(60);
+    let read = |path: &str| {
+        vm.guest
+            .root_ok(&format!("cat {}", vm::proc::quote(path)), t)
+            .unwrap()
+            .stdout
+    };
+    let (apt, left) = (
+        read(vm::debian::APT_WOULD_ADD),
+        read(vm::debian::LEFT_OUT_WOULD_ADD),
+    );
+    let diffs = vm::debian::unlisted_differences(&apt, &left);
+    assert!(diffs.is_empty(), "{diffs:#?}");
+    // What a user-defined network needs on trixie is there: netavark runs nft.
+    let nft = vm.guest.root("command -v nft", t).unwrap();
+    assert!(nft.success(), "no nft in the guest: {}", nft.combined());
+}
+
 #[test]
 #[ignore = "boots a guest; run by cargo xtask ci"]
 fn the_echo_servers_vsock_test_passes_in_a_guest() {
@@ -33,15 +68,7 @@ fn the_echo_servers_vsock_test_passes_in_a_guest() {
         env_path("SAL_ECHO_TEST_BIN"),
         env_path("SAL_ECHO_TEST_SERVER"),
     );
-    let bins = Binaries::from_env().expect("SAL_ECHO_BIN and SAL_PROBE_BIN");
-    let target = vm::target::Target::load(&workspace().join("vm/debian-13.toml")).unwrap();
-    let events = Events::console();
-    let ready = vm::ready::ensure_ready(&target, &bins, events.machine()).unwrap();
-    let dir = workspace()
-        .join("target/lab")
-        .join(format!("in-guest-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let vm = TrialVm::start(&ready, &dir, events.machine()).unwrap();
+    let vm = debian_13_guest("in-guest");
     let g = &vm.guest;
     let t = Duration::from_secs(120);
     for p in [&test_bin, &server] {
