@@ -290,19 +290,6 @@ pub fn accelerator() -> vm::qemu::Accel {
 
 /// `cargo xtask doctor`: reports, never installs. Fails when something the lab cannot
 /// work without is missing and `cargo xtask test` would not fix it by itself.
-/// The guest's components `doctor` shows per target, as its ready state recorded them.
-const GUEST_COMPONENTS: [&str; 9] = [
-    "podman",
-    "conmon",
-    "netavark",
-    "aardvark-dns",
-    "passt",
-    "slirp4netns",
-    "crun",
-    "runc",
-    "systemd",
-];
-
 pub fn doctor(sh: &Shell, root_dir: &std::path::Path) -> Result<()> {
     let mut blocking = Vec::new();
     let root = is_root();
@@ -424,7 +411,7 @@ pub fn doctor(sh: &Shell, root_dir: &std::path::Path) -> Result<()> {
                     "{:<15}{}",
                     "",
                     match versions {
-                        Some(v) => GUEST_COMPONENTS
+                        Some(v) => vm::ready::GUEST_COMPONENTS
                             .iter()
                             .map(|k| format!("{k} {}", v.get(*k).map_or("?", String::as_str)))
                             .collect::<Vec<_>>()

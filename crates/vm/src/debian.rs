@@ -434,6 +434,18 @@ pub fn build(target: &Target, dir: &Path, key: &str, events: &Events) -> Result<
 mod tests {
     use super::*;
 
+    fn debian_13() -> Target {
+        Target::parse(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../vm/debian-13.toml"
+            ))
+            .unwrap(),
+            Path::new("vm/debian-13.toml"),
+        )
+        .unwrap()
+    }
+
     #[test]
     fn only_what_the_target_leaves_out_may_differ_from_apt() {
         // Nothing left out: apt would add nothing.
@@ -452,15 +464,7 @@ mod tests {
 
     #[test]
     fn recommends_are_installed_and_left_out_packages_pinned_away() {
-        let mut t = Target::parse(
-            &std::fs::read_to_string(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../vm/debian-13.toml"
-            ))
-            .unwrap(),
-            Path::new("vm/debian-13.toml"),
-        )
-        .unwrap();
+        let mut t = debian_13();
         let script = customize_script(&t);
         assert!(
             script.contains("apt-get install --simulate -q -o APT::Install-Recommends=true -o Dir::Etc::PreferencesParts=/nonexistent podman crun runc "),
@@ -495,15 +499,7 @@ mod tests {
 
     #[test]
     fn customize_fills_every_placeholder() {
-        let t = Target::parse(
-            &std::fs::read_to_string(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../vm/debian-13.toml"
-            ))
-            .unwrap(),
-            Path::new("vm/debian-13.toml"),
-        )
-        .unwrap();
+        let t = debian_13();
         let s = customize_script(&t);
         // A placeholder is @NAME@; unit names like modprobe@drm.service are not.
         let is_placeholder =

@@ -391,6 +391,20 @@ pub fn cached_versions(target: &str) -> Option<BTreeMap<String, String>> {
     entries.pop().map(|(_, facts)| facts)
 }
 
+/// The guest's components a reader of a run wants beside its verdicts (`doctor`, the
+/// summary's header), as the ready state recorded their versions.
+pub const GUEST_COMPONENTS: [&str; 9] = [
+    "podman",
+    "conmon",
+    "netavark",
+    "aardvark-dns",
+    "passt",
+    "slirp4netns",
+    "crun",
+    "runc",
+    "systemd",
+];
+
 /// The packages of podman's network stack whose versions a ready state records.
 pub const NETWORK_PACKAGES: [&str; 4] = ["netavark", "aardvark-dns", "passt", "slirp4netns"];
 

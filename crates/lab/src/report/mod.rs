@@ -210,25 +210,13 @@ pub fn summary(results: &[TrialResult]) -> String {
     }
     let mut versions: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
     for r in results {
-        // The guest's stack as its ready state recorded it: podman and its network,
-        // both runtimes, systemd, the kernel.
-        let line = [
-            "podman",
-            "conmon",
-            "netavark",
-            "aardvark-dns",
-            "passt",
-            "slirp4netns",
-            "crun",
-            "runc",
-            "systemd",
-            "kernel",
-            "os",
-        ]
-        .iter()
-        .filter_map(|k| r.versions.get(*k).map(|v| format!("{k} {v}")))
-        .collect::<Vec<_>>()
-        .join(", ");
+        // The guest's stack as its ready state recorded it, then the kernel and the OS.
+        let line = vm::ready::GUEST_COMPONENTS
+            .iter()
+            .chain(&["kernel", "os"])
+            .filter_map(|k| r.versions.get(*k).map(|v| format!("{k} {v}")))
+            .collect::<Vec<_>>()
+            .join(", ");
         versions.entry(r.target.as_str()).or_default().insert(line);
     }
     s += "\n";
