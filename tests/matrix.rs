@@ -37,10 +37,7 @@ fn main() -> anyhow::Result<()> {
     // The guests at once, for the guests' vCPUs under TCG (libtest-mimic's default: one per
     // core).
     vm::qemu::set_guests_at_once(args.test_threads.unwrap_or_else(vm::qemu::host_cores));
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ is in the workspace")
-        .to_path_buf();
+    let workspace = lab::workspace::current()?;
     // libtest-mimic takes one FILTER; `cargo xtask test` passes any number through
     // SAL_FILTERS (one per line) and SAL_EXACT, with libtest's rules for each.
     let filters: Vec<String> = std::env::var("SAL_FILTERS")

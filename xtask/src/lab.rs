@@ -82,6 +82,7 @@ pub(crate) fn run_matrix(
         sh.push_env("SAL_FILTERS", &filters),
         sh.push_env("SAL_EXACT", if selection.exact { "1" } else { "" }),
         sh.push_env("SAL_MUTANTS", if selection.mutants { "1" } else { "" }),
+        sh.push_env(lab::workspace::WORKSPACE_VAR, root),
         sh.push_env("SAL_CONMON", selection.conmon.clone().unwrap_or_default()),
         sh.push_env(
             "SAL_SCENARIO_PATHS",

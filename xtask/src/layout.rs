@@ -317,12 +317,92 @@ pub fn check(root: &Path) -> Result<()> {
     if !cycles.is_empty() {
         bail!("import cycles between modules:\n{}", cycles.join("\n"));
     }
+    let mut files = Vec::new();
+    for src in crates.iter().filter(|s| s.is_dir()) {
+        rust_files(src, &mut files)?;
+    }
+    files.push(root.join("tests/matrix.rs"));
+    let mut compiled_in = Vec::new();
+    for file in &files {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let syntax =
+            syn::parse_file(&text).with_context(|| format!("parsing {}", file.display()))?;
+        let rel = file.strip_prefix(root).unwrap_or(file);
+        compiled_in.extend(
+            compiled_in_paths(&syntax)
+                .into_iter()
+                .map(|line| format!("{}:{line}", rel.display())),
+        );
+    }
+    if !compiled_in.is_empty() {
+        bail!(
+            "paths compiled in outside tests (a binary built in one checkout would read that checkout's files; find the workspace at run time with lab::workspace):\n{}",
+            compiled_in.join("\n")
+        );
+    }
+    eprintln!(
+        "layout: {} files, no path compiled in outside tests",
+        files.len()
+    );
     Ok(())
+}
+
+/// The lines, outside `#[cfg(test)]` and `#[test]` items, where `env!("CARGO_MANIFEST_DIR")`
+/// (alone or inside `concat!`) compiles a checkout's path into a binary.
+fn compiled_in_paths(file: &syn::File) -> Vec<usize> {
+    struct Find(Vec<usize>);
+    impl<'ast> Visit<'ast> for Find {
+        fn visit_item_mod(&mut self, m: &'ast syn::ItemMod) {
+            if !is_cfg_test(&m.attrs) {
+                syn::visit::visit_item_mod(self, m);
+            }
+        }
+        fn visit_item_fn(&mut self, f: &'ast syn::ItemFn) {
+            let test = is_cfg_test(&f.attrs) || f.attrs.iter().any(|a| a.path().is_ident("test"));
+            if !test {
+                syn::visit::visit_item_fn(self, f);
+            }
+        }
+        fn visit_macro(&mut self, m: &'ast syn::Macro) {
+            let tokens = m.tokens.to_string();
+            let is_env = m.path.is_ident("env") && tokens.contains("CARGO_MANIFEST_DIR");
+            if is_env
+                || tokens
+                    .replace(' ', "")
+                    .contains("env!(\"CARGO_MANIFEST_DIR\"")
+            {
+                self.0.push(m.path.segments[0].ident.span().start().line);
+            }
+        }
+    }
+    let mut find = Find(Vec::new());
+    find.visit_file(file);
+    find.0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_compiled_in_is_found_outside_tests_only() {
+        let file = syn::parse_file(
+            r#"
+fn root() -> &'static str { env!("CARGO_MANIFEST_DIR") }
+fn vm() -> &'static str {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/vm")
+}
+fn version() -> &'static str { env!("CARGO_PKG_VERSION") }
+#[test]
+fn t() { let _ = env!("CARGO_MANIFEST_DIR"); }
+#[cfg(test)]
+mod tests { fn f() { let _ = env!("CARGO_MANIFEST_DIR"); } }
+"#,
+        )
+        .unwrap();
+        assert_eq!(compiled_in_paths(&file), vec![2, 4]);
+    }
 
     fn crate_with(files: &[(&str, &str)]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();

@@ -226,11 +226,11 @@ enum BenchWhat {
     },
 }
 
-fn project_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
+/// The checkout `cargo xtask` runs in, found from the current directory (cargo leaves
+/// it where the user typed the command): a path compiled in would be the checkout the
+/// binary was built in.
+fn project_root() -> Result<PathBuf> {
+    ::lab::workspace::find_root(&std::env::current_dir()?)
 }
 
 /// `cargo xtask` is `cargo run`, which sets xtask's own package variables. Handed on to
@@ -280,7 +280,7 @@ fn run(cli: Cli) -> Result<()> {
     let sh = Shell::new()?;
     // Paths on the command line are the user's, relative to where they started it.
     let cwd = std::env::current_dir()?;
-    let root = project_root();
+    let root = project_root()?;
     sh.change_dir(&root);
     match cli.command {
         Command::Test {

@@ -14,3 +14,4 @@ pub mod scenario;
 pub mod trial;
 pub mod units;
 pub mod version;
+pub mod workspace;

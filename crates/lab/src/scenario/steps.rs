@@ -585,6 +585,17 @@ pub fn watched_probe(probe: &str, journal: &str, services: &[String]) -> String 
     )
 }
 
+/// A server that answered, with the wrong reply, is up: retrying cannot change what it
+/// says, so a `retry` probe ends at once (it waited out its whole timeout before).
+fn answered_wrongly(probe_stdout: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Outcome {
+        failure: Option<echo_probe::Failure>,
+    }
+    serde_json::from_str::<Outcome>(probe_stdout.trim())
+        .is_ok_and(|o| o.failure == Some(echo_probe::Failure::Mismatch))
+}
+
 /// `echo-probe` in the guest, retried while the server is starting if the step says so.
 fn probe(vm: &TrialVm, scenario: &Scenario, runtime: &str, step: &Step) -> StepResult {
     let Step::Probe {
@@ -644,6 +655,7 @@ fn probe(vm: &TrialVm, scenario: &Scenario, runtime: &str, step: &Step) -> StepR
             || !*retry
             || Instant::now() >= deadline
             || out.stderr.contains(STOPPED_WAITING)
+            || answered_wrongly(&out.stdout)
         {
             break out;
         }
@@ -989,6 +1001,40 @@ mod tests {
         assert!(!same_output("inactive\nactive\n", "active\nactive"));
         assert!(!same_output("unhealthy\nactive", "healthy\nactive"));
         assert!(!same_output("active\nactive\nactive", "active\nactive"));
+    }
+
+    /// echo-probe's own `--json` result, against a real listener on loopback.
+    fn probe_json(expect: &str, serve: Option<&'static [u8]>) -> String {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        if let Some(reply) = serve {
+            std::thread::spawn(move || {
+                let (mut c, _) = listener.accept().unwrap();
+                let _ = c.read(&mut [0; 64]);
+                c.write_all(reply).unwrap();
+            });
+        } else {
+            drop(listener); // nothing listens: refused
+        }
+        let spec = echo_probe::ProbeSpec {
+            address: format!("tcp4:127.0.0.1:{port}").parse().unwrap(),
+            send: b"hello\n".to_vec(),
+            expect: echo_probe::Expect::Bytes(expect.as_bytes().to_vec()),
+            timeout: Duration::from_secs(5),
+            keep_open: false,
+        };
+        serde_json::to_string(&echo_probe::probe(&spec)).unwrap()
+    }
+
+    #[test]
+    fn only_a_wrong_reply_ends_the_retries() {
+        assert!(answered_wrongly(&probe_json("hello\n", Some(b"iello\n"))));
+        assert!(!answered_wrongly(&probe_json("hello\n", Some(b"hello\n"))));
+        assert!(!answered_wrongly(&probe_json("hello\n", None)));
+        assert!(!answered_wrongly(
+            "ssh: connect to host: Connection refused"
+        ));
     }
 
     #[test]
