@@ -504,12 +504,7 @@ pub fn run_trial(trial: &Trial, ready: &Ready, run_dir: &Path, events: &Events) 
                                 None => line,
                             });
                         }
-                        scenario::steps::import_images(
-                            &vm,
-                            &trial.target,
-                            &trial.scenario,
-                            events.machine(),
-                        )?;
+                        scenario::steps::check_images(&vm, &trial.scenario)?;
                         match &trial.mutant {
                             None => scenario::run_on_guest(&vm, &trial.scenario, &rt, &versions),
                             Some(m) => run_mutant(&vm, trial, m, rt, &versions),

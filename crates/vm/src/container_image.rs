@@ -1,14 +1,15 @@
 //! Container images built offline from the Debian archive, like the guests, for what the
 //! echo image cannot be: `systemd`, an image whose entrypoint is systemd (article 004:
 //! systemd as the container's PID 1). Kept in the cache as a gzipped root file system
-//! per suite; a trial that needs one copies it in and `podman import`s it.
+//! per suite; every ready state `podman import`s them all ([`crate::ready`]), so a trial
+//! finds them in its guest's storage.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 use crate::events::{Event, Events};
 use crate::target::{ImageSource, Target};
@@ -63,6 +64,18 @@ fn source(target: &Target) -> (String, String) {
         ImageSource::Debian { suite, mirror, .. } => (suite.clone(), mirror.clone()),
         ImageSource::Fedora { .. } => ("trixie".into(), "http://deb.debian.org/debian".into()),
     }
+}
+
+/// Every image the lab builds, for `target`: (name, gzipped root file system).
+pub fn ensure_all(target: &Target, events: &Events) -> Result<Vec<(&'static str, PathBuf)>> {
+    RECIPES
+        .iter()
+        .map(|r| {
+            ensure(r.name, target, events)
+                .map(|tar| (r.name, tar))
+                .with_context(|| format!("building the {} container image", r.name))
+        })
+        .collect()
 }
 
 /// The gzipped root file system of `image` for `target`, from the cache, built first if

@@ -97,34 +97,26 @@ pub fn add_client_netns(g: &Guest) -> Result<()> {
     Ok(())
 }
 
-/// Builds (once, in the cache) and imports into the guest the container images the
-/// scenario's `prepare.images` names, as the test user.
-pub fn import_images(
-    vm: &TrialVm,
-    target: &vm::target::Target,
-    scenario: &Scenario,
-    events: &vm::events::Events,
-) -> Result<()> {
+/// Checks that the container images the scenario's `prepare.images` names are in the
+/// guest's storage: every ready state imports them ([`vm::container_image`]).
+pub fn check_images(vm: &TrialVm, scenario: &Scenario) -> Result<()> {
     use vm::container_image as ci;
     for image in &scenario.prepare.images {
-        let tar = ci::ensure(image, target, events)
-            .with_context(|| format!("building the {image} container image"))?;
         let g = &vm.guest;
-        g.log_heading(&format!("importing the {image} container image"));
-        let remote = format!("/var/tmp/sal-{image}.tar.gz");
-        let data = std::fs::read(&tar).with_context(|| format!("reading {}", tar.display()))?;
-        g.write_file(&remote, &data, Some(g.user.name.as_str()), 0o644)?;
-        let changes: String = ci::import_changes(image)
-            .iter()
-            .map(|c| format!(" --change {}", quote(c)))
-            .collect();
-        g.user_ok(
-            &format!(
-                "podman import --quiet{changes} {remote} {} >/dev/null && rm -f {remote}",
-                ci::local_name(image)
-            ),
-            Duration::from_secs(300),
+        g.log_heading(&format!(
+            "the {image} container image, from the ready state"
+        ));
+        let name = ci::local_name(image);
+        let out = g.user(
+            &format!("podman image exists {}", quote(&name)),
+            Duration::from_secs(60),
         )?;
+        if !out.success() {
+            bail!(
+                "the ready state has no {name} (it imports every image the lab builds): {}",
+                out.combined().trim()
+            );
+        }
     }
     Ok(())
 }
