@@ -280,7 +280,12 @@ fn run(cli: Cli) -> Result<()> {
     let sh = Shell::new()?;
     // Paths on the command line are the user's, relative to where they started it.
     let cwd = std::env::current_dir()?;
-    let root = project_root()?;
+    // `host` installs host packages and needs no checkout (it runs in a bare root in
+    // host_install.rs); everything else reads the checkout.
+    let root = match (&cli.command, project_root()) {
+        (Command::Host { .. }, Err(_)) => cwd.clone(),
+        (_, root) => root?,
+    };
     sh.change_dir(&root);
     match cli.command {
         Command::Test {
