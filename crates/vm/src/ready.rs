@@ -89,10 +89,14 @@ fn ready_key(
     images: &[(&str, PathBuf)],
 ) -> Result<String> {
     let base_manifest = serde_json::to_string(&base.manifest)?;
-    // An image is named by its cache entry, whose directory name carries its key.
+    // An image is named by its cache entry's directory, whose name carries its key (not
+    // by its path: the same state in a cache elsewhere is the same state).
     let images: String = images
         .iter()
-        .map(|(name, tar)| format!("{name}={}\n", tar.display()))
+        .map(|(name, tar)| {
+            let entry = tar.parent().and_then(Path::file_name).unwrap_or_default();
+            format!("{name}={}\n", entry.to_string_lossy())
+        })
         .collect();
     Ok(cache::key(&[
         ("images", images.as_bytes()),
@@ -498,5 +502,22 @@ mod tests {
         let key = |cmdline| ready_key(&base, &machine, cmdline, "10.0.2", &bins, &[]).unwrap();
         assert_eq!(key(KERNEL_CMDLINE), key(KERNEL_CMDLINE));
         assert_ne!(key(KERNEL_CMDLINE), key("root=/dev/vda rw console=ttyS0"));
+
+        // The images: another image is another state; the same one in a cache elsewhere
+        // (a copied cache, another XDG_CACHE_HOME) is the same state.
+        let with = |tar: &str| {
+            let images = [("systemd", PathBuf::from(tar))];
+            ready_key(&base, &machine, KERNEL_CMDLINE, "10.0.2", &bins, &images).unwrap()
+        };
+        let a = "/a/images/container-systemd-trixie-9cbb/rootfs.tar.gz";
+        assert_eq!(
+            with(a),
+            with("/b/images/container-systemd-trixie-9cbb/rootfs.tar.gz")
+        );
+        assert_ne!(
+            with(a),
+            with("/a/images/container-systemd-trixie-1234/rootfs.tar.gz")
+        );
+        assert_ne!(with(a), key(KERNEL_CMDLINE));
     }
 }
