@@ -79,10 +79,17 @@ fn harness() -> PathBuf {
         .expect("cargo named the harness executable")
 }
 
-fn listed(mut harness: Command) -> String {
-    let out = harness
+/// The harness's `--list`, run from `dir` with `SAL_WORKSPACE` as given (`None`: unset,
+/// as under `cargo test`).
+fn listed(harness: &Path, dir: &Path, workspace_var: Option<&Path>) -> String {
+    let mut cmd = Command::new(harness);
+    match workspace_var {
+        Some(w) => cmd.env("SAL_WORKSPACE", w),
+        None => cmd.env_remove("SAL_WORKSPACE"),
+    };
+    let out = cmd
+        .current_dir(dir)
         .args(["--list", "--format=terse"])
-        .env_remove("SAL_WORKSPACE")
         .env("SAL_TARGETS", "")
         .output()
         .unwrap();
@@ -99,28 +106,18 @@ fn the_harness_lists_the_catalogue_of_the_checkout_it_runs_in() {
     let copy = other_checkout();
     let harness = harness();
     // As cargo runs it: from the package's directory.
-    let mut in_copy = Command::new(&harness);
-    in_copy.current_dir(copy.path().join("tests"));
-    let copy_list = listed(in_copy);
+    let copy_list = listed(&harness, &copy.path().join("tests"), None);
     assert!(copy_list.contains("only-in-the-copy"), "{copy_list}");
     assert!(!copy_list.contains("trigger-limit"), "{copy_list}");
     assert!(!copy_list.contains("debian-12"), "{copy_list}");
 
-    let mut in_origin = Command::new(&harness);
-    in_origin.current_dir(workspace().join("tests"));
-    let own_list = listed(in_origin);
+    let own_list = listed(&harness, &workspace().join("tests"), None);
     assert!(!own_list.contains("only-in-the-copy"), "{own_list}");
     assert!(own_list.contains("trigger-limit"), "{own_list}");
 
     // As xtask runs it: the workspace handed down, wherever the current directory is.
-    let out = Command::new(&harness)
-        .current_dir(workspace())
-        .args(["--list", "--format=terse"])
-        .env("SAL_WORKSPACE", copy.path())
-        .env("SAL_TARGETS", "")
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("only-in-the-copy"));
+    let handed = listed(&harness, &workspace(), Some(copy.path()));
+    assert!(handed.contains("only-in-the-copy"), "{handed}");
 }
 
 #[test]
