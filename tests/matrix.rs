@@ -34,6 +34,7 @@ fn list(var: &str) -> Vec<String> {
 
 fn main() -> anyhow::Result<()> {
     let args = Arguments::from_args();
+    lab::host_env::init();
     // The guests at once, for the guests' vCPUs under TCG (libtest-mimic's default: one per
     // core).
     vm::qemu::set_guests_at_once(args.test_threads.unwrap_or_else(vm::qemu::host_cores));
@@ -63,7 +64,7 @@ fn main() -> anyhow::Result<()> {
         conmon: std::env::var("SAL_CONMON").ok().filter(|c| !c.is_empty()),
     };
     let planned = run::longest_first(run::plan(&workspace, &selection)?);
-    let bins = Binaries::from_env();
+    let bins = lab::host_env::binaries();
     if bins.is_none() && !args.list {
         eprintln!("lab trials need guests and are ignored here; run them with `cargo xtask test`");
     }

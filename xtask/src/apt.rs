@@ -216,7 +216,7 @@ impl<'a> Apt<'a> {
         Ok(Apt {
             sh,
             codename,
-            allow_expired: std::env::var_os("SAL_ALLOW_EXPIRED_RELEASE").is_some_and(|v| v == "1"),
+            allow_expired: vm::config::get().allow_expired_release,
             private: None,
             added: Vec::new(),
             pins: Vec::new(),

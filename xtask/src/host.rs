@@ -3,8 +3,9 @@
 
 use std::path::PathBuf;
 
+pub use ::lab::host_env::on_path;
 use anyhow::{Context, Result, bail};
-pub use vm::proc::{is_root, on_path};
+pub use vm::proc::is_root;
 use xshell::{Shell, cmd};
 
 use crate::apt::Apt;

@@ -571,6 +571,7 @@ mod tests {
 
     #[test]
     fn suites_go_to_debian_targets_and_versions_to_fedora_ones() {
+        vm::config::use_test_defaults();
         let j = jobs(&[], &["runc@bookworm", "crun@1.24"]).unwrap();
         assert!(
             j.contains(&("debian-13".into(), "runc@bookworm".into())),
@@ -594,6 +595,7 @@ mod tests {
 
     #[test]
     fn an_empty_matrix_is_an_error() {
+        vm::config::use_test_defaults();
         let e = jobs(&["debian-13"], &["crun@1.24"])
             .unwrap_err()
             .to_string();

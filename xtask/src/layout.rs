@@ -5,9 +5,13 @@
 //! edge: a parent may declare children that use it. Test modules (`#[cfg(test)]`) are
 //! left out, as they are not part of the crate's layout.
 //!
+//! The same parse also fails on a path compiled in outside tests
+//! (`env!("CARGO_MANIFEST_DIR")`) and on an environment read in crates/vm (its caller
+//! passes a `vm::config::Config`), and prints the longest functions.
+//!
 //! Hand-written on syn rather than `cargo modules dependencies --acyclic`: that tool
-//! builds rust-analyzer (minutes on two cores) and follows its release cadence; this is
-//! a hundred lines that run in a second.
+//! builds rust-analyzer (minutes on two cores) and follows its release cadence; these
+//! checks run in a second.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -202,17 +206,41 @@ impl<'ast> Visit<'ast> for Uses<'_> {
     }
 }
 
-/// The module graph of the crate whose sources are under `src`.
-pub fn graph(src: &Path) -> Result<Graph> {
+/// A source file and its syntax tree, parsed once for every check.
+struct Parsed {
+    path: PathBuf,
+    syntax: syn::File,
+}
+
+/// The Rust files under `src`, sorted and parsed.
+fn parse_crate(src: &Path) -> Result<Vec<Parsed>> {
     let mut files = Vec::new();
     rust_files(src, &mut files)?;
     files.sort();
-    let modules: BTreeSet<String> = files.iter().map(|f| module_of(src, f)).collect();
+    files.into_iter().map(|f| parse(&f)).collect()
+}
+
+fn parse(path: &Path) -> Result<Parsed> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let syntax = syn::parse_file(&text).with_context(|| format!("parsing {}", path.display()))?;
+    Ok(Parsed {
+        path: path.to_path_buf(),
+        syntax,
+    })
+}
+
+/// The module graph of the crate whose sources are under `src`.
+#[cfg(test)]
+fn graph(src: &Path) -> Result<Graph> {
+    Ok(graph_of(src, &parse_crate(src)?))
+}
+
+fn graph_of(src: &Path, files: &[Parsed]) -> Graph {
+    let modules: BTreeSet<String> = files.iter().map(|f| module_of(src, &f.path)).collect();
     let mut graph = Graph::new();
-    for file in &files {
-        let text = std::fs::read_to_string(file)?;
-        let ast = syn::parse_file(&text).with_context(|| format!("parsing {}", file.display()))?;
-        let module = module_of(src, file);
+    for file in files {
+        let module = module_of(src, &file.path);
         let parts: Vec<String> = if module.is_empty() {
             Vec::new()
         } else {
@@ -223,7 +251,7 @@ pub fn graph(src: &Path) -> Result<Graph> {
             modules: &modules,
             found: Vec::new(),
         };
-        uses.visit_file(&ast);
+        uses.visit_file(&file.syntax);
         let edges = graph.entry(module.clone()).or_default();
         for path in uses.found {
             // The deepest module the path names: `a::b::Item` is module `a::b` if it
@@ -238,7 +266,7 @@ pub fn graph(src: &Path) -> Result<Graph> {
             }
         }
     }
-    Ok(graph)
+    graph
 }
 
 /// A cycle in `graph` as the modules along it (first = last), if there is one.
@@ -285,7 +313,8 @@ fn shown(module: &str) -> &str {
     if module.is_empty() { "crate" } else { module }
 }
 
-/// Checks every crate of the workspace; prints each crate's module and edge counts.
+/// Checks every crate of the workspace; prints each crate's module and edge counts and
+/// the longest functions.
 pub fn check(root: &Path) -> Result<()> {
     let mut crates: Vec<PathBuf> = std::fs::read_dir(root.join("crates"))?
         .flatten()
@@ -293,9 +322,11 @@ pub fn check(root: &Path) -> Result<()> {
         .collect();
     crates.push(root.join("xtask/src"));
     crates.sort();
-    let mut cycles = Vec::new();
+    let mut problems = Vec::new();
+    let mut all = Vec::new();
     for src in crates.iter().filter(|s| s.is_dir()) {
-        let g = graph(src)?;
+        let files = parse_crate(src)?;
+        let g = graph_of(src, &files);
         let edges: usize = g.values().map(BTreeSet::len).sum();
         let name = src
             .parent()
@@ -310,42 +341,160 @@ pub fn check(root: &Path) -> Result<()> {
             ),
             Some(c) => {
                 let path: Vec<&str> = c.iter().map(|m| shown(m)).collect();
-                cycles.push(format!("{}: {}", name.display(), path.join(" -> ")));
+                problems.push(format!(
+                    "import cycle between modules: {}: {}",
+                    name.display(),
+                    path.join(" -> ")
+                ));
+            }
+        }
+        if name == Path::new("crates/vm") {
+            for file in &files {
+                let rel = file.path.strip_prefix(root).unwrap_or(&file.path);
+                problems.extend(env_reads(&file.syntax).into_iter().map(|(line, what)| {
+                    format!(
+                        "{}:{line}: `{what}`: the vm crate reads no environment variable; its caller passes them in vm::config::Config (lab::host_env reads them)",
+                        rel.display()
+                    )
+                }));
+            }
+        }
+        all.extend(files);
+    }
+    all.push(parse(&root.join("tests/matrix.rs"))?);
+    for file in &all {
+        let rel = file.path.strip_prefix(root).unwrap_or(&file.path);
+        problems.extend(compiled_in_paths(&file.syntax).into_iter().map(|line| {
+            format!(
+                "{}:{line}: a path compiled in outside tests (a binary built in one checkout would read that checkout's files; find the workspace at run time with lab::workspace)",
+                rel.display()
+            )
+        }));
+    }
+    let mut lengths: Vec<(usize, String)> = all
+        .iter()
+        .flat_map(|f| {
+            let rel = f.path.strip_prefix(root).unwrap_or(&f.path).to_path_buf();
+            function_lengths(&f.syntax)
+                .into_iter()
+                .map(move |(name, lines)| (lines, format!("{}: {name}", rel.display())))
+        })
+        .collect();
+    lengths.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    eprintln!("layout: the longest functions (tests left out):");
+    for (lines, name) in lengths.iter().take(10) {
+        eprintln!("  {lines:>4} lines  {name}");
+    }
+    if !problems.is_empty() {
+        bail!("{}", problems.join("\n"));
+    }
+    eprintln!(
+        "layout: {} files, no path compiled in outside tests, no environment read in crates/vm",
+        all.len()
+    );
+    Ok(())
+}
+
+/// Reads of the environment (`std::env::var`, `var_os`, `vars`, `vars_os`) outside
+/// tests, as (line, path written).
+fn env_reads(file: &syn::File) -> Vec<(usize, String)> {
+    struct Find(Vec<(usize, String)>);
+    impl<'ast> Visit<'ast> for Find {
+        fn visit_item_mod(&mut self, m: &'ast syn::ItemMod) {
+            if !is_cfg_test(&m.attrs) {
+                syn::visit::visit_item_mod(self, m);
+            }
+        }
+        fn visit_item_fn(&mut self, f: &'ast syn::ItemFn) {
+            if !is_test_fn(&f.attrs) {
+                syn::visit::visit_item_fn(self, f);
+            }
+        }
+        fn visit_path(&mut self, p: &'ast syn::Path) {
+            let names: Vec<String> = p.segments.iter().map(|s| s.ident.to_string()).collect();
+            let reads = names.windows(2).any(|w| {
+                w[0] == "env" && matches!(w[1].as_str(), "var" | "var_os" | "vars" | "vars_os")
+            });
+            if reads {
+                let line = p.segments[0].ident.span().start().line;
+                self.0.push((line, names.join("::")));
+            }
+            syn::visit::visit_path(self, p);
+        }
+        fn visit_item_use(&mut self, u: &'ast syn::ItemUse) {
+            // `use std::env::var;` hides the read from the paths that follow.
+            let text = quote_use(&u.tree);
+            if text.contains("env::var") {
+                let line = u.use_token.span.start().line;
+                self.0.push((line, format!("use {text}")));
             }
         }
     }
-    if !cycles.is_empty() {
-        bail!("import cycles between modules:\n{}", cycles.join("\n"));
+    fn quote_use(tree: &syn::UseTree) -> String {
+        match tree {
+            syn::UseTree::Path(p) => format!("{}::{}", p.ident, quote_use(&p.tree)),
+            syn::UseTree::Name(n) => n.ident.to_string(),
+            syn::UseTree::Rename(r) => r.ident.to_string(),
+            syn::UseTree::Glob(_) => "*".into(),
+            syn::UseTree::Group(g) => g.items.iter().map(quote_use).collect::<Vec<_>>().join(","),
+        }
     }
-    let mut files = Vec::new();
-    for src in crates.iter().filter(|s| s.is_dir()) {
-        rust_files(src, &mut files)?;
+    let mut find = Find(Vec::new());
+    find.visit_file(file);
+    find.0
+}
+
+fn is_test_fn(attrs: &[syn::Attribute]) -> bool {
+    is_cfg_test(attrs) || attrs.iter().any(|a| a.path().is_ident("test"))
+}
+
+/// Every function and method outside tests, as (name, lines it spans).
+fn function_lengths(file: &syn::File) -> Vec<(String, usize)> {
+    struct Find(Vec<(String, usize)>, Vec<String>);
+    fn span_lines(s: proc_macro2::Span) -> usize {
+        s.end().line.saturating_sub(s.start().line) + 1
     }
-    files.push(root.join("tests/matrix.rs"));
-    let mut compiled_in = Vec::new();
-    for file in &files {
-        let text =
-            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-        let syntax =
-            syn::parse_file(&text).with_context(|| format!("parsing {}", file.display()))?;
-        let rel = file.strip_prefix(root).unwrap_or(file);
-        compiled_in.extend(
-            compiled_in_paths(&syntax)
-                .into_iter()
-                .map(|line| format!("{}:{line}", rel.display())),
-        );
+    impl<'ast> Visit<'ast> for Find {
+        fn visit_item_mod(&mut self, m: &'ast syn::ItemMod) {
+            if !is_cfg_test(&m.attrs) {
+                syn::visit::visit_item_mod(self, m);
+            }
+        }
+        fn visit_item_impl(&mut self, i: &'ast syn::ItemImpl) {
+            if is_cfg_test(&i.attrs) {
+                return;
+            }
+            let owner = match &*i.self_ty {
+                syn::Type::Path(t) => t
+                    .path
+                    .segments
+                    .last()
+                    .map(|s| s.ident.to_string())
+                    .unwrap_or_default(),
+                _ => String::new(),
+            };
+            self.1.push(owner);
+            syn::visit::visit_item_impl(self, i);
+            self.1.pop();
+        }
+        fn visit_item_fn(&mut self, f: &'ast syn::ItemFn) {
+            if !is_test_fn(&f.attrs) {
+                use syn::spanned::Spanned;
+                self.0.push((f.sig.ident.to_string(), span_lines(f.span())));
+                syn::visit::visit_item_fn(self, f);
+            }
+        }
+        fn visit_impl_item_fn(&mut self, f: &'ast syn::ImplItemFn) {
+            use syn::spanned::Spanned;
+            let owner = self.1.last().cloned().unwrap_or_default();
+            self.0
+                .push((format!("{owner}::{}", f.sig.ident), span_lines(f.span())));
+            syn::visit::visit_impl_item_fn(self, f);
+        }
     }
-    if !compiled_in.is_empty() {
-        bail!(
-            "paths compiled in outside tests (a binary built in one checkout would read that checkout's files; find the workspace at run time with lab::workspace):\n{}",
-            compiled_in.join("\n")
-        );
-    }
-    eprintln!(
-        "layout: {} files, no path compiled in outside tests",
-        files.len()
-    );
-    Ok(())
+    let mut find = Find(Vec::new(), Vec::new());
+    find.visit_file(file);
+    find.0
 }
 
 /// The lines, outside `#[cfg(test)]` and `#[test]` items, where `env!("CARGO_MANIFEST_DIR")`
@@ -359,8 +508,7 @@ fn compiled_in_paths(file: &syn::File) -> Vec<usize> {
             }
         }
         fn visit_item_fn(&mut self, f: &'ast syn::ItemFn) {
-            let test = is_cfg_test(&f.attrs) || f.attrs.iter().any(|a| a.path().is_ident("test"));
-            if !test {
+            if !is_test_fn(&f.attrs) {
                 syn::visit::visit_item_fn(self, f);
             }
         }
@@ -402,6 +550,37 @@ mod tests { fn f() { let _ = env!("CARGO_MANIFEST_DIR"); } }
         )
         .unwrap();
         assert_eq!(compiled_in_paths(&file), vec![2, 4]);
+    }
+
+    #[test]
+    fn environment_reads_are_found_outside_tests_only() {
+        let file = syn::parse_file(
+            r#"
+use std::env::var_os;
+fn a() { let _ = std::env::var("X"); }
+fn b() { let _ = env::vars(); }
+fn c() { let _ = std::env::current_dir(); let _ = env!("CARGO_PKG_VERSION"); }
+#[test]
+fn t() { let _ = std::env::var("X"); }
+#[cfg(test)]
+mod tests { fn f() { let _ = std::env::var_os("X"); } }
+"#,
+        )
+        .unwrap();
+        let lines: Vec<usize> = env_reads(&file).into_iter().map(|(l, _)| l).collect();
+        assert_eq!(lines, vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn functions_and_methods_are_measured_in_lines() {
+        let file = syn::parse_file(
+            "fn one() {}\nstruct S;\nimpl S {\n    fn three(&self) {\n        let _ = 1;\n    }\n}\n#[test]\nfn t() {}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            function_lengths(&file),
+            vec![("one".to_string(), 1), ("S::three".to_string(), 3)]
+        );
     }
 
     fn crate_with(files: &[(&str, &str)]) -> tempfile::TempDir {

@@ -262,6 +262,7 @@ fn is_cargo_run_variable(name: &str) -> bool {
 
 fn main() -> std::process::ExitCode {
     forget_cargo_run_env();
+    ::lab::host_env::init();
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -263,6 +263,7 @@ fn ctrl_c_while_provisioning_the_ready_state() {
     assert!(status.success());
     // The base image this code builds, not any debian-13 base an older recipe left in
     // the cache: with a stale one, the run below would build the base first and keep it.
+    lab::host_env::init();
     let target = vm::target::find(&workspace().join("vm"), "debian-13").unwrap();
     let real_base = vm::image::base_dir(&target);
     assert!(real_base.is_dir(), "{} after vm build", real_base.display());
@@ -440,6 +441,7 @@ fn ctrl_c_while_building_a_runtime() {
     let log = workspace().join("target/interrupt-build.log");
     let runtime = format!("crun@git:{}", tree.display());
     let mut child = spawn(&["test", "echo-tcp4::", "--runtime", &runtime], None, &log);
+    lab::host_env::init();
     let images = vm::cache::root().join("images");
     wait_until("the build at work", Duration::from_secs(900), || {
         vm::cleanup::processes()

@@ -5,6 +5,7 @@
 
 pub mod bisect;
 pub mod events;
+pub mod host_env;
 pub mod mutant;
 pub mod netbench;
 pub mod report;

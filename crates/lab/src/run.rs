@@ -615,6 +615,7 @@ mod tests {
 
     #[test]
     fn long_trials_start_first_and_the_others_keep_their_order() {
+        vm::config::use_test_defaults();
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let planned = plan(
             &workspace,

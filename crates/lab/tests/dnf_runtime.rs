@@ -220,7 +220,8 @@ fn upstream_version(debian_version: &str) -> String {
 #[test]
 #[ignore = "needs root, mmdebstrap, the static binaries and minutes of QEMU; cargo xtask ci runs it"]
 fn dnf_installs_a_runtime_version_from_the_targets_repositories() {
-    let bins = vm::ready::Binaries::from_env()
+    lab::host_env::init();
+    let bins = lab::host_env::binaries()
         .expect("SAL_ECHO_BIN and SAL_PROBE_BIN: the static binaries (cargo xtask build-static)");
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let target =

@@ -26,7 +26,8 @@ fn workspace() -> PathBuf {
 }
 
 fn bins() -> Binaries {
-    Binaries::from_env()
+    lab::host_env::init();
+    lab::host_env::binaries()
         .expect("SAL_ECHO_BIN and SAL_PROBE_BIN: the static binaries (cargo xtask build-static)")
 }
 
@@ -35,6 +36,7 @@ fn events() -> Events {
 }
 
 fn target() -> vm::target::Target {
+    lab::host_env::init();
     vm::target::Target::load(&workspace().join("vm/debian-13.toml")).unwrap()
 }
 
@@ -255,6 +257,7 @@ fn broken_ready_states_are_rebuilt_not_used() {
     let home = cache_copy(&real);
     // SAFETY: single-threaded here; nothing else reads the environment meanwhile.
     unsafe { std::env::set_var("XDG_CACHE_HOME", home.path()) };
+    lab::host_env::init();
     let copy = home
         .path()
         .join("socket-activation-lab/images")
@@ -347,6 +350,7 @@ fn full_disk_while_building_an_image() {
     let _unmount = Unmount(mnt.clone());
     // SAFETY: single-threaded here; nothing else reads the environment meanwhile.
     unsafe { std::env::set_var("XDG_CACHE_HOME", &mnt) };
+    lab::host_env::init();
     let err = vm::image::ensure_base(&target(), events().machine())
         .map(|_| ())
         .expect_err("a 160 MiB cache cannot hold a guest image");

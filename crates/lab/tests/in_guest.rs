@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lab::events::Events;
-use vm::ready::Binaries;
 use vm::trial_vm::TrialVm;
 
 fn workspace() -> PathBuf {
@@ -28,7 +27,8 @@ fn env_path(name: &str) -> PathBuf {
 
 /// A restored guest of debian-13 (its ready state built or reused).
 fn debian_13_guest(dir_name: &str) -> TrialVm {
-    let bins = Binaries::from_env().expect("SAL_ECHO_BIN and SAL_PROBE_BIN");
+    lab::host_env::init();
+    let bins = lab::host_env::binaries().expect("SAL_ECHO_BIN and SAL_PROBE_BIN");
     let target = vm::target::Target::load(&workspace().join("vm/debian-13.toml")).unwrap();
     let events = Events::console();
     let ready = vm::ready::ensure_ready(&target, &bins, events.machine()).unwrap();

@@ -11,14 +11,14 @@ use lab::events::Events;
 use lab::run::{Trial, run_trial};
 use lab::scenario::Scenario;
 use lab::trial::{Outcome, TrialResult};
-use vm::ready::Binaries;
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 fn trial(fixture: &str, runtime: &str) -> TrialResult {
-    let bins = Binaries::from_env()
+    lab::host_env::init();
+    let bins = lab::host_env::binaries()
         .expect("SAL_ECHO_BIN and SAL_PROBE_BIN: the static binaries (cargo xtask build-static)");
     let target = vm::target::Target::load(&workspace().join("vm/debian-13.toml")).unwrap();
     let events = Events::console();

@@ -14,13 +14,9 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+/// The cache's root, as the caller configured it ([`crate::config`]).
 pub fn root() -> PathBuf {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("/var/tmp"));
-    base.join("socket-activation-lab")
+    crate::config::get().cache_root.clone()
 }
 
 /// A stable key from named parts: `sha256(name=value\n...)`, first 16 hex digits.

@@ -285,7 +285,8 @@ pub fn debootstrap_with(
         } else if out.combined().contains("is expired") && !allow_expired {
             format!(
                 "\nThe mirror serves an expired {suite} InRelease (a frozen mirror or snapshot?). \
-                 Set {ALLOW_EXPIRED_RELEASE}=1 to accept it; its signature is still checked."
+                 Set {}=1 to accept it; its signature is still checked.",
+                crate::config::ALLOW_EXPIRED_RELEASE_VAR
             )
         } else {
             String::new()
@@ -301,11 +302,9 @@ pub fn debootstrap_with(
     Ok(tar)
 }
 
-/// The environment variable that accepts a Debian InRelease past its Valid-Until.
-pub const ALLOW_EXPIRED_RELEASE: &str = "SAL_ALLOW_EXPIRED_RELEASE";
-
+/// Whether a Debian InRelease past its Valid-Until is accepted ([`crate::config`]).
 pub fn allow_expired_release() -> bool {
-    std::env::var(ALLOW_EXPIRED_RELEASE).is_ok_and(|v| v == "1")
+    crate::config::get().allow_expired_release
 }
 
 /// Which initramfs of the image boots it.
@@ -464,6 +463,7 @@ mod tests {
 
     #[test]
     fn recommends_are_installed_and_left_out_packages_pinned_away() {
+        crate::config::use_test_defaults();
         let mut t = debian_13();
         let script = customize_script(&t);
         assert!(
@@ -499,6 +499,7 @@ mod tests {
 
     #[test]
     fn customize_fills_every_placeholder() {
+        crate::config::use_test_defaults();
         let t = debian_13();
         let s = customize_script(&t);
         // A placeholder is @NAME@; unit names like modprobe@drm.service are not.
@@ -513,6 +514,7 @@ mod tests {
 
     #[test]
     fn key_changes_with_the_target_file() {
+        crate::config::use_test_defaults();
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../vm/debian-13.toml");
         let text = std::fs::read_to_string(path).unwrap();
         let a = Target::parse(&text, Path::new("vm/debian-13.toml")).unwrap();

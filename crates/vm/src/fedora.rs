@@ -166,7 +166,7 @@ pub fn download_and_provision(
     let file = image_url.rsplit('/').next().unwrap_or("image.qcow2");
     let checksum_text = download::fetch_text(checksum_url)?;
     match checksum_key {
-        Some(_) if proc::on_path("gpgv") => {
+        Some(_) if proc::runs("gpgv") => {
             let keyring = target.package_key().expect("a Fedora target with a key");
             download::verify_clearsigned(&checksum_text, &keyring)
                 .with_context(|| format!("CHECKSUM {checksum_url}"))?;

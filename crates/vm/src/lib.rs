@@ -7,6 +7,7 @@
 pub mod apt_sources;
 pub mod cache;
 pub mod cleanup;
+pub mod config;
 pub mod container_image;
 pub mod debian;
 pub mod download;

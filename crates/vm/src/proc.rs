@@ -85,14 +85,52 @@ pub fn run_to_file(cmd: Command, file: std::fs::File, timeout: Duration) -> Resu
     run_with(cmd, None, Some(file), false, timeout)
 }
 
+/// How a command run by [`run_or_kill`] ended.
+#[derive(Debug)]
+pub enum Ended {
+    Exited(Output),
+    /// Killed at its deadline; what it had printed by then.
+    Killed {
+        stdout: String,
+        stderr: String,
+    },
+}
+
+/// Like [`run`], but a command still running at its deadline is killed and its output
+/// returned, for a caller to whom that is an answer (a probe that hangs where it fails).
+pub fn run_or_kill(cmd: Command, timeout: Duration) -> Result<Ended> {
+    run_ending(cmd, None, None, false, timeout)
+}
+
 fn run_with(
+    cmd: Command,
+    stdin: Option<&[u8]>,
+    stdout: Option<std::fs::File>,
+    own_group: bool,
+    timeout: Duration,
+) -> Result<Output> {
+    let shown = display(&cmd);
+    match run_ending(cmd, stdin, stdout, own_group, timeout)? {
+        Ended::Exited(out) => Ok(out),
+        Ended::Killed { stderr, .. } => bail!(
+            "`{shown}` did not finish within {:.0} s and was killed{}",
+            timeout.as_secs_f64(),
+            match tail(stderr.trim(), 5) {
+                t if t.is_empty() => String::new(),
+                t => format!("; its stderr ended:\n{t}"),
+            }
+        ),
+    }
+}
+
+fn run_ending(
     mut cmd: Command,
     stdin: Option<&[u8]>,
     stdout: Option<std::fs::File>,
     // The child leads a process group of its own (`run_own_group`).
     own_group: bool,
     timeout: Duration,
-) -> Result<Output> {
+) -> Result<Ended> {
     let shown = display(&cmd);
     let to_file = stdout.is_some();
     cmd.stdin(if stdin.is_some() {
@@ -129,22 +167,41 @@ fn run_with(
         }
         let _ = child.kill();
         let _ = child.wait();
-        bail!(
-            "`{shown}` did not finish within {:.0} s and was killed",
-            timeout.as_secs_f64()
-        );
+        // A process the command left behind (ssh's master) may hold the pipes open: the
+        // readers get a second, then what they have is dropped with them.
+        let grace = Duration::from_secs(1);
+        return Ok(Ended::Killed {
+            stdout: out_reader
+                .map(|r| joined_within(r, grace))
+                .unwrap_or_default(),
+            stderr: joined_within(err_reader, grace),
+        });
     };
     if let Some(f) = feeder {
         let _ = f.join();
     }
-    Ok(Output {
+    Ok(Ended::Exited(Output {
         status,
         stdout: out_reader
             .map(|r| r.join().unwrap_or_default())
             .unwrap_or_default(),
         stderr: err_reader.join().unwrap_or_default(),
         elapsed: start.elapsed(),
-    })
+    }))
+}
+
+/// What a reader thread read, if it ends within `limit`; else nothing (the thread is left
+/// to end with its pipe).
+fn joined_within(reader: std::thread::JoinHandle<String>, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    while !reader.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if reader.is_finished() {
+        reader.join().unwrap_or_default()
+    } else {
+        String::new()
+    }
 }
 
 /// Like [`run`], but a non-zero exit is an error with the output in it.
@@ -197,10 +254,11 @@ pub fn wait_deadline(child: &mut Child, timeout: Duration) -> Option<ExitStatus>
     }
 }
 
-/// Whether `command` is an executable on PATH.
-pub fn on_path(command: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|dir| dir.join(command).is_file()))
+/// Whether `command --version` runs and succeeds (within 10 s): the tool is installed.
+pub fn runs(command: &str) -> bool {
+    let mut c = Command::new(command);
+    c.arg("--version");
+    run(c, None, Duration::from_secs(10)).is_ok_and(|out| out.success())
 }
 
 /// The last `lines` lines of `text`.

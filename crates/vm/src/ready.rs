@@ -40,17 +40,6 @@ pub struct Binaries {
     pub probe: PathBuf,
 }
 
-impl Binaries {
-    /// The binaries `cargo xtask` built, as it passes them to the harness and the VM tests
-    /// (`SAL_ECHO_BIN`, `SAL_PROBE_BIN`); `None` when either is unset.
-    pub fn from_env() -> Option<Binaries> {
-        Some(Binaries {
-            echo: std::env::var_os("SAL_ECHO_BIN")?.into(),
-            probe: std::env::var_os("SAL_PROBE_BIN")?.into(),
-        })
-    }
-}
-
 /// What provisioning puts into the guest: the static binaries (and the echo image made
 /// of them), and the other container images as built on the host.
 struct Contents<'a> {

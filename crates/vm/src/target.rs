@@ -135,7 +135,7 @@ impl Target {
             ..
         } = &mut target.source
         {
-            let env = std::env::var(MIRROR_ENV).ok();
+            let env = crate::config::get().debian_mirror.clone();
             let host = crate::apt_sources::read(Path::new("/etc/apt"));
             (*mirror, *mirror_origin) = resolve_mirror(env.as_deref(), mirror, path, &host)?;
         }
@@ -189,9 +189,8 @@ impl Target {
     }
 }
 
-/// Every target under `dir`, sorted by name.
 /// The environment variable that names the Debian archive for every Debian target.
-pub const MIRROR_ENV: &str = "SAL_DEBIAN_MIRROR";
+pub const MIRROR_ENV: &str = crate::config::DEBIAN_MIRROR_VAR;
 
 /// The Debian archive a target's guests and runtime packages come from, and where that
 /// was said: `SAL_DEBIAN_MIRROR`, then the target file's `mirror`, then the host's own
@@ -221,6 +220,7 @@ pub fn resolve_mirror(
     }
 }
 
+/// Every target under `dir`, sorted by name.
 pub fn load_all(dir: &Path) -> Result<Vec<Target>> {
     let mut targets = Vec::new();
     let entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
@@ -298,6 +298,7 @@ kernel_package = "linux-image-cloud-amd64"
 
     #[test]
     fn parses_a_debian_target() {
+        crate::config::use_test_defaults();
         let t = Target::parse(GOOD, Path::new("vm/debian-13.toml")).unwrap();
         assert_eq!(t.user, User::default());
         assert_eq!(t.machine, Machine::default());
@@ -321,6 +322,7 @@ kernel_package = "linux-image-cloud-amd64"
         #[case] path: &str,
         #[case] message: &str,
     ) {
+        crate::config::use_test_defaults();
         let e = format!("{:#}", Target::parse(text, Path::new(path)).unwrap_err());
         assert!(e.contains(path), "{e}");
         assert!(e.contains(message), "{e}");
@@ -328,6 +330,7 @@ kernel_package = "linux-image-cloud-amd64"
 
     #[test]
     fn the_shipped_targets_parse() {
+        crate::config::use_test_defaults();
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../vm");
         let all = load_all(&dir).unwrap();
         let names: Vec<&str> = all.iter().map(|t| t.name.as_str()).collect();

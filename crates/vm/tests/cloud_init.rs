@@ -28,6 +28,20 @@ fn debugfs_cat(raw: &Path, path: &str) -> String {
 fn cloud_init_provisions_a_debian_guest() {
     let fixture =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/debian-13-cloudinit.toml");
+    // The library reads no environment; this test gives it what xtask would.
+    let cache_home = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache")
+        });
+    vm::config::set(vm::config::Config {
+        cache_root: vm::config::Config::cache_root_in(cache_home),
+        forced_accel: None,
+        allow_expired_release: std::env::var_os("SAL_ALLOW_EXPIRED_RELEASE")
+            .is_some_and(|v| v == "1"),
+        debian_mirror: std::env::var("SAL_DEBIAN_MIRROR").ok(),
+    });
     let target = Target::load(&fixture).unwrap();
     let events = Events::new(vec![Box::new(ConsoleReporter::new())]);
     let work = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/lab");

@@ -38,7 +38,7 @@ pub fn check_valid_until(inrelease: &str, now: std::time::SystemTime) -> Result<
         bail!(
             "the InRelease expired {days} days ago (Valid-Until: {}); a frozen mirror or snapshot? Set {}=1 to accept it (its signature is still checked)",
             value.trim(),
-            vm::debian::ALLOW_EXPIRED_RELEASE
+            vm::config::ALLOW_EXPIRED_RELEASE_VAR
         );
     }
     Ok(())
@@ -306,6 +306,7 @@ mod tests {
 
     #[test]
     fn inrelease_valid_until() {
+        vm::config::use_test_defaults();
         let t = |s: &str| httpdate::parse_http_date(s).unwrap();
         let sid = "-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA256\n\nOrigin: Debian\nDate: Fri, 30 Oct 2026 08:08:01 UTC\nValid-Until: Fri, 06 Nov 2026 08:08:01 UTC\n\n-----BEGIN PGP SIGNATURE-----\n";
         check_valid_until(sid, t("Thu, 05 Nov 2026 00:00:00 GMT")).unwrap();

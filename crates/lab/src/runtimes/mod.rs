@@ -335,6 +335,7 @@ mod tests {
         #[case] runtime: &str,
         #[case] refused: Option<&str>,
     ) {
+        vm::config::use_test_defaults();
         let spec: RuntimeSpec = runtime.parse().unwrap();
         let why = spec.refusal(&vm_target(target));
         match refused {

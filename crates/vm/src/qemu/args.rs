@@ -1,17 +1,9 @@
-//! One QEMU guest. Its command line is composed from small pure functions (testable
-//! without QEMU); the running process is owned by [`Qemu`], whose `Drop` stops it.
+//! QEMU's command line, composed from small pure functions (testable without QEMU),
+//! and the parsers of what QEMU prints. Nothing here runs a process or reads the host.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
-
-use anyhow::{Context, Result, bail};
 
 use crate::proc;
-use crate::qmp::Qmp;
-use crate::target::Target;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
@@ -38,20 +30,6 @@ pub struct MachineSpec {
 }
 
 impl MachineSpec {
-    /// `target`'s hardware. The accelerator is decided by booting `kernel` (direct kernel
-    /// boot) or, for a disk that boots itself, from the host alone.
-    pub fn for_target(target: &Target, kernel: Option<&Path>) -> MachineSpec {
-        MachineSpec {
-            accel: match kernel {
-                Some(k) => decide_accel(k),
-                None => detect_accel(),
-            },
-            memory_mib: target.machine.memory_mib,
-            cpus: target.machine.cpus,
-        }
-        .sized_for(guests_at_once(), host_cores())
-    }
-
     /// Under TCG, a guest gets no more vCPUs than its share of the host's cores (at least
     /// one): the run's guests then never outnumber the cores with vCPUs, which each need a
     /// host thread to run; the target's count stands where it fits, and under KVM.
@@ -134,28 +112,6 @@ pub fn ram_args(memory_mib: u32, ram: &Ram) -> Vec<String> {
         "-object".into(),
         format!("memory-backend-file,id={RAM_ID},size={memory_mib}M,mem-path={path},share={share}"),
     ]
-}
-
-/// How many guests this process runs side by side (the harness's `--test-threads`);
-/// 0 until set: then a guest per core, as `cargo xtask test` runs by default, so `vm
-/// build`, `vm ssh` and the tests make and use the ready state a default run uses.
-static GUESTS_AT_ONCE: AtomicUsize = AtomicUsize::new(0);
-
-pub fn set_guests_at_once(n: usize) {
-    GUESTS_AT_ONCE.store(n.max(1), Ordering::Relaxed);
-}
-
-/// The guests this process runs side by side, for [`MachineSpec::sized_for`].
-pub fn guests_at_once() -> usize {
-    match GUESTS_AT_ONCE.load(Ordering::Relaxed) {
-        0 => host_cores(),
-        n => n,
-    }
-}
-
-/// The host's cores, as the OS offers them to this process.
-pub fn host_cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 pub fn machine_args(m: &MachineSpec) -> Vec<String> {
@@ -278,161 +234,26 @@ pub fn args(c: &VmConfig, qmp_socket: &Path) -> Vec<String> {
     a
 }
 
-/// A running QEMU. Dropping it quits QEMU (QMP `quit`, then SIGKILL).
-pub struct Qemu {
-    child: Option<Child>,
-    pub qmp: Qmp,
-    pub config: VmConfig,
-    /// Holds the QMP socket; removed after QEMU is gone (fields drop after `Drop::drop`).
-    _socket_dir: SocketDir,
-}
-
-/// A short private directory for QEMU's unix sockets: a socket path must fit in 107 bytes,
-/// which a run or cache directory under a workspace (`/home/runner/work/...`) does not.
-struct SocketDir(tempfile::TempDir);
-
-impl SocketDir {
-    fn new() -> Result<SocketDir> {
-        let dir = tempfile::Builder::new()
-            .prefix("sal-qemu-")
-            .tempdir()
-            .context("creating a directory for QEMU's sockets")?;
-        crate::cleanup::register(dir.path());
-        let socket_dir = SocketDir(dir);
-        let qmp = socket_dir.qmp();
-        let len = qmp.as_os_str().len();
-        if len > 107 {
-            bail!(
-                "the QMP socket path {} is {len} bytes; unix sockets allow 107: set TMPDIR to a shorter directory",
-                qmp.display()
-            );
-        }
-        Ok(socket_dir)
-    }
-
-    fn qmp(&self) -> PathBuf {
-        self.0.path().join("qmp.sock")
-    }
-}
-
-impl Drop for SocketDir {
-    fn drop(&mut self) {
-        crate::cleanup::unregister(self.0.path());
-    }
-}
-
-impl Qemu {
-    /// Starts QEMU; it is also killed if this process dies. Its stderr goes to `log`.
-    pub fn start(mut config: VmConfig, log: &Path) -> Result<Qemu> {
-        let socket_dir = SocketDir::new()?;
-        let qmp_socket = socket_dir.qmp();
-        let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args(args(&config, &qmp_socket));
-        let log_file = std::fs::File::create(log)?;
-        cmd.stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file);
-        proc::die_with_parent(&mut cmd);
-        let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
-        let connected = Qmp::connect(&qmp_socket, Duration::from_secs(20)).and_then(|mut q| {
-            if config.ssh_port == 0 {
-                let usernet = q.human("info usernet")?;
-                config.ssh_port = forwarded_port(&usernet, 22).with_context(|| {
-                    format!("QEMU's `info usernet` shows no forward to port 22:\n{usernet}")
-                })?;
-            }
-            if let Some(state) = &config.incoming {
-                if config.ram != Ram::Anonymous {
-                    q.ignore_shared_memory()?;
-                }
-                let uri = state_uri(state, StateFile::Load, running_release());
-                q.execute("migrate-incoming", Some(serde_json::json!({ "uri": uri })))
-                    .with_context(|| format!("loading the saved state {}", state.display()))?;
-            }
-            Ok(q)
-        });
-        let qmp = match connected {
-            Ok(q) => q,
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                let stderr = std::fs::read_to_string(log).unwrap_or_default();
-                return Err(e.context(format!(
-                    "QEMU did not come up:\n{}",
-                    proc::tail(&stderr, 20)
-                )));
-            }
-        };
-        Ok(Qemu {
-            child: Some(child),
-            qmp,
-            config,
-            _socket_dir: socket_dir,
-        })
-    }
-
-    /// `Some(status)` once QEMU has exited.
-    /// `Some(why)` once QEMU has exited: its status and the end of its `log`.
-    pub fn gone(&mut self, log: &Path) -> Option<String> {
-        let status = self.exited()?;
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        Some(format!(
-            "QEMU exited ({status}): {}",
-            crate::proc::tail(text.trim(), 5)
-        ))
-    }
-
-    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
-    }
-
-    /// Asks QEMU to quit and waits for it.
-    pub fn quit(mut self) -> Result<()> {
-        self.shutdown();
-        Ok(())
-    }
-
-    /// Quits QEMU and waits for it (killing it after 5 s); later calls do nothing. A
-    /// stopped or hung QEMU does not answer QMP: the quit waits 5 s for a reply, not 30.
-    pub fn shutdown(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            self.qmp.set_timeout(Duration::from_secs(5));
-            let _ = self.qmp.execute("quit", None);
-            if proc::wait_deadline(&mut child, Duration::from_secs(5)).is_none() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-    }
-}
-
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
-
-/// The first line of `qemu-system-x86_64 --version`, read once per process: a saved
-/// state is only loaded by the QEMU that saved it.
-pub fn version() -> Result<String> {
-    static VERSION: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
-    VERSION
-        .get_or_init(|| {
-            let out = std::process::Command::new("qemu-system-x86_64")
-                .arg("--version")
-                .output()
-                .map_err(|e| format!("running qemu-system-x86_64 --version: {e}"))?;
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .next()
-                .map(|l| l.trim().to_string())
-                .filter(|l| out.status.success() && !l.is_empty())
-                .ok_or_else(|| "qemu-system-x86_64 --version printed no version".to_string())
-        })
-        .clone()
-        .map_err(anyhow::Error::msg)
+/// The command line that checks whether KVM runs `kernel`: the guest's machine with the
+/// host's CPU, the kernel without an initrd (it panics when it finds no root file
+/// system; `panic=-1` and `-no-reboot` then end QEMU), its console to `serial`.
+pub fn kvm_probe_args(kernel: &Path, serial: &Path) -> Vec<String> {
+    let mut a = machine_args(&MachineSpec {
+        accel: Accel::Kvm,
+        memory_mib: 256,
+        cpus: 1,
+    });
+    a.extend([
+        "-no-reboot".into(),
+        "-kernel".into(),
+        kernel.display().to_string(),
+        "-append".into(),
+        "console=ttyS0 panic=-1".into(),
+        "-serial".into(),
+        format!("file:{}", serial.display()),
+        "-no-user-config".into(),
+    ]);
+    a
 }
 
 /// The release a `qemu-system-x86_64 --version` line names, as (major, minor).
@@ -444,186 +265,6 @@ pub fn release(version_line: &str) -> Option<(u32, u32)> {
         .next()?;
     let mut parts = number.split('.').map(|p| p.parse::<u32>().ok());
     Some((parts.next()??, parts.next()??))
-}
-
-/// The release of the QEMU on PATH, when its version line could be read.
-pub fn running_release() -> Option<(u32, u32)> {
-    version().ok().and_then(|v| release(&v))
-}
-
-/// Whether this user can open `/dev/kvm` read-write (necessary, not sufficient).
-fn kvm_opens() -> bool {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok()
-}
-
-/// The accelerator decided for this process and why, once a kernel has been booted
-/// with KVM (or KVM was ruled out without one).
-static DECIDED: OnceLock<(Accel, String)> = OnceLock::new();
-
-/// Why [`detect_accel`] chose what it chose, in words.
-pub fn accel_reason(accel: Accel) -> String {
-    if let Some((_, why)) = DECIDED.get() {
-        return why.clone();
-    }
-    match accel {
-        Accel::Kvm => {
-            "/dev/kvm opens; not yet checked with a kernel (the first boot of a target does)".into()
-        }
-        Accel::Tcg => tcg_without_probe().unwrap_or_default(),
-    }
-}
-
-/// `Some(reason)` when TCG is certain without booting anything.
-fn tcg_without_probe() -> Option<String> {
-    match std::env::var("SAL_ACCEL") {
-        Ok(forced) if forced == "kvm" => None,
-        Ok(_) => Some("forced by SAL_ACCEL".into()),
-        Err(_) if !kvm_opens() => {
-            Some("no /dev/kvm this user can open (guests are 10-20x slower under TCG)".into())
-        }
-        Err(_) => None,
-    }
-}
-
-/// The accelerator for guests: the one decided by [`decide_accel`] in this process, else
-/// TCG when KVM is unavailable or KVM when `/dev/kvm` opens (unconfirmed: only the
-/// Fedora provisioning boot, which has no kernel file to probe with, uses it so).
-pub fn detect_accel() -> Accel {
-    if let Some((a, _)) = DECIDED.get() {
-        return *a;
-    }
-    if tcg_without_probe().is_some() {
-        Accel::Tcg
-    } else {
-        Accel::Kvm
-    }
-}
-
-/// Decides the accelerator for this process by booting `kernel` under KVM, without an
-/// initrd: a working KVM runs it to its panic ("VFS: Unable to mount root fs") and, with
-/// `panic=-1 -no-reboot`, QEMU exits within a second or two. `/dev/kvm` can open, and
-/// even run the firmware, and still stop at the kernel (`KVM internal error ... emulation
-/// failure`, the guest paused for ever, seen here), so only a kernel that ran is proof.
-pub fn decide_accel(kernel: &Path) -> Accel {
-    DECIDED
-        .get_or_init(|| {
-            if std::env::var("SAL_ACCEL").as_deref() == Ok("kvm") {
-                return (Accel::Kvm, "forced by SAL_ACCEL".into());
-            }
-            if let Some(why) = tcg_without_probe() {
-                return (Accel::Tcg, why);
-            }
-            // The answer depends only on the host kernel, this QEMU and the guest kernel:
-            // kept per combination, so only the first run pays the probe (15 s where KVM
-            // hangs).
-            let record = probe_record(kernel);
-            if let Some(known) = record
-                .as_ref()
-                .and_then(|p| std::fs::read_to_string(p).ok())
-                && let Some((accel, why)) = known.split_once(": ")
-            {
-                let accel = if accel == "kvm" {
-                    Accel::Kvm
-                } else {
-                    Accel::Tcg
-                };
-                return (accel, format!("{why} (probed earlier on this host)"));
-            }
-            let decided = match kvm_runs_kernel(kernel) {
-                Ok(()) => (
-                    Accel::Kvm,
-                    "/dev/kvm ran the guest kernel to its end".to_string(),
-                ),
-                Err(why) => (
-                    Accel::Tcg,
-                    format!("/dev/kvm opens but did not run the guest kernel: {why}"),
-                ),
-            };
-            if let Some(p) = record {
-                let _ = std::fs::create_dir_all(p.parent().expect("under the cache"));
-                let _ = std::fs::write(&p, format!("{}: {}", decided.0.name(), decided.1));
-            }
-            decided
-        })
-        .0
-}
-
-/// Where the probe's answer for this host kernel, QEMU and guest kernel is kept.
-fn probe_record(kernel: &Path) -> Option<PathBuf> {
-    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
-    let key = crate::cache::key(&[
-        ("host-kernel", host.trim().as_bytes()),
-        ("qemu", version().ok()?.as_bytes()),
-        (
-            "guest-kernel",
-            crate::cache::sha256_file(kernel).ok()?.as_bytes(),
-        ),
-    ]);
-    Some(crate::cache::root().join("accel").join(key))
-}
-
-fn kvm_runs_kernel(kernel: &Path) -> std::result::Result<(), String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let serial = dir.path().join("serial.log");
-    let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args([
-        "-accel",
-        "kvm",
-        "-cpu",
-        "host",
-        "-machine",
-        "q35",
-        "-m",
-        "256",
-        "-nodefaults",
-        "-display",
-        "none",
-        "-no-reboot",
-        "-append",
-        "console=ttyS0 panic=-1",
-    ])
-    .arg("-kernel")
-    .arg(kernel)
-    .arg("-serial")
-    .arg(format!("file:{}", serial.display()))
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    proc::die_with_parent(&mut cmd);
-    let mut child = cmd.spawn().map_err(|e| format!("starting qemu: {e}"))?;
-    // A working KVM takes 1-2 s; a broken one never ends.
-    let status = proc::wait_deadline(&mut child, Duration::from_secs(15));
-    if status.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        use std::io::Read;
-        let _ = e.read_to_string(&mut stderr);
-    }
-    let console = std::fs::read_to_string(&serial).unwrap_or_default();
-    match status {
-        Some(_) if console.contains("Kernel panic") => Ok(()),
-        Some(s) => Err(format!(
-            "qemu ended ({s}) before the kernel did: {}",
-            proc::tail(stderr.trim(), 3)
-        )),
-        None => Err(format!(
-            "the kernel did not finish in 15 s ({} bytes on its console){}",
-            console.len(),
-            // QEMU's own words: the "KVM internal error" line, not the register dump after it.
-            match stderr.lines().find(|l| l.contains("error")) {
-                Some(line) => format!("; qemu: {}", line.trim()),
-                None if stderr.trim().is_empty() => String::new(),
-                None => format!("; qemu: {}", proc::tail(stderr.trim(), 1)),
-            }
-        )),
-    }
 }
 
 /// The host port of the user network's forward to `guest_port`, from HMP `info usernet`:
