@@ -4,6 +4,7 @@
 mod apt;
 mod bench;
 mod bisect;
+mod ci;
 mod host;
 mod image;
 mod lab;
@@ -11,11 +12,11 @@ mod layout;
 mod process;
 mod statics;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use xshell::{Shell, cmd};
+use xshell::Shell;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "socket-activation-lab automation")]
@@ -96,9 +97,12 @@ enum Command {
     /// What CI runs: fmt check, clippy -D warnings, the tests, the static build, a VM
     /// smoke run.
     Ci {
-        /// Skip the VM trials (for the lint-and-unit job).
+        /// Skip the steps that need guests (for the lint-and-unit job).
         #[arg(long)]
         no_vm: bool,
+        /// Print the steps and what each proves, and run nothing.
+        #[arg(long)]
+        list: bool,
     },
     /// Install the host packages the lab needs, as one set that removes and downgrades
     /// nothing (planned and simulated with apt first).
@@ -393,7 +397,11 @@ fn run(cli: Cli) -> Result<()> {
             VmWhat::Clean => lab::clean(),
             VmWhat::Ssh { target, command } => lab::ssh(&sh, &root, &target, &command),
         },
-        Command::Ci { no_vm } => ci(&sh, &root, no_vm),
+        Command::Ci { list: true, .. } => {
+            print!("{}", ci::listing());
+            Ok(())
+        }
+        Command::Ci { no_vm, .. } => ci::run(&sh, &root, no_vm),
         Command::Doctor => host::doctor(&sh, &root),
         Command::Layout => layout::check(&root),
         Command::Host { dry_run, linters } => host::host(&sh, dry_run, linters),
@@ -449,259 +457,4 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
-}
-
-fn step(name: &str) {
-    eprintln!("\n==> {name}");
-}
-
-/// The run directories under `target/lab/` with reports written since `since`.
-fn run_dirs_since(root: &Path, since: std::time::SystemTime) -> Result<Vec<PathBuf>> {
-    let lab = root.join("target/lab");
-    let dirs: Vec<PathBuf> = std::fs::read_dir(&lab)?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            std::fs::metadata(p.join("results.json"))
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t >= since)
-        })
-        .collect();
-    anyhow::ensure!(
-        !dirs.is_empty(),
-        "no run directory with new results in {}",
-        lab.display()
-    );
-    Ok(dirs)
-}
-
-/// Runs a CI step's trials, a guest per core as a user's run (the guests' vCPUs follow
-/// the guests at once, so another count would build another ready state). A step meant
-/// to run trials fails when none ran or every one was a SKIP.
-fn run_ci_trials(
-    sh: &Shell,
-    root: &Path,
-    selection: ::lab::run::Selection,
-    what: &str,
-) -> Result<()> {
-    let options = lab::TestOptions {
-        jobs: lab::default_jobs(),
-        ..Default::default()
-    };
-    let Some((results, status)) = lab::run_matrix(sh, root, selection, &options)? else {
-        anyhow::bail!("{what}: no trial ran");
-    };
-    status?;
-    if results
-        .iter()
-        .all(|r| r.outcome == ::lab::trial::Outcome::Skip)
-    {
-        anyhow::bail!(
-            "{what}: every one of the {} trials was a SKIP, so the step proved nothing",
-            results.len()
-        );
-    }
-    Ok(())
-}
-
-fn ci(sh: &Shell, root: &Path, no_vm: bool) -> Result<()> {
-    let started = std::time::Instant::now();
-    let started_at = std::time::SystemTime::now();
-    host::ensure(sh, &host::all_tools())?;
-    step("cargo fmt --check");
-    cmd!(sh, "cargo fmt --all --check").run()?;
-    step("cargo clippy -D warnings");
-    cmd!(
-        sh,
-        "cargo clippy --workspace --all-targets --locked -- -D warnings"
-    )
-    .run()?;
-    step("no import cycle between the modules of any crate");
-    layout::check(root)?;
-    step("cargo test");
-    cmd!(sh, "cargo test --workspace --locked").run()?;
-    step("static build");
-    let bins = statics::build(sh, root)?;
-    step("workflow lint: actionlint and zizmor");
-    let linters = host::ensure_linters(sh)?;
-    let (actionlint, zizmor) = (linters.join("actionlint"), linters.join("zizmor"));
-    cmd!(sh, "{actionlint}").run()?;
-    cmd!(sh, "{zizmor} --offline .github/workflows").run()?;
-    if no_vm {
-        eprintln!(
-            "\nci: all steps but the VM trials passed in {:.0} s",
-            started.elapsed().as_secs_f64()
-        );
-        return Ok(());
-    }
-    step(
-        "the host step on a clean Debian 12 root with backported qemu-utils (mmdebstrap + chroot)",
-    );
-    cmd!(
-        sh,
-        "cargo test --locked -p xtask --test host_install -- --ignored"
-    )
-    .run()?;
-    step("cloud-init provisioning (the Fedora path) against a Debian guest");
-    cmd!(
-        sh,
-        "cargo test --locked -p vm --test cloud_init -- --ignored"
-    )
-    .run()?;
-    step("NAME@VERSION runtimes with dnf (the Fedora path) against a Debian guest with dnf");
-    {
-        let _echo = sh.push_env("SAL_ECHO_BIN", &bins.echo);
-        let _probe = sh.push_env("SAL_PROBE_BIN", &bins.probe);
-        cmd!(
-            sh,
-            "cargo test --locked -p lab --test dnf_runtime -- --ignored"
-        )
-        .run()?;
-    }
-    step("VM trials: the scenarios marked ci = true, on debian-13 with crun and runc");
-    // Whole trial names: a substring filter such as "quadlet::" would also select
-    // accept-yes-quadlet.
-    let ci_trials: Vec<String> = ::lab::scenario::load_all(&root.join("tests/scenarios"))?
-        .into_iter()
-        .filter(|s| s.ci)
-        .flat_map(|s| ["crun", "runc"].map(|r| format!("{}::debian-13::{r}", s.name)))
-        .collect();
-    let subset = ::lab::run::Selection {
-        filters: ci_trials,
-        exact: true,
-        targets: vec!["debian-13".into()],
-        runtimes: vec!["crun".into(), "runc".into()],
-        ..Default::default()
-    };
-    run_ci_trials(sh, root, subset, "the ci = true scenarios")?;
-    step("VM trial with a runtime from another suite: sockets-3 with runc@bookworm");
-    let other_suite = ::lab::run::Selection {
-        filters: vec!["sockets-3::".into()],
-        targets: vec!["debian-13".into()],
-        runtimes: vec!["runc@bookworm".into()],
-        ..Default::default()
-    };
-    run_ci_trials(sh, root, other_suite, "sockets-3 with runc@bookworm")?;
-    step(
-        "mutants: each one once, on runc, against the cheapest scenario it names; caught only at a step that judges the claim",
-    );
-    {
-        let scenarios = ::lab::scenario::load_all(&root.join("tests/scenarios"))?;
-        let mutants = ::lab::mutant::load_all(&::lab::mutant::dir(root), &scenarios)?;
-        // debian-13 first; debian-12 (podman 4.3.1, systemd 252) only for the mutants of
-        // claims about older versions, whose scenarios SKIP on debian-13.
-        let mut targets = Vec::new();
-        let mut pairs = Err(anyhow::anyhow!("no target"));
-        for name in ["debian-13", "debian-12"] {
-            let target = vm::target::find(&root.join("vm"), name)?;
-            let ready = vm::ready::ensure_ready(&target, &bins, lab::events().machine())?;
-            targets.push((name.to_string(), ready.versions.clone()));
-            pairs = ::lab::mutant::ci_pairs(&mutants, &scenarios, &targets);
-            if pairs.is_ok() {
-                break;
-            }
-        }
-        let pairs = pairs?;
-        let mutated = ::lab::run::Selection {
-            filters: pairs
-                .iter()
-                .map(|p| format!("mutants::{}::{}::{}::runc", p.mutant, p.scenario, p.target))
-                .collect(),
-            exact: true,
-            targets: targets.iter().map(|(t, _)| t.clone()).collect(),
-            runtimes: vec!["runc".into()],
-            mutants: true,
-            ..Default::default()
-        };
-        run_ci_trials(sh, root, mutated, "the mutants")?;
-    }
-    step("report.html of the trials above and of a recorded run, in headless Chromium");
-    {
-        host::ensure(sh, &[host::CHROMIUM])?;
-        let runs = run_dirs_since(root, started_at)?;
-        let runs: Vec<String> = runs.iter().map(|p| p.display().to_string()).collect();
-        let _runs = sh.push_env("SAL_REPORT_RUNS", runs.join("\n"));
-        cmd!(
-            sh,
-            "cargo test --locked -p lab --test report_page -- --include-ignored --nocapture"
-        )
-        .run()?;
-    }
-    step(
-        "faults: QEMU killed and stopped mid-step, the ssh master killed, broken ready states, a full disk",
-    );
-    {
-        let _echo = sh.push_env("SAL_ECHO_BIN", &bins.echo);
-        let _probe = sh.push_env("SAL_PROBE_BIN", &bins.probe);
-        cmd!(
-            sh,
-            "cargo test --locked -p lab --test faults -- --ignored --test-threads=1"
-        )
-        .run()?;
-    }
-    step(
-        "in a guest: the echo server over vsock loopback (this host has none), the package set against what apt installs",
-    );
-    {
-        let (tests, server) = statics::build_echo_tests(sh)?;
-        let _tests = sh.push_env("SAL_ECHO_TEST_BIN", &tests);
-        let _server = sh.push_env("SAL_ECHO_TEST_SERVER", &server);
-        let _echo = sh.push_env("SAL_ECHO_BIN", &bins.echo);
-        let _probe = sh.push_env("SAL_PROBE_BIN", &bins.probe);
-        cmd!(
-            sh,
-            "cargo test --locked -p lab --test in_guest -- --ignored --nocapture"
-        )
-        .run()?;
-    }
-    step("units as systemd takes them: a mistyped service key and quadlet key fail the trial");
-    {
-        let _echo = sh.push_env("SAL_ECHO_BIN", &bins.echo);
-        let _probe = sh.push_env("SAL_PROBE_BIN", &bins.probe);
-        cmd!(
-            sh,
-            "cargo test --locked -p lab --test unit_checks -- --ignored --test-threads=1"
-        )
-        .run()?;
-    }
-    step(
-        "cargo xtask repro on a scenario directory outside the repository, and a unit systemd refuses",
-    );
-    cmd!(
-        sh,
-        "cargo test --locked -p xtask --test repro -- --ignored --test-threads=1"
-    )
-    .run()?;
-    step(
-        "the user's own build: host binaries (one the guest's loader refuses), a dirty checkout, and a bisect by commit of a crun wrapper repository built in the trixie build root",
-    );
-    cmd!(
-        sh,
-        "cargo test --locked -p xtask --test own_build -- --include-ignored --test-threads=1"
-    )
-    .run()?;
-    step("Ctrl-C during a trial, an image build and the ready state's provisioning");
-    cmd!(
-        sh,
-        "cargo test --locked -p xtask --test interrupt -- --ignored --test-threads=1"
-    )
-    .run()?;
-    step("bench methods, one short round (it must run; its numbers are not judged)");
-    bench::methods(
-        sh,
-        root,
-        "debian-13",
-        "crun",
-        &::lab::netbench::Options {
-            seconds: 1.0,
-            size: 16384,
-            connections: 1,
-            rounds: 1,
-        },
-    )?;
-    eprintln!(
-        "\nci: all steps passed in {:.0} s",
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
 }
