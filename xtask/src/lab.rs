@@ -66,34 +66,12 @@ pub(crate) fn run_matrix(
     selection: Selection,
     options: &TestOptions,
 ) -> Result<Option<MatrixOutcome>> {
-    let targets = selection.targets.join(",");
-    let runtimes = selection.runtimes.join(",");
-    // The harness selects with the same rules (SAL_FILTERS, one per line, and
-    // SAL_EXACT), not with libtest's single positional filter.
-    let filters = selection.filters.join("\n");
     let mut libtest: Vec<String> = Vec::new();
     if options.list {
         libtest.push("--list".into());
     }
     libtest.push(format!("--test-threads={}", options.jobs.max(1)));
-    let _env = (
-        sh.push_env("SAL_TARGETS", &targets),
-        sh.push_env("SAL_RUNTIMES", &runtimes),
-        sh.push_env("SAL_FILTERS", &filters),
-        sh.push_env("SAL_EXACT", if selection.exact { "1" } else { "" }),
-        sh.push_env("SAL_MUTANTS", if selection.mutants { "1" } else { "" }),
-        sh.push_env(lab::workspace::WORKSPACE_VAR, root),
-        sh.push_env("SAL_CONMON", selection.conmon.clone().unwrap_or_default()),
-        sh.push_env(
-            "SAL_SCENARIO_PATHS",
-            selection
-                .scenario_paths
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join("\n"),
-        ),
-    );
+    let _env = selection_env(sh, root, &selection);
     // A filter that selects nothing is an error before anything is built or run.
     let plan = run::plan_selected(root, &selection)?;
     let planned = plan.len();
@@ -130,11 +108,93 @@ pub(crate) fn run_matrix(
         vm::qemu::accel_reason(accel)
     );
     let _bins_env = (
-        sh.push_env("SAL_ECHO_BIN", &bins.echo),
-        sh.push_env("SAL_PROBE_BIN", &bins.probe),
+        sh.push_env(lab::host_env::ECHO_BIN_VAR, &bins.echo),
+        sh.push_env(lab::host_env::PROBE_BIN_VAR, &bins.probe),
         sh.push_env("SAL_RUN_DIR", &run_dir),
         mutant_echo.map(|p| sh.push_env("SAL_MUTANT_ECHO_BIN", p)),
     );
+    let (exit, harness_interrupted) = run_harness(sh, &harness, &libtest)?;
+    let harness_status = if exit.success() {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!("the trial harness exited with {exit}"))
+    };
+    let results = lab::report::collect(&run_dir)?;
+    if !results.is_empty() {
+        // The harness writes them too; again here so a run the harness did not finish
+        // (Ctrl-C, a crash) has them.
+        lab::report::write_all(&run_dir, &results)?;
+    }
+    print_results(&results);
+    let problems = if selection.mutants {
+        mutation_score(root, &run_dir, &results)?
+    } else {
+        Vec::new()
+    };
+    println!(
+        "reports: {}/{{results.json,junit.xml,summary.md,report.html}}",
+        run_dir.display()
+    );
+    let status = if vm::cleanup::interrupted() || harness_interrupted {
+        vm::cleanup::mark_interrupted();
+        Err(anyhow::anyhow!("interrupted (Ctrl-C or SIGTERM)"))
+    } else if results.len() != planned {
+        Err(anyhow::anyhow!(
+            "the harness recorded {} results for {planned} planned trials ({})",
+            results.len(),
+            if harness_status.is_err() {
+                "it failed"
+            } else {
+                "it exited 0"
+            }
+        ))
+    } else if selection.mutants {
+        // A FAIL is a mutant caught only at a step that judges the claim; the score
+        // decides.
+        match problems.len() {
+            0 => Ok(()),
+            n => Err(anyhow::anyhow!(
+                "{n} problems with the mutation score (above)"
+            )),
+        }
+    } else {
+        trials_status(harness_status, &results)
+    };
+    Ok(Some((results, status)))
+}
+
+/// The selection, handed to the harness in its environment: it selects with the same
+/// rules (SAL_FILTERS, one per line, and SAL_EXACT), not with libtest's single
+/// positional filter.
+fn selection_env<'a>(
+    sh: &'a Shell,
+    root: &Path,
+    selection: &Selection,
+) -> Vec<xshell::PushEnv<'a>> {
+    let paths: Vec<String> = selection
+        .scenario_paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    vec![
+        sh.push_env("SAL_TARGETS", selection.targets.join(",")),
+        sh.push_env("SAL_RUNTIMES", selection.runtimes.join(",")),
+        sh.push_env("SAL_FILTERS", selection.filters.join("\n")),
+        sh.push_env("SAL_EXACT", if selection.exact { "1" } else { "" }),
+        sh.push_env("SAL_MUTANTS", if selection.mutants { "1" } else { "" }),
+        sh.push_env(lab::workspace::WORKSPACE_VAR, root),
+        sh.push_env("SAL_CONMON", selection.conmon.clone().unwrap_or_default()),
+        sh.push_env("SAL_SCENARIO_PATHS", paths.join("\n")),
+    ]
+}
+
+/// Runs the harness as this process's child and waits for it: its exit, and whether
+/// Ctrl-C reached it.
+fn run_harness(
+    sh: &Shell,
+    harness: &Path,
+    libtest: &[String],
+) -> Result<(std::process::ExitStatus, bool)> {
     // Ctrl-C reaches the harness too: it records the running trials as interrupted
     // FAILs and exits; this process stays to report what was recorded.
     vm::cleanup::defer_exit();
@@ -154,24 +214,18 @@ pub(crate) fn run_matrix(
     // The harness is gone: a Ctrl-C from here on (reports, a bisect's next build) is
     // this process's to handle.
     vm::cleanup::exit_on_interrupt();
-    // Ctrl-C reached the harness as well: its 130 says so even if this process's own
-    // handler thread has not run yet.
-    let harness_interrupted = exit.code() == Some(130)
+    // Its 130 says Ctrl-C reached it even if this process's own handler thread has not
+    // run yet.
+    let interrupted = exit.code() == Some(130)
         || std::os::unix::process::ExitStatusExt::signal(&exit)
             .is_some_and(|s| s == nix::sys::signal::Signal::SIGINT as i32);
-    let status = if exit.success() {
-        Ok(())
-    } else {
-        Err(anyhow::anyhow!("the trial harness exited with {exit}"))
-    };
-    let results = lab::report::collect(&run_dir)?;
-    if !results.is_empty() {
-        // The harness writes them too; again here so a run the harness did not finish
-        // (Ctrl-C, a crash) has them.
-        lab::report::write_all(&run_dir, &results)?;
-    }
+    Ok((exit, interrupted))
+}
+
+/// A line per trial, the detail and logs of each bad one, and the counts.
+fn print_results(results: &[lab::trial::TrialResult]) {
     println!();
-    for r in &results {
+    for r in results {
         println!("{}", r.summary_line());
         if r.outcome.is_bad() {
             for line in r.detail.lines().skip(1) {
@@ -189,71 +243,47 @@ pub(crate) fn run_matrix(
         count(Outcome::Xpass),
         count(Outcome::Skip)
     );
-    let mut problems = Vec::new();
-    if selection.mutants {
-        let scenarios = lab::scenario::load_all(&root.join("tests/scenarios"))?;
-        let mutants = lab::mutant::load_all(&lab::mutant::dir(root), &scenarios)?;
-        let (table, found) = lab::mutant::score_report(&results, &scenarios, &mutants);
-        problems = found;
-        let mut text = format!("# Mutation score\n\n{table}");
-        if !problems.is_empty() {
-            text += &format!(
-                "\n{}\n",
-                problems
-                    .iter()
-                    .map(|p| format!("- {p}\n"))
-                    .collect::<String>()
-            );
-        }
-        std::fs::write(run_dir.join("mutants.md"), &text)?;
-        println!("\n{table}");
+}
+
+/// Scores a mutant run, prints the table and writes `mutants.md`: the problems found.
+fn mutation_score(
+    root: &Path,
+    run_dir: &Path,
+    results: &[lab::trial::TrialResult],
+) -> Result<Vec<String>> {
+    let scenarios = lab::scenario::load_all(&root.join("tests/scenarios"))?;
+    let mutants = lab::mutant::load_all(&lab::mutant::dir(root), &scenarios)?;
+    let (table, problems) = lab::mutant::score_report(results, &scenarios, &mutants);
+    let mut text = format!("# Mutation score\n\n{table}");
+    if !problems.is_empty() {
+        text += "\n";
         for p in &problems {
-            println!("mutants: {p}");
+            text += &format!("- {p}\n");
         }
-        println!("mutation score: {}", run_dir.join("mutants.md").display());
     }
-    println!(
-        "reports: {}/{{results.json,junit.xml,summary.md,report.html}}",
-        run_dir.display()
-    );
+    std::fs::write(run_dir.join("mutants.md"), &text)?;
+    println!("\n{table}");
+    for p in &problems {
+        println!("mutants: {p}");
+    }
+    println!("mutation score: {}", run_dir.join("mutants.md").display());
+    Ok(problems)
+}
+
+/// A run of trials is good when the harness exited 0 and no trial is bad; each other
+/// combination is an error that says which.
+fn trials_status(harness: Result<()>, results: &[lab::trial::TrialResult]) -> Result<()> {
     let bad = results.iter().filter(|r| r.outcome.is_bad()).count();
-    let status = if vm::cleanup::interrupted() || harness_interrupted {
-        vm::cleanup::mark_interrupted();
-        Err(anyhow::anyhow!("interrupted (Ctrl-C or SIGTERM)"))
-    } else if results.len() != planned {
-        Err(anyhow::anyhow!(
-            "the harness recorded {} results for {planned} planned trials ({})",
-            results.len(),
-            if status.is_err() {
-                "it failed"
-            } else {
-                "it exited 0"
-            }
-        ))
-    } else if selection.mutants {
-        // A FAIL is a mutant caught only at a step that judges the claim; the score
-        // decides.
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(anyhow::anyhow!(
-                "{} problems with the mutation score (above)",
-                problems.len()
-            ))
-        }
-    } else {
-        match (status, bad) {
-            (Ok(()), 0) => Ok(()),
-            (Err(_), n) if n > 0 => Err(anyhow::anyhow!("{n} trials failed (FAIL or XPASS)")),
-            (Err(e), _) => Err(anyhow::anyhow!(
-                "the harness failed although every trial's result is good: {e}"
-            )),
-            (Ok(()), n) => Err(anyhow::anyhow!(
-                "the harness exited 0 although {n} trials failed (FAIL or XPASS)"
-            )),
-        }
-    };
-    Ok(Some((results, status)))
+    match (harness, bad) {
+        (Ok(()), 0) => Ok(()),
+        (Err(_), n) if n > 0 => Err(anyhow::anyhow!("{n} trials failed (FAIL or XPASS)")),
+        (Err(e), _) => Err(anyhow::anyhow!(
+            "the harness failed although every trial's result is good: {e}"
+        )),
+        (Ok(()), n) => Err(anyhow::anyhow!(
+            "the harness exited 0 although {n} trials failed (FAIL or XPASS)"
+        )),
+    }
 }
 
 /// The selection of one scenario (a catalogue name, or a scenario file or directory
