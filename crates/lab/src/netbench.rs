@@ -22,8 +22,8 @@ use vm::ready::ECHO_IMAGE;
 use vm::trial_vm::TrialVm;
 
 use crate::events::Events;
+use crate::scenario::install::{CLIENT_NETNS_SERVER, add_client_netns};
 use crate::scenario::schema::{notify_service_options, podman_run_exec};
-use crate::scenario::steps::{CLIENT_NETNS_SERVER, add_client_netns};
 use crate::units::{Listen, ServiceUnit, SocketUnit};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

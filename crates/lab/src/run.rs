@@ -504,7 +504,6 @@ pub fn run_trial(trial: &Trial, ready: &Ready, run_dir: &Path, events: &Events) 
                                 None => line,
                             });
                         }
-                        scenario::steps::check_images(&vm, &trial.scenario)?;
                         match &trial.mutant {
                             None => scenario::run_on_guest(&vm, &trial.scenario, &rt, &versions),
                             Some(m) => run_mutant(&vm, trial, m, rt, &versions),
@@ -527,7 +526,7 @@ pub fn run_trial(trial: &Trial, ready: &Ready, run_dir: &Path, events: &Events) 
             })
         }
     };
-    let measurements = crate::scenario::steps::measurements(&dir);
+    let measurements = crate::scenario::evidence::measurements(&dir);
     let result = TrialResult {
         name,
         scenario: trial.scenario.name.clone(),

@@ -1,9 +1,13 @@
 //! Scenarios are data (`tests/scenarios/*.toml`): the units, host-side preparation, the
 //! steps, the expected outcome and the known upstream bugs. [`schema`] reads and checks
-//! the file, [`steps`] acts on the guest, [`verdict`] decides the outcome from what the
-//! steps recorded. The children never use this module; it only ties them together.
+//! the file, [`files`] reads a scenario directory's files, [`install`] puts what a
+//! scenario declares into the guest, [`steps`] runs its steps, [`evidence`] is what they
+//! leave, and [`verdict`] decides the outcome from it. The children never use this
+//! module; it only ties them together.
 
+pub mod evidence;
 pub mod files;
+pub mod install;
 pub mod schema;
 pub mod steps;
 pub mod verdict;
@@ -26,14 +30,15 @@ pub fn run_on_guest(
     runtime: &RuntimeUse,
     versions: &BTreeMap<String, String>,
 ) -> Result<Verdict> {
-    if let Err(e) = steps::prepare_guest(vm, scenario, &runtime.podman_arg) {
-        return match e.downcast::<steps::UnitsRefused>() {
+    install::check_images(vm, scenario)?;
+    if let Err(e) = install::prepare_guest(vm, scenario, &runtime.podman_arg) {
+        return match e.downcast::<install::UnitsRefused>() {
             Ok(refused) => Ok(verdict::units_refused(&refused.0)),
             Err(e) => Err(e),
         };
     }
     let failure = steps::run_steps(vm, scenario, &runtime.podman_arg)?;
-    let journal = steps::journal(vm, scenario, None);
+    let journal = evidence::journal(vm, scenario, None);
     std::fs::write(vm.dir.join("journal.txt"), &journal)?;
     Ok(verdict::judge(
         scenario, runtime, versions, failure, &journal,
