@@ -7,15 +7,20 @@ use vm::trial_vm::TrialVm;
 use crate::scenario::files;
 use crate::scenario::schema::{Scenario, Scope};
 
-/// The last 300 journal lines of the scenario's units (logged after `after`, when given).
-pub fn journal(vm: &TrialVm, scenario: &Scenario, after: Option<Since>) -> String {
+/// The last 300 journal lines of the scenario's `units` ([`Scenario::journal_units`],
+/// computed once per trial), logged after `after`, when given.
+pub fn journal(
+    vm: &TrialVm,
+    scenario: &Scenario,
+    units: &[String],
+    after: Option<Since>,
+) -> String {
     // An Accept=yes socket starts a service instance per connection, named after the
     // connection: no name to match in advance, so the test user's whole journal (its
     // user manager, podman, conmon and the containers all log as the user).
     if scenario.scope == Scope::User && !files::accepting_sockets(&scenario.dir_files).is_empty() {
         return vm.guest.user_journal(300, after);
     }
-    let units = scenario.journal_units();
     let refs: Vec<&str> = units.iter().map(String::as_str).collect();
     vm.guest
         .unit_journal(scenario.scope.manager(), &refs, 300, after)

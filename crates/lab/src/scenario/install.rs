@@ -71,7 +71,12 @@ pub fn check_images(vm: &TrialVm, scenario: &Scenario) -> Result<()> {
 /// directory, as written), reloads the manager, and fails when systemd or the quadlet
 /// generator complained about a file it wrote (an unknown key is only a warning to
 /// systemd, which then runs the unit without it).
-pub fn prepare_guest(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> Result<()> {
+pub fn prepare_guest(
+    vm: &TrialVm,
+    scenario: &Scenario,
+    runtime: &str,
+    units: &[String],
+) -> Result<()> {
     let g = &vm.guest;
     g.log_heading("preparing the guest: files, units, loading them");
     let t = Duration::from_secs(120);
@@ -99,7 +104,7 @@ pub fn prepare_guest(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> Result
     let (files, units) = if scenario.dir_files.is_empty() {
         lab_units(vm, scenario, runtime)?
     } else {
-        dir_files(vm, scenario, runtime)?
+        dir_files(vm, scenario, runtime, units)?
     };
     let written: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
     // A quadlet file only becomes a unit through podman's generator: without one (podman
@@ -295,6 +300,7 @@ fn dir_files(
     vm: &TrialVm,
     scenario: &Scenario,
     runtime: &str,
+    units: &[String],
 ) -> Result<(Vec<GuestFile>, Vec<String>)> {
     let g = &vm.guest;
     let home = format!("/home/{}", g.user.name);
@@ -364,25 +370,9 @@ fn dir_files(
         }
         keep("files", "containers.conf", &conf)?;
     }
-    let mut units: Vec<String> = files::unit_names(&scenario.dir_files)
-        .into_iter()
-        .filter(|u| !files::is_template(u))
-        .collect();
-    // A template (a unit file or a quadlet's) cannot be loaded, only its instances.
-    units.extend(
-        files::quadlet_services(&scenario.dir_files)
-            .into_iter()
-            .filter(|u| !files::is_template(u)),
-    );
-    units.extend(
-        scenario
-            .journal_units()
-            .into_iter()
-            .filter(|u| files::template_of(u).is_some()),
-    );
-    units.sort();
-    units.dedup();
-    Ok((written, units))
+    // The units the journal watches: the directory's units and quadlet services but its
+    // templates, which cannot be loaded, and the instances of templates it uses.
+    Ok((written, units.to_vec()))
 }
 
 /// The lines of `journal` that name one of the files in `paths`: systemd's parser and the

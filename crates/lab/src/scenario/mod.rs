@@ -31,14 +31,16 @@ pub fn run_on_guest(
     versions: &BTreeMap<String, String>,
 ) -> Result<Verdict> {
     install::check_images(vm, scenario)?;
-    if let Err(e) = install::prepare_guest(vm, scenario, &runtime.podman_arg) {
+    // Named in every step's evidence: computed once.
+    let units = scenario.journal_units();
+    if let Err(e) = install::prepare_guest(vm, scenario, &runtime.podman_arg, &units) {
         return match e.downcast::<install::UnitsRefused>() {
             Ok(refused) => Ok(verdict::units_refused(&refused.0)),
             Err(e) => Err(e),
         };
     }
-    let failure = steps::run_steps(vm, scenario, &runtime.podman_arg)?;
-    let journal = evidence::journal(vm, scenario, None);
+    let failure = steps::run_steps(vm, scenario, &runtime.podman_arg, &units)?;
+    let journal = evidence::journal(vm, scenario, &units, None);
     std::fs::write(vm.dir.join("journal.txt"), &journal)?;
     Ok(verdict::judge(
         scenario, runtime, versions, failure, &journal,

@@ -1035,6 +1035,33 @@ mod tests {
         load_all(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/scenarios")).unwrap()
     }
 
+    /// A directory's units are loaded as the journal watches them: so they must hold no
+    /// template (systemd cannot load one) and every unit file and quadlet service that
+    /// is not one.
+    #[test]
+    fn a_directorys_watched_units_are_what_can_be_loaded() {
+        let dirs: Vec<Scenario> = scenarios()
+            .into_iter()
+            .filter(|s| !s.dir_files.is_empty())
+            .collect();
+        assert!(dirs.len() >= 3, "{} scenario directories", dirs.len());
+        for s in &dirs {
+            let units = s.journal_units();
+            assert!(
+                !units.iter().any(|u| files::is_template(u)),
+                "{}: {units:?}",
+                s.name
+            );
+            for u in files::unit_names(&s.dir_files)
+                .into_iter()
+                .chain(files::quadlet_services(&s.dir_files))
+                .filter(|u| !files::is_template(u))
+            {
+                assert!(units.contains(&u), "{}: {u} not in {units:?}", s.name);
+            }
+        }
+    }
+
     #[test]
     fn shipped_scenarios_load_and_render() {
         let all = scenarios();

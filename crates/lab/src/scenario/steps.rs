@@ -49,11 +49,11 @@ fn systemctl_units(vm: &TrialVm, scope: Scope, verb: &str, units: &[String]) -> 
 }
 
 /// The scenario's socket units that are in the failed state, if any.
-fn failed_sockets(vm: &TrialVm, scenario: &Scenario) -> Result<Option<String>> {
-    let sockets: Vec<String> = scenario
-        .journal_units()
-        .into_iter()
+fn failed_sockets(vm: &TrialVm, scenario: &Scenario, units: &[String]) -> Result<Option<String>> {
+    let sockets: Vec<String> = units
+        .iter()
         .filter(|u| u.ends_with(".socket"))
+        .cloned()
         .collect();
     if sockets.is_empty() {
         return Ok(None);
@@ -72,7 +72,8 @@ fn failed_sockets(vm: &TrialVm, scenario: &Scenario) -> Result<Option<String>> {
 /// journal lines logged from when it began (the guest records the journal's position
 /// with the step's first command, so evidence is never a line logged before the step
 /// that failed).
-pub fn run_steps(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> StepResult {
+/// `units`: the units whose journal explains a failure ([`Scenario::journal_units`]).
+pub fn run_steps(vm: &TrialVm, scenario: &Scenario, runtime: &str, units: &[String]) -> StepResult {
     for (i, step) in scenario.steps.iter().enumerate() {
         vm.guest.log_heading(&format!(
             "step {} ({}): {}",
@@ -86,11 +87,11 @@ pub fn run_steps(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> StepResult
             | Step::Stop { unit }
             | Step::Enable { unit }
             | Step::ResetFailed { unit } => unit_verb(vm, scenario, step, unit),
-            Step::Probe { .. } => probe(vm, scenario, runtime, step),
+            Step::Probe { .. } => probe(vm, scenario, runtime, units, step),
             Step::Reboot {} => reboot(vm),
             Step::IsFailed { unit, failed } => is_failed(vm, scenario, unit, *failed),
             Step::Journal { contains, lacks } => {
-                journal_holds(vm, scenario, contains.as_deref(), lacks.as_deref())
+                journal_holds(vm, scenario, units, contains.as_deref(), lacks.as_deref())
             }
             Step::Netinfo { .. } => netinfo(vm, step),
             Step::Run { .. } => run_command(vm, runtime, step),
@@ -101,7 +102,7 @@ pub fn run_steps(vm: &TrialVm, scenario: &Scenario, runtime: &str) -> StepResult
         }?;
         if let Some(mut failure) = result {
             failure.index = i + 1;
-            failure.journal = journal(vm, scenario, Some(Since::Mark));
+            failure.journal = journal(vm, scenario, units, Some(Since::Mark));
             return Ok(Some(failure));
         }
     }
@@ -173,7 +174,13 @@ fn answered_wrongly(probe_stdout: &str) -> bool {
 }
 
 /// `echo-probe` in the guest, retried while the server is starting if the step says so.
-fn probe(vm: &TrialVm, scenario: &Scenario, runtime: &str, step: &Step) -> StepResult {
+fn probe(
+    vm: &TrialVm,
+    scenario: &Scenario,
+    runtime: &str,
+    units: &[String],
+    step: &Step,
+) -> StepResult {
     let Step::Probe {
         address,
         send,
@@ -207,9 +214,9 @@ fn probe(vm: &TrialVm, scenario: &Scenario, runtime: &str, step: &Step) -> StepR
     // A probe that must fail in a given way runs as it is: its own result is the
     // evidence. Any other stops waiting once the service has failed for it twice.
     if must_fail.is_none() {
-        cmd = watching_the_services(&cmd, scenario);
+        cmd = watching_the_services(&cmd, scenario, units);
     }
-    let (out, gave_up) = run_probe(vm, scenario, &cmd, *timeout, *retry)?;
+    let (out, gave_up) = run_probe(vm, scenario, units, &cmd, *timeout, *retry)?;
     let parsed: Option<serde_json::Value> = serde_json::from_str(out.stdout.trim()).ok();
     let what = format!(
         "probe {address}{}",
@@ -252,8 +259,7 @@ fn probe(vm: &TrialVm, scenario: &Scenario, runtime: &str, step: &Step) -> StepR
 }
 
 /// `probe` wrapped so that it stops once a service of the scenario has failed twice.
-fn watching_the_services(probe: &str, scenario: &Scenario) -> String {
-    let units = scenario.journal_units();
+fn watching_the_services(probe: &str, scenario: &Scenario, units: &[String]) -> String {
     let refs: Vec<&str> = units.iter().map(String::as_str).collect();
     let services: Vec<String> = units
         .iter()
@@ -272,6 +278,7 @@ fn watching_the_services(probe: &str, scenario: &Scenario) -> String {
 fn run_probe(
     vm: &TrialVm,
     scenario: &Scenario,
+    units: &[String],
     cmd: &str,
     timeout: f64,
     retry: bool,
@@ -289,7 +296,7 @@ fn run_probe(
         {
             return Ok((out, None));
         }
-        if let Some(failed) = failed_sockets(vm, scenario)? {
+        if let Some(failed) = failed_sockets(vm, scenario, units)? {
             return Ok((out, Some(failed)));
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -406,10 +413,11 @@ fn is_failed(vm: &TrialVm, scenario: &Scenario, unit: &str, want_failed: bool) -
 fn journal_holds(
     vm: &TrialVm,
     scenario: &Scenario,
+    units: &[String],
     contains: Option<&str>,
     lacks: Option<&str>,
 ) -> StepResult {
-    let text = journal(vm, scenario, None);
+    let text = journal(vm, scenario, units, None);
     if let Some(c) = contains
         && !text.contains(c)
     {
