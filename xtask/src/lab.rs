@@ -296,7 +296,7 @@ pub(crate) fn scenario_selection(
     let path = Path::new(scenario);
     if path.exists() {
         let path = std::fs::canonicalize(path)?;
-        let loaded = lab::scenario::schema::load_path(&path)?;
+        let loaded = lab::scenario::load_path(&path)?;
         let selection = Selection {
             targets: vec![target.to_string()],
             runtimes,

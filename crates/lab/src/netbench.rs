@@ -23,7 +23,7 @@ use vm::trial_vm::TrialVm;
 
 use crate::events::Events;
 use crate::scenario::install::{CLIENT_NETNS_SERVER, add_client_netns};
-use crate::scenario::schema::{notify_service_options, podman_run_exec};
+use crate::scenario::render::{notify_service_options, podman_run_exec};
 use crate::units::{Listen, ServiceUnit, SocketUnit};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -97,7 +97,7 @@ pub fn plan(workspace: &Path, selection: &Selection) -> Result<Vec<Trial>> {
         selection
             .scenario_paths
             .iter()
-            .map(|p| scenario::schema::load_path(p))
+            .map(|p| scenario::load_path(p))
             .collect::<Result<Vec<_>>>()?
     };
     // (mutant, scenario) pairs: the catalogue with no mutant, or every mutant's scenarios.

@@ -1,13 +1,16 @@
 //! Scenarios are data (`tests/scenarios/*.toml`): the units, host-side preparation, the
 //! steps, the expected outcome and the known upstream bugs. [`schema`] reads and checks
-//! the file, [`files`] reads a scenario directory's files, [`install`] puts what a
+//! the file ([`load`] reads it, [`check`] checks it, [`render`] makes its units), [`files`] reads a scenario directory's files, [`install`] puts what a
 //! scenario declares into the guest, [`steps`] runs its steps, [`evidence`] is what they
 //! leave, and [`verdict`] decides the outcome from it. The children never use this
 //! module; it only ties them together.
 
+pub mod check;
 pub mod evidence;
 pub mod files;
 pub mod install;
+pub mod load;
+pub mod render;
 pub mod schema;
 pub mod steps;
 pub mod verdict;
@@ -17,7 +20,8 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 use vm::trial_vm::TrialVm;
 
-pub use schema::{Scenario, load_all};
+pub use load::{load_all, load_path};
+pub use schema::Scenario;
 pub use verdict::{Verdict, requirements_verdict};
 
 use crate::trial::RuntimeUse;
