@@ -72,6 +72,15 @@ pub const STEPS: &[Step] = &[
         run: Run::Code(|c| layout::check(c.root)),
     },
     Step {
+        name: "cargo doc",
+        proves: "the API docs build and every intra-doc link resolves (`RUSTDOCFLAGS=-D warnings`)",
+        vm: false,
+        run: Run::Code(|c| {
+            let _deny = c.sh.push_env("RUSTDOCFLAGS", "-D warnings");
+            cargo(c, "doc --workspace --no-deps --locked --quiet")
+        }),
+    },
+    Step {
         name: "cargo test",
         proves: "the echo server with real inherited sockets, the probe, the engine's unit and fixture tests",
         vm: false,

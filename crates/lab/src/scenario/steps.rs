@@ -134,7 +134,7 @@ const STOPPED_WAITING: &str = "lab: stopped waiting:";
 
 /// `probe` (a shell command) run in the background while a watcher beside it reads the
 /// journal (`journal`: a `journalctl` command for the units since the step began): once
-/// one of `services` has logged `Failed with result` [`SERVICE_FAILURES_TO_GIVE_UP`]
+/// one of `services` has logged `Failed with result` `SERVICE_FAILURES_TO_GIVE_UP`
 /// times, it says so on stderr and ends the probe. It looks from the fourth second on,
 /// every other second, so a probe answered at once costs no journal read; the shell
 /// waits on the probe itself, so its answer is returned the moment it comes (a polling

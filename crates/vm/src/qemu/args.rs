@@ -62,7 +62,7 @@ pub struct VmConfig {
     pub boot: Option<Boot>,
     pub disk: PathBuf,
     /// The host port forwarded to the guest's ssh. 0 lets QEMU bind a free one, read back
-    /// by [`Qemu::start`]: a port picked here and released before QEMU binds it could be
+    /// by [`Qemu::start`](super::Qemu::start): a port picked here and released before QEMU binds it could be
     /// taken by a trial running beside this one.
     pub ssh_port: u16,
     pub console_log: PathBuf,
@@ -211,7 +211,7 @@ pub fn state_uri(file: &Path, direction: StateFile, release: Option<(u32, u32)>)
     }
 }
 
-/// A state is loaded once QMP is up ([`Qemu::start`]): the capabilities its stream was
+/// A state is loaded once QMP is up ([`Qemu::start`](super::Qemu::start)): the capabilities its stream was
 /// saved with must be set first.
 pub fn incoming_args(state: Option<&Path>) -> Vec<String> {
     match state {

@@ -27,7 +27,7 @@ pub fn set_guests_at_once(n: usize) {
     GUESTS_AT_ONCE.store(n.max(1), Ordering::Relaxed);
 }
 
-/// The guests this process runs side by side, for [`MachineSpec::sized_for`].
+/// The guests this process runs side by side, for [`MachineSpec::sized_for`](super::MachineSpec::sized_for).
 pub fn guests_at_once() -> usize {
     match GUESTS_AT_ONCE.load(Ordering::Relaxed) {
         0 => host_cores(),

@@ -1,4 +1,4 @@
-//! One QEMU guest: its command line from the pure functions of [`args`], the host's
+//! One QEMU guest: its command line from the pure functions of [`args`](mod@args), the host's
 //! QEMU and accelerator from [`host`], and the running process, owned by [`Qemu`], whose
 //! `Drop` stops it.
 
