@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime};
 use anyhow::{Result, bail};
 use xshell::{Shell, cmd};
 
-use crate::{bench, host, lab, layout, statics};
+use crate::{bench, host, lab, statics};
 
 /// One step of CI.
 pub struct Step {
@@ -69,7 +69,7 @@ pub const STEPS: &[Step] = &[
         name: "cargo xtask layout",
         proves: "no import cycle between modules, no path compiled in, no environment read in crates/vm",
         vm: false,
-        run: Run::Code(|c| layout::check(c.root)),
+        run: Run::Code(|c| layout_check::check(c.root)),
     },
     Step {
         name: "cargo doc",

@@ -1,14 +1,12 @@
 //! cargo xtask: the project's automation, as ordinary Rust. Every shell-out goes through
 //! xshell.
 
-mod apt;
 mod bench;
 mod bisect;
 mod ci;
 mod host;
 mod image;
 mod lab;
-mod layout;
 mod process;
 mod statics;
 
@@ -403,7 +401,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Ci { no_vm, .. } => ci::run(&sh, &root, no_vm),
         Command::Doctor => host::doctor(&sh, &root),
-        Command::Layout => layout::check(&root),
+        Command::Layout => layout_check::check(&root),
         Command::Host { dry_run, linters } => host::host(&sh, dry_run, linters),
         Command::Bench {
             what:

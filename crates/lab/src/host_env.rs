@@ -49,12 +49,6 @@ pub fn binaries() -> Option<Binaries> {
     })
 }
 
-/// Whether `command` is an executable file in a directory of `PATH`.
-pub fn on_path(command: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|dir| dir.join(command).is_file()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -123,7 +123,7 @@ fn resolve(guest: &Guest, target: &str, spec: &RuntimeSpec) -> Result<String> {
 /// Checks each package's digests and signature with rpmkeys against `key` (a binary or
 /// armored OpenPGP key), in a throwaway rpm database.
 pub fn verify_signatures(rpms: &[PathBuf], key: &Path) -> Result<()> {
-    if !crate::host_env::on_path("rpmkeys") || !crate::host_env::on_path("gpg") {
+    if !vm::proc::runs("rpmkeys") || !vm::proc::runs("gpg") {
         bail!(
             "checking package signatures needs rpmkeys (package rpm) and gpg (package gnupg) on the host"
         );

@@ -206,7 +206,9 @@ pub struct Apt<'a> {
 }
 
 impl<'a> Apt<'a> {
-    pub fn new(sh: &'a Shell) -> Result<Self> {
+    /// `allow_expired`: accept a suite's InRelease past its Valid-Until (a frozen mirror);
+    /// its signature is still checked.
+    pub fn new(sh: &'a Shell, allow_expired: bool) -> Result<Self> {
         let os = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
         let codename = os
             .lines()
@@ -216,7 +218,7 @@ impl<'a> Apt<'a> {
         Ok(Apt {
             sh,
             codename,
-            allow_expired: vm::config::get().allow_expired_release,
+            allow_expired,
             private: None,
             added: Vec::new(),
             pins: Vec::new(),

@@ -1,4 +1,4 @@
-//! `cargo xtask layout`: no import cycle between the modules of any crate. Each file is
+//! The house rules behind `cargo xtask layout`: no import cycle between the modules of any crate. Each file is
 //! parsed with syn; every path that names a module of its own crate (`crate::a::b`,
 //! `super::x`, `self::y`, `child::z`, in `use` trees, types, expressions and macro arguments) is an
 //! edge from the file's module to the deepest module the path names. `mod x;` is not an
@@ -661,7 +661,7 @@ mod tests { fn f() { let _ = std::env::var_os("X"); } }
 
     #[test]
     fn this_workspace_has_no_cycle() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         check(&root).unwrap();
     }
 }
