@@ -7,7 +7,8 @@
 //!
 //! The same parse also fails on a path compiled in outside tests
 //! (`env!("CARGO_MANIFEST_DIR")`) and on an environment read in crates/vm (its caller
-//! passes a `vm::config::Config`), and prints the longest functions.
+//! passes a `vm::config::Config`) and on a path or name in ARCHITECTURE.md's backticks
+//! that the workspace does not have, and prints the longest functions.
 //!
 //! Hand-written on syn rather than `cargo modules dependencies --acyclic`: that tool
 //! builds rust-analyzer (minutes on two cores) and follows its release cadence; these
@@ -385,6 +386,15 @@ pub fn check(root: &Path) -> Result<()> {
     for (lines, name) in lengths.iter().take(10) {
         eprintln!("  {lines:>4} lines  {name}");
     }
+    let map = root.join("ARCHITECTURE.md");
+    let text =
+        std::fs::read_to_string(&map).with_context(|| format!("reading {}", map.display()))?;
+    let listing = WorkspaceListing::read(root)?;
+    problems.extend(
+        stale_map_entries(&text, &listing)
+            .into_iter()
+            .map(|e| format!("ARCHITECTURE.md names `{e}`, which the workspace does not have")),
+    );
     if !problems.is_empty() {
         bail!("{}", problems.join("\n"));
     }
@@ -393,6 +403,105 @@ pub fn check(root: &Path) -> Result<()> {
         all.len()
     );
     Ok(())
+}
+
+/// The workspace's files (but `target/` and hidden directories) and every word of its
+/// Rust sources: what the map's backticked paths and names are checked against.
+pub struct WorkspaceListing {
+    /// Paths relative to the root, with `/` between components.
+    files: Vec<String>,
+    words: BTreeSet<String>,
+}
+
+impl WorkspaceListing {
+    pub fn read(root: &Path) -> Result<WorkspaceListing> {
+        let mut files = Vec::new();
+        let mut words = BTreeSet::new();
+        let mut dirs = vec![root.to_path_buf()];
+        while let Some(dir) = dirs.pop() {
+            for e in
+                std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
+            {
+                let path = e?.path();
+                let name = path.file_name().unwrap_or_default().to_string_lossy();
+                if name.starts_with('.') && name != ".cargo" || (dir == root && name == "target") {
+                    continue;
+                }
+                let rel = path
+                    .strip_prefix(root)
+                    .unwrap_or(&path)
+                    .to_string_lossy()
+                    .into_owned();
+                if path.is_dir() {
+                    files.push(format!("{rel}/"));
+                    dirs.push(path);
+                    continue;
+                }
+                if path.extension().is_some_and(|x| x == "rs") {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    words.extend(
+                        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                            .filter(|w| !w.is_empty())
+                            .map(String::from),
+                    );
+                }
+                files.push(rel);
+            }
+        }
+        Ok(WorkspaceListing { files, words })
+    }
+
+    /// Whether `path` (a directory with or without its `/`) is the workspace's: from the
+    /// root when it has a `/`, else a file of that name anywhere.
+    fn has_path(&self, path: &str) -> bool {
+        let path = path.trim_end_matches('/');
+        self.files
+            .iter()
+            .map(|f| f.trim_end_matches('/'))
+            .any(|f| f == path || (!path.contains('/') && f.ends_with(&format!("/{path}"))))
+    }
+}
+
+/// The backticked tokens of `map` that name a path or a Rust item the workspace does not
+/// have. A token with a `/` is a path from the root; one with a file extension alone, a
+/// file of that name anywhere (absolute paths are the host's or a guest's: prose); a token that reads as a Rust path (`a::B`, `f()`) names items, each of
+/// whose segments must be a word of the sources. Anything else (commands, flags, keys
+/// with dashes) is prose.
+pub fn stale_map_entries(map: &str, listing: &WorkspaceListing) -> Vec<String> {
+    let mut stale = Vec::new();
+    for (i, token) in map.split('`').enumerate() {
+        // Globs, commands, runtime spellings; and paths on the host or in a guest.
+        if i % 2 == 0
+            || token.contains(['*', ' ', '#', '@', '='])
+            || token.starts_with(['/', '$', '~'])
+        {
+            continue;
+        }
+        let is_file = [".rs", ".toml", ".md", ".yml"]
+            .iter()
+            .any(|x| token.ends_with(x));
+        if token.contains('/') || is_file {
+            if !listing.has_path(token) && !stale.contains(&token.to_string()) {
+                stale.push(token.to_string());
+            }
+            continue;
+        }
+        let name = token.strip_suffix("()").unwrap_or(token);
+        let segments: Vec<&str> = name.split("::").collect();
+        let rust_like = segments.iter().all(|s| {
+            !s.is_empty()
+                && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !s.starts_with(|c: char| c.is_ascii_digit())
+        });
+        if rust_like
+            && segments.iter().any(|s| !listing.words.contains(*s))
+            && !stale.contains(&token.to_string())
+        {
+            stale.push(token.to_string());
+        }
+    }
+    stale
 }
 
 /// Reads of the environment (`std::env::var`, `var_os`, `vars`, `vars_os`) outside
@@ -550,6 +659,32 @@ mod tests { fn f() { let _ = env!("CARGO_MANIFEST_DIR"); } }
         )
         .unwrap();
         assert_eq!(compiled_in_paths(&file), vec![2, 4]);
+    }
+
+    #[test]
+    fn the_map_may_name_only_what_exists() {
+        let dir = crate_with(&[
+            (
+                "crates/vm/src/guest/mod.rs",
+                "pub struct Guest; impl Guest { pub fn write_files() {} }",
+            ),
+            ("crates/lab/src/report/html.rs", "fn page() {}"),
+        ]);
+        let listing = WorkspaceListing::read(dir.path()).unwrap();
+        let map = "`crates/vm/src/guest/` and `mod.rs`, `crates/lab/src/report/html.rs`; \
+                   `Guest::write_files`, `page()`, `cargo xtask test`, `--jobs`, `/dev/kvm`; \
+                   `write_dir_files`, `crates/vm/src/guest.rs`, `Guest::write`, `ready.rs`, \
+                   `report/html.rs`";
+        assert_eq!(
+            stale_map_entries(map, &listing),
+            vec![
+                "write_dir_files",
+                "crates/vm/src/guest.rs",
+                "Guest::write",
+                "ready.rs",
+                "report/html.rs"
+            ]
+        );
     }
 
     #[test]
