@@ -179,6 +179,43 @@ pub fn commits(sh: &Shell, root: &Path, args: &Commits) -> Result<()> {
             args.runtime
         );
     }
+    let (old, new) = ends(sh, args)?;
+    host::ensure(sh, host::LAB)?;
+    let run_dir = lab::run::new_run_dir(root)?;
+    let mut b = Bisector {
+        sh,
+        root,
+        args,
+        suite: suite.clone(),
+        mirror: mirror.clone(),
+        run_dir: run_dir.clone(),
+        tried: Vec::new(),
+    };
+    let started = std::time::Instant::now();
+    eprintln!(
+        "bisect: {} on {} with {} from {}: the old end {} ({}) must {}, the new end {} ({}) must {}",
+        args.scenario,
+        args.target,
+        args.runtime,
+        old.dir.display(),
+        args.old,
+        build::short(&old.commit),
+        args.old_outcome,
+        args.new,
+        build::short(&new.commit),
+        other(args.old_outcome)
+    );
+    let i = b.test(&old.commit)?;
+    b.check_end(i, "old", &args.old, Mark::Old)?;
+    let i = b.test(&new.commit)?;
+    b.check_end(i, "new", &args.new, Mark::New)?;
+    let outcome = git_bisect(&mut b, &old, &new)?;
+    report(&mut b, &old, &new, outcome, started)
+}
+
+/// The two ends, resolved in the checkout: different commits, the old an ancestor of the
+/// new.
+fn ends(sh: &Shell, args: &Commits) -> Result<(build::Source, build::Source)> {
     let old = build::resolve(&args.git, Some(&args.old)).context("--old")?;
     let new = build::resolve(&args.git, Some(&args.new)).context("--new")?;
     if old.commit == new.commit {
@@ -207,40 +244,16 @@ pub fn commits(sh: &Shell, root: &Path, args: &Commits) -> Result<()> {
             build::short(&new.commit)
         );
     }
-    host::ensure(sh, host::LAB)?;
-    let run_dir = lab::run::new_run_dir(root)?;
-    let mut b = Bisector {
-        sh,
-        root,
-        args,
-        suite: suite.clone(),
-        mirror: mirror.clone(),
-        run_dir: run_dir.clone(),
-        tried: Vec::new(),
-    };
-    let started = std::time::Instant::now();
-    eprintln!(
-        "bisect: {} on {} with {} from {}: the old end {} ({}) must {}, the new end {} ({}) must {}",
-        args.scenario,
-        args.target,
-        args.runtime,
-        git.display(),
-        args.old,
-        build::short(&old.commit),
-        args.old_outcome,
-        args.new,
-        build::short(&new.commit),
-        other(args.old_outcome)
-    );
-    let i = b.test(&old.commit)?;
-    b.check_end(i, "old", &args.old, Mark::Old)?;
-    let i = b.test(&new.commit)?;
-    b.check_end(i, "new", &args.new, Mark::New)?;
+    Ok((old, new))
+}
 
-    // git bisect in a clone of its own: the user's checkout is only read.
+/// `git bisect` between the ends, in a clone of its own (the user's checkout is only
+/// read), a build and a trial per commit it asks for: where it ended.
+fn git_bisect(b: &mut Bisector, old: &build::Source, new: &build::Source) -> Result<Step> {
+    let (sh, git) = (b.sh, &old.dir);
     let work = tempfile::Builder::new()
         .prefix("bisect-")
-        .tempdir_in(&run_dir)?;
+        .tempdir_in(&b.run_dir)?;
     vm::cleanup::register(work.path());
     let clone = work.path().join("repo");
     cmd!(
@@ -283,8 +296,19 @@ pub fn commits(sh: &Shell, root: &Path, args: &Commits) -> Result<()> {
         }
     };
     vm::cleanup::unregister(work.path());
-    drop(work);
+    Ok(outcome)
+}
 
+/// Prints and writes (`bisect.md`, the run's reports) the table of tried commits and the
+/// first new commit; an error when the bisect could not name one.
+fn report(
+    b: &mut Bisector,
+    old: &build::Source,
+    new: &build::Source,
+    outcome: Step,
+    started: std::time::Instant,
+) -> Result<()> {
+    let (args, git, run_dir) = (b.args, &old.dir, b.run_dir.clone());
     let table = lab::bisect::table(&b.tried.iter().map(|t| t.row.clone()).collect::<Vec<_>>());
     println!(
         "\n{} on {} with {}, commits of {}:\n\n{table}",
