@@ -117,8 +117,19 @@ fn assert_nothing_left(needle: &Path, tmp_before: &BTreeSet<String>) {
         !mounts.lines().any(|l| l.contains(&needle)),
         "left mounted:\n{mounts}"
     );
+    // A directory another lab run on this machine is using is not this run's leftover:
+    // its QEMU or ssh names it, and not this test's path.
+    let running = vm::cleanup::processes();
     let new: Vec<String> = vm::cleanup::lab_tmp_dirs()
         .difference(tmp_before)
+        .filter(|dir| {
+            let users: Vec<&String> = running
+                .iter()
+                .map(|(_, c)| c)
+                .filter(|c| c.contains(dir.as_str()))
+                .collect();
+            users.is_empty() || users.iter().any(|c| c.contains(&needle))
+        })
         .cloned()
         .collect();
     assert!(new.is_empty(), "left in /tmp: {new:?}");
