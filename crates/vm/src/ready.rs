@@ -29,7 +29,7 @@ use crate::target::Target;
 use crate::{cache, container_image};
 
 /// Bump when provisioning changes in a way the inputs do not show.
-const READY_RECIPE: &str = "ready-6";
+const READY_RECIPE: &str = "ready-7";
 /// The echo image every ready state holds: `FROM scratch` with the two static binaries.
 pub const ECHO_IMAGE: &str = "localhost/socket-activate-echo:latest";
 
@@ -337,16 +337,16 @@ fn provision(
         "systemctl --user is-system-running --wait || systemctl --user is-system-running",
         t,
     )?;
-    // The echo image: FROM scratch, the two static binaries, no registry involved.
-    guest.user_ok(
-        &format!(
-            "set -e; tar -C /usr/local/bin -c socket-activate-echo echo-probe | podman import --quiet \
-             --change 'ENTRYPOINT [\"/socket-activate-echo\"]' --change 'USER 65534:65534' \
-             --change 'LABEL org.opencontainers.image.source=socket-activation-lab' - {ECHO_IMAGE} >/dev/null; \
-             podman image exists {ECHO_IMAGE}"
-        ),
-        t,
-    )?;
+    // The echo image: FROM scratch, the two static binaries, no registry involved; in
+    // the test user's storage and in root's (rootful quadlets and services).
+    let import_echo = format!(
+        "set -e; tar -C /usr/local/bin -c socket-activate-echo echo-probe | podman import --quiet \
+         --change 'ENTRYPOINT [\"/socket-activate-echo\"]' --change 'USER 65534:65534' \
+         --change 'LABEL org.opencontainers.image.source=socket-activation-lab' - {ECHO_IMAGE} >/dev/null; \
+         podman image exists {ECHO_IMAGE}"
+    );
+    guest.user_ok(&import_echo, t)?;
+    guest.root_ok(&import_echo, t)?;
     // The other images, imported once here rather than in each trial that uses one
     // (measured, TCG: 32.6 s for `podman import` of the 37 MB systemd image, of a
     // 51.5 s systemd-pid1 trial).

@@ -111,13 +111,14 @@ pub fn prepare_guest(
     // before 4.4) the cause is that, not the "not found" unit it would have made.
     let quadlets: Vec<&String> = written
         .iter()
-        .filter(|p| p.starts_with(&quadlet_dir(g)))
+        .filter(|p| p.starts_with(&quadlet_dir(g, scenario.scope).0))
         .collect();
     if !quadlets.is_empty() {
-        let found = g.root(&format!("test -e {QUADLET_USER_GENERATOR}"), t)?;
+        let generator = quadlet_generator(scenario.scope);
+        let found = g.root(&format!("test -e {generator}"), t)?;
         if !found.success() {
             bail!(
-                "this guest's podman has no quadlet generator (no {QUADLET_USER_GENERATOR}; quadlet is new in podman 4.4), so these quadlet files cannot become units: {}",
+                "this guest's podman has no quadlet generator (no {generator}; quadlet is new in podman 4.4), so these quadlet files cannot become units: {}",
                 quadlets
                     .iter()
                     .map(|s| s.as_str())
@@ -198,8 +199,13 @@ fn load_after_files(load: &str) -> String {
     )
 }
 
-/// Where podman puts its user generator for quadlet files (podman 4.4 and later).
-const QUADLET_USER_GENERATOR: &str = "/usr/lib/systemd/user-generators/podman-user-generator";
+/// Where podman puts its generator for quadlet files of `scope` (podman 4.4 and later).
+fn quadlet_generator(scope: Scope) -> &'static str {
+    match scope {
+        Scope::User => "/usr/lib/systemd/user-generators/podman-user-generator",
+        Scope::System => "/usr/lib/systemd/system-generators/podman-system-generator",
+    }
+}
 
 /// The line between the units' properties and the journal in [`prepare_guest`]'s output.
 const JOURNAL_MARK: &str = "-- journal since the files were written --";
@@ -273,7 +279,7 @@ fn lab_units(
         write(
             &format!("{}.container", scenario.unit),
             &text,
-            &quadlet_dir(g),
+            &quadlet_dir(g, scenario.scope).0,
         )?;
     }
     let mut units: Vec<String> = files
@@ -288,8 +294,15 @@ fn lab_units(
     Ok((files, units))
 }
 
-fn quadlet_dir(g: &Guest) -> String {
-    format!("/home/{}/.config/containers/systemd", g.user.name)
+/// Where quadlet files of `scope` go (podman-systemd.unit(5)) and who owns them.
+fn quadlet_dir(g: &Guest, scope: Scope) -> (String, Option<String>) {
+    match scope {
+        Scope::User => (
+            format!("/home/{}/.config/containers/systemd", g.user.name),
+            Some(g.user.name.clone()),
+        ),
+        Scope::System => ("/etc/containers/systemd".into(), None),
+    }
 }
 
 /// A scenario directory's files as they are, with only the declared rewrites (each
@@ -317,11 +330,10 @@ fn dir_files(
         let (text, diff) = files::rewritten(f, &scenario.rewrite, runtime, ECHO_IMAGE)?;
         let (path, owner, mode) = match &f.dest {
             Destination::Unit(rel) => (format!("{unit_dir}/{rel}"), unit_owner.clone(), 0o644),
-            Destination::Quadlet(rel) => (
-                format!("{}/{rel}", quadlet_dir(g)),
-                Some(g.user.name.clone()),
-                0o644,
-            ),
+            Destination::Quadlet(rel) => {
+                let (dir, owner) = quadlet_dir(g, scenario.scope);
+                (format!("{dir}/{rel}"), owner, 0o644)
+            }
             Destination::Declared(spec) => (
                 spec.dest.replace("{home}", &home),
                 (spec.owner == "user").then(|| g.user.name.clone()),
@@ -340,12 +352,19 @@ fn dir_files(
         });
         installed.push((f.name.clone(), text));
     }
-    // Trials reach no registry: an image no rewrite maps must already be in the guest.
+    // Trials reach no registry: an image no rewrite maps must already be in the guest,
+    // in the storage of the scope's podman (root's for a system scenario).
     for (file, line, image) in files::quadlet_images(&installed) {
-        let exists = g.user(
-            &format!("podman image exists {}", quote(image)),
-            Duration::from_secs(60),
-        )?;
+        let exists = match scenario.scope {
+            Scope::User => g.user(
+                &format!("podman image exists {}", quote(image)),
+                Duration::from_secs(60),
+            )?,
+            Scope::System => g.root(
+                &format!("podman image exists {}", quote(image)),
+                Duration::from_secs(60),
+            )?,
+        };
         if !exists.success() {
             bail!(
                 "{file}:{line}: the image {image:?} is not in the guest and [rewrite] images does not map it to one that is (trials have no registry)"

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::scenario::check::key_with_nul;
 use crate::scenario::files::{self, Rewrite};
-use crate::scenario::schema::{Scenario, Scope};
+use crate::scenario::schema::Scenario;
 
 impl Scenario {
     /// A scenario directory: `dir/scenario.toml` and the files beside it.
@@ -46,13 +46,6 @@ impl Scenario {
         let units = files::unit_names(&s.dir_files);
         if units.is_empty() && files::quadlet_services(&s.dir_files).is_empty() {
             bail!("{}: no unit or quadlet file to install", dir.display());
-        }
-        if s.scope == Scope::System
-            && s.dir_files
-                .iter()
-                .any(|f| matches!(f.dest, files::Destination::Quadlet(_)))
-        {
-            bail!("{p}: quadlet files run in the user scope");
         }
         // A template needs an instance: a step that names one, or an instance drop-in.
         let instances = s.instances();
