@@ -14,7 +14,7 @@ pub mod socket;
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
 
 pub use env::{EnvError, LISTEN_FDS_START, ListenEnv, ListenVars};
-pub use notify::{notify, notify_to};
+pub use notify::{notify, notify_to, notify_with_fds, notify_with_fds_to};
 pub use socket::{
     Family, FdError, InheritedSocket, SocketInfo, SocketType, classify, format_address,
 };

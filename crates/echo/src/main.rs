@@ -31,6 +31,11 @@ struct Cli {
     /// Send READY=1 and STATUS= to $NOTIFY_SOCKET once every socket is being served.
     #[arg(long)]
     sdnotify: bool,
+    /// Before serving, send FDSTORE=1 (FDNAME=echo) with every inherited socket to
+    /// $NOTIFY_SOCKET: the service manager keeps duplicates for the next start (systemd
+    /// takes them with FileDescriptorStoreMax= set).
+    #[arg(long)]
+    fdstore: bool,
     /// Exit 0 after SECS seconds with no open connection and no datagram.
     #[arg(long, value_name = "SECS")]
     idle_exit: Option<f64>,
@@ -46,7 +51,7 @@ struct Cli {
     /// inetd style: echo standard input to standard output until its end, then exit (for
     /// `StandardInput=socket`, where the connection is stdin and stdout, or the pipes
     /// `podman run -i` gives a container). No socket activation needed.
-    #[arg(long, conflicts_with_all = ["listen", "idle_exit", "reply_peer", "sdnotify"])]
+    #[arg(long, conflicts_with_all = ["listen", "idle_exit", "reply_peer", "sdnotify", "fdstore"])]
     inetd: bool,
     /// Sleep SECS seconds before serving (to study slow container starts).
     #[arg(long, value_name = "SECS")]
@@ -110,7 +115,11 @@ fn start(cli: Cli) -> Result<ExitCode, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("Error: starting the async runtime: {e}"))?;
-    let code = runtime.block_on(run(planned, opts, cli.sdnotify, idle_exit, start_sleep));
+    let notify = Notify {
+        ready: cli.sdnotify,
+        fdstore: cli.fdstore,
+    };
+    let code = runtime.block_on(run(planned, opts, notify, idle_exit, start_sleep));
     // Connections still open must not delay the exit (SIGTERM must end us within 1 s).
     runtime.shutdown_timeout(Duration::from_millis(100));
     code
@@ -191,10 +200,19 @@ fn listen_on(address: &str) -> Result<InheritedSocket, String> {
     })
 }
 
+/// What the server tells `$NOTIFY_SOCKET`.
+#[derive(Debug, Clone, Copy)]
+struct Notify {
+    /// READY=1 once every socket is served.
+    ready: bool,
+    /// FDSTORE=1 with the inherited sockets, before serving.
+    fdstore: bool,
+}
+
 async fn run(
     planned: Vec<(InheritedSocket, Plan)>,
     opts: Options,
-    sdnotify: bool,
+    notify: Notify,
     idle_exit: Option<Duration>,
     start_sleep: Option<Duration>,
 ) -> Result<ExitCode, String> {
@@ -210,6 +228,22 @@ async fn run(
             _ = tokio::time::sleep(sleep) => {}
             _ = term.recv() => return Ok(ExitCode::SUCCESS),
             _ = int.recv() => return Ok(ExitCode::SUCCESS),
+        }
+    }
+
+    if notify.fdstore {
+        use std::os::fd::AsFd;
+        let fds: Vec<_> = planned.iter().map(|(socket, _)| socket.as_fd()).collect();
+        match activation::notify_with_fds("FDSTORE=1\nFDNAME=echo", &fds) {
+            Ok(true) => {
+                if opts.debug {
+                    eprintln!("socket-activate-echo: sent FDSTORE=1 with {} fd(s)", fds.len())
+                }
+            }
+            Ok(false) => {
+                eprintln!("socket-activate-echo: --fdstore given but NOTIFY_SOCKET is not set")
+            }
+            Err(e) => eprintln!("socket-activate-echo: sd_notify FDSTORE=1: {e}"),
         }
     }
 
@@ -234,7 +268,7 @@ async fn run(
         ));
     }
 
-    if sdnotify {
+    if notify.ready {
         let state = format!("READY=1\nSTATUS=serving {count} socket(s)");
         match activation::notify(&state) {
             Ok(true) => {}

@@ -362,6 +362,58 @@ fn sdnotify_sends_ready_and_status() {
     );
 }
 
+/// What a service manager's fd store would keep: duplicates of the listening sockets, with
+/// FDSTORE=1 and the name. The received fd is the very listener: it reports listening on
+/// the same address.
+#[test]
+fn fdstore_sends_the_listening_sockets() {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrStorage, getsockname, recvmsg};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+    let dir = tempdir();
+    let notify_path = dir.path().join("notify");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let (a, address) = make_socket(Kind::Tcp4, dir.path(), "store");
+    let mut launch = Launch::new(vec![a]).arg("--fdstore");
+    launch
+        .env
+        .push(("NOTIFY_SOCKET".into(), path_str(&notify_path)));
+    let _echo = launch.spawn();
+    let mut buf = [0u8; 512];
+    let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let msg = recvmsg::<()>(
+        notify.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::empty(),
+    )
+    .unwrap();
+    let fds: Vec<RawFd> = msg
+        .cmsgs()
+        .unwrap()
+        .flat_map(|c| match c {
+            ControlMessageOwned::ScmRights(fds) => fds,
+            _ => Vec::new(),
+        })
+        .collect();
+    let n = msg.bytes;
+    assert_eq!(
+        String::from_utf8_lossy(&buf[..n]),
+        "FDSTORE=1\nFDNAME=echo"
+    );
+    assert_eq!(fds.len(), 1, "{fds:?}");
+    // SAFETY: received just now, owned by nothing else.
+    let stored = unsafe { OwnedFd::from_raw_fd(fds[0]) };
+    let local: SockaddrStorage = getsockname(stored.as_raw_fd()).unwrap();
+    assert_eq!(
+        format!("tcp4:{}", local.as_sockaddr_in().unwrap()),
+        address
+    );
+    // And the server serves on.
+    assert!(probe(&address, "hello").ok);
+}
+
 #[test]
 fn idle_exit_after_the_last_connection() {
     let dir = tempdir();
