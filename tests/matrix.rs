@@ -63,7 +63,10 @@ fn main() -> anyhow::Result<()> {
             .collect(),
         conmon: std::env::var("SAL_CONMON").ok().filter(|c| !c.is_empty()),
     };
-    let planned = run::longest_first(run::plan(&workspace, &selection)?);
+    // The last measured durations where there are some (`cargo xtask test` runs here),
+    // else the estimate from the steps.
+    let measured = run::measured_seconds(&workspace.join("target/lab"), 20);
+    let planned = run::longest_first(run::plan(&workspace, &selection)?, &measured);
     let bins = lab::host_env::binaries();
     if bins.is_none() && !args.list {
         eprintln!("lab trials need guests and are ignored here; run them with `cargo xtask test`");

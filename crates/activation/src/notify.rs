@@ -176,9 +176,8 @@ mod tests {
         assert_eq!(&buf[..n], b"FDSTORE=1\nFDNAME=echo");
         assert_eq!(received.len(), 1);
         // SAFETY: the fd was just received and is owned by nothing else.
-        let mut stored = std::os::unix::net::UnixStream::from(unsafe {
-            OwnedFd::from_raw_fd(received[0])
-        });
+        let mut stored =
+            std::os::unix::net::UnixStream::from(unsafe { OwnedFd::from_raw_fd(received[0]) });
         stored.write_all(b"hi").unwrap();
         let mut two = [0u8; 2];
         ours.read_exact(&mut two).unwrap();

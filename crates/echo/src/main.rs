@@ -237,7 +237,10 @@ async fn run(
         match activation::notify_with_fds("FDSTORE=1\nFDNAME=echo", &fds) {
             Ok(true) => {
                 if opts.debug {
-                    eprintln!("socket-activate-echo: sent FDSTORE=1 with {} fd(s)", fds.len())
+                    eprintln!(
+                        "socket-activate-echo: sent FDSTORE=1 with {} fd(s)",
+                        fds.len()
+                    )
                 }
             }
             Ok(false) => {

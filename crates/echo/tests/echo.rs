@@ -398,18 +398,12 @@ fn fdstore_sends_the_listening_sockets() {
         })
         .collect();
     let n = msg.bytes;
-    assert_eq!(
-        String::from_utf8_lossy(&buf[..n]),
-        "FDSTORE=1\nFDNAME=echo"
-    );
+    assert_eq!(String::from_utf8_lossy(&buf[..n]), "FDSTORE=1\nFDNAME=echo");
     assert_eq!(fds.len(), 1, "{fds:?}");
     // SAFETY: received just now, owned by nothing else.
     let stored = unsafe { OwnedFd::from_raw_fd(fds[0]) };
     let local: SockaddrStorage = getsockname(stored.as_raw_fd()).unwrap();
-    assert_eq!(
-        format!("tcp4:{}", local.as_sockaddr_in().unwrap()),
-        address
-    );
+    assert_eq!(format!("tcp4:{}", local.as_sockaddr_in().unwrap()), address);
     // And the server serves on.
     assert!(probe(&address, "hello").ok);
 }

@@ -1,6 +1,7 @@
 //! A run: trials selected from scenarios × targets × runtimes, each on its own guest
 //! restored from the target's ready state, with logs under `target/lab/<run>/`.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -217,13 +218,54 @@ pub fn expected_seconds(scenario: &Scenario) -> f64 {
     seconds + (longest_probe - 30.0)
 }
 
-/// `trials` longest first ([`expected_seconds`]), the others in their order. libtest-mimic
-/// starts trials in the order given, and under TCG a reboot trial or one with a long probe
-/// takes 40-150 s against a median of about 10 s: with `--jobs N`, one started last keeps
-/// the run going while the other jobs sit idle.
-pub fn longest_first(mut trials: Vec<Trial>) -> Vec<Trial> {
-    trials.sort_by(|a, b| expected_seconds(&b.scenario).total_cmp(&expected_seconds(&a.scenario)));
+/// `trials` longest first, the others in their order: by how long each took when it last
+/// ran here (`measured`, from [`measured_seconds`]), else by [`expected_seconds`].
+/// libtest-mimic starts trials in the order given, and under TCG a reboot trial or one
+/// with a long probe takes 40-150 s against a median of about 10 s: with `--jobs N`, one
+/// started last keeps the run going while the other jobs sit idle.
+pub fn longest_first(mut trials: Vec<Trial>, measured: &HashMap<String, f64>) -> Vec<Trial> {
+    let seconds = |t: &Trial| {
+        measured
+            .get(&t.name())
+            .copied()
+            .unwrap_or_else(|| expected_seconds(&t.scenario))
+    };
+    trials.sort_by(|a, b| seconds(b).total_cmp(&seconds(a)));
     trials
+}
+
+/// How long each trial took the last time it ran here, from the `results.json` of the
+/// newest `runs` run directories under `lab_dir`: trial name → seconds. A SKIP, or a
+/// trial that ended before its steps, says nothing about its length.
+pub fn measured_seconds(lab_dir: &Path, runs: usize) -> HashMap<String, f64> {
+    let mut dirs: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(lab_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let results = e.path().join("results.json");
+            let modified = std::fs::metadata(&results)
+                .and_then(|m| m.modified())
+                .ok()?;
+            Some((modified, results))
+        })
+        .collect();
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.0));
+    let mut seconds = HashMap::new();
+    for (_, file) in dirs.into_iter().take(runs) {
+        let Ok(results) = std::fs::read_to_string(&file)
+            .map_err(anyhow::Error::from)
+            .and_then(|t| Ok(serde_json::from_str::<Vec<TrialResult>>(&t)?))
+        else {
+            continue;
+        };
+        for r in results {
+            if r.outcome != Outcome::Skip && r.steps_ran {
+                seconds.entry(r.name).or_insert(r.elapsed_s);
+            }
+        }
+    }
+    seconds
 }
 
 /// A new run directory `target/lab/run-<time>-<pid>/`, after removing what earlier runs
@@ -612,6 +654,84 @@ mod tests {
         assert_eq!(picked(&selection(&[], true)), 3);
     }
 
+    /// The newest run that measured a trial decides; a SKIP and a trial that never reached
+    /// its steps do not; a measured trial goes before an estimated one that took less.
+    #[test]
+    fn measured_durations_order_the_trials() {
+        vm::config::use_test_defaults();
+        let lab = tempfile::tempdir().unwrap();
+        let result = |name: &str, outcome: Outcome, seconds: f64, steps_ran: bool| {
+            serde_json::json!({
+                "name": name, "scenario": "s", "target": "t", "runtime": "r",
+                "outcome": outcome, "elapsed_s": seconds, "versions": {},
+                "detail": "", "log_dir": "/nonexistent", "steps_ran": steps_ran,
+            })
+        };
+        let write = |run: &str, results: serde_json::Value| {
+            let dir = lab.path().join(run);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("results.json"), results.to_string()).unwrap();
+            // Distinct modification times, older first.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        write(
+            "run-1",
+            serde_json::json!([
+                result("echo-tcp4::debian-13::crun", Outcome::Pass, 99.0, true),
+                result("echo-tcp6::debian-13::crun", Outcome::Pass, 500.0, true),
+            ]),
+        );
+        write(
+            "run-2",
+            serde_json::json!([
+                result("echo-tcp4::debian-13::crun", Outcome::Pass, 7.0, true),
+                result("echo-tcp6::debian-13::crun", Outcome::Skip, 0.0, false),
+                result("echo-udp4::debian-13::crun", Outcome::Fail, 0.5, false),
+            ]),
+        );
+        let measured = measured_seconds(lab.path(), 20);
+        assert_eq!(
+            measured,
+            HashMap::from([
+                ("echo-tcp4::debian-13::crun".to_string(), 7.0),
+                ("echo-tcp6::debian-13::crun".to_string(), 500.0),
+            ])
+        );
+        assert!(
+            measured_seconds(lab.path(), 1)
+                .get("echo-tcp6::debian-13::crun")
+                .is_none()
+        );
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let planned = plan(
+            &workspace,
+            &Selection {
+                filters: vec![
+                    "echo-tcp4::".into(),
+                    "echo-tcp6::".into(),
+                    "quadlet-reboot::".into(),
+                ],
+                targets: vec!["debian-13".into()],
+                runtimes: vec!["crun".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let order: Vec<String> = longest_first(planned, &measured)
+            .iter()
+            .map(Trial::name)
+            .collect();
+        // echo-tcp6 measured 500 s, the reboot estimated, echo-tcp4 measured 7 s.
+        assert_eq!(
+            order,
+            [
+                "echo-tcp6::debian-13::crun",
+                "quadlet-reboot::debian-13::crun",
+                "echo-tcp4::debian-13::crun"
+            ]
+        );
+    }
+
     #[test]
     fn long_trials_start_first_and_the_others_keep_their_order() {
         vm::config::use_test_defaults();
@@ -630,7 +750,7 @@ mod tests {
             .filter(|t| expected_seconds(&t.scenario) == 10.0)
             .map(Trial::name)
             .collect();
-        let ordered = longest_first(planned);
+        let ordered = longest_first(planned, &HashMap::new());
         let seconds: Vec<f64> = ordered
             .iter()
             .map(|t| expected_seconds(&t.scenario))
