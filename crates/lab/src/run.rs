@@ -697,11 +697,7 @@ mod tests {
                 ("echo-tcp6::debian-13::crun".to_string(), 500.0),
             ])
         );
-        assert!(
-            measured_seconds(lab.path(), 1)
-                .get("echo-tcp6::debian-13::crun")
-                .is_none()
-        );
+        assert!(!measured_seconds(lab.path(), 1).contains_key("echo-tcp6::debian-13::crun"));
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let planned = plan(
             &workspace,
