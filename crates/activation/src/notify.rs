@@ -10,36 +10,13 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 ///
 /// `Ok(false)` when the variable is unset: nobody listens, which is not an error.
 pub fn notify(state: &str) -> io::Result<bool> {
-    match std::env::var_os("NOTIFY_SOCKET") {
-        None => Ok(false),
-        Some(target) => {
-            let target = target.to_str().ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "NOTIFY_SOCKET is not valid UTF-8",
-                )
-            })?;
-            notify_to(target, state).map(|()| true)
-        }
-    }
+    notify_with_fds(state, &[])
 }
 
 /// Sends `state` to the notification socket `target`: a path (`/run/...`) or an abstract
 /// name (`@name`), as `$NOTIFY_SOCKET` spells them.
 pub fn notify_to(target: &str, state: &str) -> io::Result<()> {
-    let addr = notify_address(target)?;
-    let socket = UnixDatagram::unbound()?;
-    let sent = socket.send_to_addr(state.as_bytes(), &addr)?;
-    if sent != state.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::WriteZero,
-            format!(
-                "NOTIFY_SOCKET={target:?}: sent {sent} of {} bytes",
-                state.len()
-            ),
-        ));
-    }
-    Ok(())
+    notify_with_fds_to(target, state, &[])
 }
 
 /// Sends `state` with `fds` attached (`SCM_RIGHTS`) to `$NOTIFY_SOCKET`, as

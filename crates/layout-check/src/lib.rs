@@ -174,22 +174,8 @@ impl Uses<'_> {
 }
 
 impl<'ast> Visit<'ast> for Uses<'_> {
-    fn visit_item_mod(&mut self, m: &'ast syn::ItemMod) {
-        if !is_cfg_test(&m.attrs) {
-            syn::visit::visit_item_mod(self, m);
-        }
-    }
-
-    fn visit_item_fn(&mut self, f: &'ast syn::ItemFn) {
-        if !is_cfg_test(&f.attrs) {
-            syn::visit::visit_item_fn(self, f);
-        }
-    }
-
     fn visit_item_use(&mut self, u: &'ast syn::ItemUse) {
-        if !is_cfg_test(&u.attrs) {
-            self.use_tree(&mut Vec::new(), &u.tree);
-        }
+        self.use_tree(&mut Vec::new(), &u.tree);
     }
 
     // `pub(crate)` and `pub(super)` name who may see an item, not a module it uses.
@@ -227,8 +213,47 @@ fn parse(path: &Path) -> Result<Parsed> {
     let syntax = syn::parse_file(&text).with_context(|| format!("parsing {}", path.display()))?;
     Ok(Parsed {
         path: path.to_path_buf(),
-        syntax,
+        syntax: without_tests(syntax),
     })
+}
+
+/// `file` without its tests (`#[cfg(test)]` items, `#[test]` functions, at any depth):
+/// every check is about what a build compiles.
+fn without_tests(mut file: syn::File) -> syn::File {
+    fn attrs(item: &syn::Item) -> &[syn::Attribute] {
+        match item {
+            syn::Item::Const(i) => &i.attrs,
+            syn::Item::Enum(i) => &i.attrs,
+            syn::Item::Fn(i) => &i.attrs,
+            syn::Item::Impl(i) => &i.attrs,
+            syn::Item::Macro(i) => &i.attrs,
+            syn::Item::Mod(i) => &i.attrs,
+            syn::Item::Static(i) => &i.attrs,
+            syn::Item::Struct(i) => &i.attrs,
+            syn::Item::Trait(i) => &i.attrs,
+            syn::Item::Type(i) => &i.attrs,
+            syn::Item::Use(i) => &i.attrs,
+            _ => &[],
+        }
+    }
+    fn keep(items: &mut Vec<syn::Item>) {
+        items.retain(|item| !is_test_fn(attrs(item)));
+        for item in items {
+            match item {
+                syn::Item::Mod(m) => {
+                    if let Some((_, inner)) = &mut m.content {
+                        keep(inner);
+                    }
+                }
+                syn::Item::Impl(i) => i
+                    .items
+                    .retain(|f| !matches!(f, syn::ImplItem::Fn(f) if is_test_fn(&f.attrs))),
+                _ => {}
+            }
+        }
+    }
+    keep(&mut file.items);
+    file
 }
 
 /// The module graph of the crate whose sources are under `src`.
@@ -504,21 +529,11 @@ pub fn stale_map_entries(map: &str, listing: &WorkspaceListing) -> Vec<String> {
     stale
 }
 
-/// Reads of the environment (`std::env::var`, `var_os`, `vars`, `vars_os`) outside
-/// tests, as (line, path written).
+/// Reads of the environment (`std::env::var`, `var_os`, `vars`, `vars_os`) in a file
+/// [`without_tests`], as (line, path written).
 fn env_reads(file: &syn::File) -> Vec<(usize, String)> {
     struct Find(Vec<(usize, String)>);
     impl<'ast> Visit<'ast> for Find {
-        fn visit_item_mod(&mut self, m: &'ast syn::ItemMod) {
-            if !is_cfg_test(&m.attrs) {
-                syn::visit::visit_item_mod(self, m);
-            }
-        }
-        fn visit_item_fn(&mut self, f: &'ast syn::ItemFn) {
-            if !is_test_fn(&f.attrs) {
-                syn::visit::visit_item_fn(self, f);
-            }
-        }
         fn visit_path(&mut self, p: &'ast syn::Path) {
             let names: Vec<String> = p.segments.iter().map(|s| s.ident.to_string()).collect();
             let reads = names.windows(2).any(|w| {
@@ -557,22 +572,14 @@ fn is_test_fn(attrs: &[syn::Attribute]) -> bool {
     is_cfg_test(attrs) || attrs.iter().any(|a| a.path().is_ident("test"))
 }
 
-/// Every function and method outside tests, as (name, lines it spans).
+/// Every function and method (of a file [`without_tests`]), as (name, lines it spans).
 fn function_lengths(file: &syn::File) -> Vec<(String, usize)> {
     struct Find(Vec<(String, usize)>, Vec<String>);
     fn span_lines(s: proc_macro2::Span) -> usize {
         s.end().line.saturating_sub(s.start().line) + 1
     }
     impl<'ast> Visit<'ast> for Find {
-        fn visit_item_mod(&mut self, m: &'ast syn::ItemMod) {
-            if !is_cfg_test(&m.attrs) {
-                syn::visit::visit_item_mod(self, m);
-            }
-        }
         fn visit_item_impl(&mut self, i: &'ast syn::ItemImpl) {
-            if is_cfg_test(&i.attrs) {
-                return;
-            }
             let owner = match &*i.self_ty {
                 syn::Type::Path(t) => t
                     .path
@@ -587,11 +594,9 @@ fn function_lengths(file: &syn::File) -> Vec<(String, usize)> {
             self.1.pop();
         }
         fn visit_item_fn(&mut self, f: &'ast syn::ItemFn) {
-            if !is_test_fn(&f.attrs) {
-                use syn::spanned::Spanned;
-                self.0.push((f.sig.ident.to_string(), span_lines(f.span())));
-                syn::visit::visit_item_fn(self, f);
-            }
+            use syn::spanned::Spanned;
+            self.0.push((f.sig.ident.to_string(), span_lines(f.span())));
+            syn::visit::visit_item_fn(self, f);
         }
         fn visit_impl_item_fn(&mut self, f: &'ast syn::ImplItemFn) {
             use syn::spanned::Spanned;
@@ -606,21 +611,11 @@ fn function_lengths(file: &syn::File) -> Vec<(String, usize)> {
     find.0
 }
 
-/// The lines, outside `#[cfg(test)]` and `#[test]` items, where `env!("CARGO_MANIFEST_DIR")`
-/// (alone or inside `concat!`) compiles a checkout's path into a binary.
+/// The lines where `env!("CARGO_MANIFEST_DIR")` (alone or inside `concat!`) compiles a
+/// checkout's path into a binary (in a file [`without_tests`]).
 fn compiled_in_paths(file: &syn::File) -> Vec<usize> {
     struct Find(Vec<usize>);
     impl<'ast> Visit<'ast> for Find {
-        fn visit_item_mod(&mut self, m: &'ast syn::ItemMod) {
-            if !is_cfg_test(&m.attrs) {
-                syn::visit::visit_item_mod(self, m);
-            }
-        }
-        fn visit_item_fn(&mut self, f: &'ast syn::ItemFn) {
-            if !is_test_fn(&f.attrs) {
-                syn::visit::visit_item_fn(self, f);
-            }
-        }
         fn visit_macro(&mut self, m: &'ast syn::Macro) {
             let tokens = m.tokens.to_string();
             let is_env = m.path.is_ident("env") && tokens.contains("CARGO_MANIFEST_DIR");
@@ -658,7 +653,7 @@ mod tests { fn f() { let _ = env!("CARGO_MANIFEST_DIR"); } }
 "#,
         )
         .unwrap();
-        assert_eq!(compiled_in_paths(&file), vec![2, 4]);
+        assert_eq!(compiled_in_paths(&without_tests(file)), vec![2, 4]);
     }
 
     #[test]
@@ -702,7 +697,10 @@ mod tests { fn f() { let _ = std::env::var_os("X"); } }
 "#,
         )
         .unwrap();
-        let lines: Vec<usize> = env_reads(&file).into_iter().map(|(l, _)| l).collect();
+        let lines: Vec<usize> = env_reads(&without_tests(file))
+            .into_iter()
+            .map(|(l, _)| l)
+            .collect();
         assert_eq!(lines, vec![2, 3, 4]);
     }
 
@@ -713,7 +711,7 @@ mod tests { fn f() { let _ = std::env::var_os("X"); } }
         )
         .unwrap();
         assert_eq!(
-            function_lengths(&file),
+            function_lengths(&without_tests(file)),
             vec![("one".to_string(), 1), ("S::three".to_string(), 3)]
         );
     }
