@@ -263,5 +263,12 @@ pub fn methods(
         dir.join("summary.md").display(),
         dir.join("report.html").display()
     );
+    let check = lab::netbench::aa_check(&results);
+    if !check.problems.is_empty() {
+        anyhow::bail!(
+            "the A/A check failed, so these ratios do not hold: {}",
+            check.problems.join("; ")
+        );
+    }
     Ok(())
 }

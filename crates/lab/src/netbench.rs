@@ -51,7 +51,11 @@ pub struct Method {
 
 pub const BASELINE: &str = "directly on the guest";
 
-pub const METHODS: [Method; 8] = [
+/// The baseline measured a second time, as another method in the rotation (the A/A
+/// check): the same server, so any difference between the two is the bench's own noise.
+pub const BASELINE_AGAIN: &str = "directly on the guest, again (A/A)";
+
+pub const METHODS: [Method; 9] = [
     Method {
         kind: Kind::Direct,
         name: BASELINE,
@@ -69,6 +73,13 @@ pub const METHODS: [Method; 8] = [
         name: "host",
         port: 4102,
         article_native: Some(true),
+    },
+    // Apart from the first baseline in the rotation, so the two follow other methods.
+    Method {
+        kind: Kind::Direct,
+        name: BASELINE_AGAIN,
+        port: 4100,
+        article_native: None,
     },
     Method {
         kind: Kind::Pasta,
@@ -285,6 +296,25 @@ pub fn start_command(method: &Method, runtime: &str) -> String {
     }
 }
 
+/// Shell (as the test user) that waits while an Accept=yes connection's service is still
+/// loaded: its container's teardown (`podman run --rm` removing it) takes seconds of the
+/// guest's CPU under TCG, and a measurement taken meanwhile is that of a busy guest.
+/// Before this wait the method measured after Accept=yes, in every round the baseline,
+/// came out 20-40% slow with a p99 of 4-7 ms.
+pub const SETTLE: &str = "for i in $(seq 240); do [ -z \"$(systemctl --user list-units --all --plain --no-legend 'bench-accept@*')\" ] && exit 0; sleep 0.5; done; echo 'an Accept=yes service instance was still loaded after 120 s:' >&2; systemctl --user list-units --all --plain --no-legend 'bench-accept@*' >&2; exit 1";
+
+/// Waits until no earlier measurement's work is left in the guest ([`SETTLE`]).
+fn settle(vm: &TrialVm) -> Result<()> {
+    let out = vm.guest.user(SETTLE, Duration::from_secs(180))?;
+    if !out.success() {
+        bail!(
+            "the guest did not settle between measurements: {}",
+            out.combined().trim()
+        );
+    }
+    Ok(())
+}
+
 /// Rounds of methods, each round in a different order, so that no method is always
 /// measured first or last (a warm or tired guest).
 pub fn schedule(methods: &[Method], rounds: usize) -> Vec<(usize, Method)> {
@@ -334,7 +364,11 @@ fn start_all(vm: &TrialVm, runtime: &str, events: &Events) -> Result<Vec<Unavail
         g.write_file(&format!("{dir}/{name}"), text.as_bytes(), owner, 0o644)?;
     }
     let mut unavailable = Vec::new();
-    for m in &METHODS {
+    for (i, m) in METHODS.iter().enumerate() {
+        // The A/A method measures the baseline's server again.
+        if METHODS[..i].iter().any(|earlier| earlier.port == m.port) {
+            continue;
+        }
         let step = events.step(m.name, "starting the server");
         let started = g.user(&start_command(m, runtime), t)?;
         if !started.success() {
@@ -402,6 +436,7 @@ fn run_outbound(
             if unavailable.iter().any(|u| u.method == o.name) {
                 continue;
             }
+            settle(vm)?;
             let out = vm.guest.user(
                 &outbound_command(o, runtime, opts),
                 Duration::from_secs_f64(opts.seconds + 120.0),
@@ -453,6 +488,7 @@ pub fn run(vm: &TrialVm, runtime: &str, opts: &Options, events: &Events) -> Resu
             "ip netns exec client echo-probe bench tcp4:{CLIENT_NETNS_SERVER}:{} --connections {} --seconds {} --size {} --json",
             m.port, opts.connections, opts.seconds, opts.size
         );
+        settle(vm)?;
         let out = vm
             .guest
             .root_ok(&cmd, Duration::from_secs_f64(opts.seconds + 120.0))?;
@@ -516,13 +552,15 @@ impl<'a> ByMethod<'a> {
         self.0.contains_key(name)
     }
 
+    fn values(&self, name: &str, f: fn(&Measurement) -> f64) -> Vec<f64> {
+        self.0
+            .get(name)
+            .map(|v| v.iter().map(|m| f(m)).collect())
+            .unwrap_or_default()
+    }
+
     fn median(&self, name: &str, f: fn(&Measurement) -> f64) -> f64 {
-        median(
-            self.0
-                .get(name)
-                .map(|v| v.iter().map(|m| f(m)).collect())
-                .unwrap_or_default(),
-        )
+        median(self.values(name, f))
     }
 }
 
@@ -534,26 +572,121 @@ fn unavailable_cell(unavailable: &[Unavailable], name: &str) -> Option<String> {
         .map(|u| u.why.replace('\n', " ").replace('|', "\\|"))
 }
 
+/// Rounds below this leave the A/A check unjudged: one or two rounds give no spread to
+/// compare with.
+pub const ROUNDS_TO_JUDGE: usize = 3;
+
+/// Methods whose data path is the baseline's (the guest's own TCP stack into the echo
+/// server's socket, no forwarder): they can match the baseline, not beat it.
+const SAME_PATH_AS_BASELINE: [Kind; 2] = [Kind::SocketActivation, Kind::Host];
+
+/// The A/A check of a run: the baseline measured twice, and the methods that share its
+/// data path, against the spread of the baseline's rounds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AaCheck {
+    /// Enough rounds to judge ([`ROUNDS_TO_JUDGE`]).
+    pub judged: bool,
+    /// MiB/s medians of the baseline and of its second measurement.
+    pub baseline: f64,
+    pub again: f64,
+    /// The larger of the two measurements' ranges over the rounds (max - min, MiB/s).
+    pub spread: f64,
+    /// What failed, in words; empty when the check passed (or was not judged).
+    pub problems: Vec<String>,
+}
+
+/// Judges the run's A/A check (see [`AaCheck`]).
+pub fn aa_check(results: &Results) -> AaCheck {
+    let by = ByMethod::new(&results.samples);
+    let range = |name: &str| {
+        let v = by.values(name, |m| m.mib_per_s);
+        let max = v.iter().copied().fold(f64::NAN, f64::max);
+        let min = v.iter().copied().fold(f64::NAN, f64::min);
+        max - min
+    };
+    let baseline = by.median(BASELINE, |m| m.mib_per_s);
+    let again = by.median(BASELINE_AGAIN, |m| m.mib_per_s);
+    let spread = range(BASELINE).max(range(BASELINE_AGAIN));
+    let rounds = by.values(BASELINE, |m| m.mib_per_s).len();
+    let judged = rounds >= ROUNDS_TO_JUDGE && by.has(BASELINE_AGAIN);
+    let mut problems = Vec::new();
+    if judged {
+        if (baseline - again).abs() > spread {
+            problems.push(format!(
+                "the baseline measured twice differs by {:.1} MiB/s ({baseline:.1} and {again:.1}), more than its rounds vary ({spread:.1})",
+                (baseline - again).abs()
+            ));
+        }
+        for m in METHODS
+            .iter()
+            .filter(|m| SAME_PATH_AS_BASELINE.contains(&m.kind))
+        {
+            if !by.has(m.name) {
+                continue;
+            }
+            let mib = by.median(m.name, |x| x.mib_per_s);
+            if mib - baseline > spread {
+                problems.push(format!(
+                    "{} ({mib:.1} MiB/s) beats the baseline ({baseline:.1}) by {:.1} MiB/s, more than the rounds' spread ({spread:.1}): it shares the baseline's data path, so the baseline is not measuring the fastest path",
+                    m.name,
+                    mib - baseline
+                ));
+            }
+        }
+    }
+    AaCheck {
+        judged,
+        baseline,
+        again,
+        spread,
+        problems,
+    }
+}
+
+/// The A/A check in words, for the report.
+fn aa_paragraph(check: &AaCheck, rounds: usize) -> String {
+    if !check.judged {
+        return format!(
+            "\nA/A check: not judged ({rounds} round(s); it needs {ROUNDS_TO_JUDGE} and both baseline measurements).\n"
+        );
+    }
+    if check.problems.is_empty() {
+        return format!(
+            "\nA/A check: passed. The baseline measured twice: {:.1} and {:.1} MiB/s, within the rounds' spread ({:.1}); no method that shares its data path beats it by more.\n",
+            check.baseline, check.again, check.spread
+        );
+    }
+    let mut s = String::from(
+        "\n**A/A check failed**: the numbers above do not measure what they claim.\n\n",
+    );
+    for p in &check.problems {
+        s += &format!("- {p}\n");
+    }
+    s
+}
+
 /// The report: per method, the medians over rounds and throughput as a ratio to the
-/// baseline, beside what the article claims; then the outbound clients.
+/// baseline of the same round (median, and min-max over the rounds), beside what the
+/// article claims; the A/A check; then the outbound clients.
 pub fn table(results: &Results, opts: &Options, context: &str) -> String {
     let by = ByMethod::new(&results.samples);
-    let base = by.median(BASELINE, |m| m.mib_per_s);
+    let ratios = bars(results);
     let mut s = String::new();
     writeln!(
         s,
-        "## Inbound methods: echo round trips from a client namespace\n\n{context}; {} connection(s), {} B per round trip, {} s per measurement, {} rounds in rotating order; medians.\n",
+        "## Inbound methods: echo round trips from a client namespace\n\n{context}; {} connection(s), {} B per round trip, {} s per measurement, {} rounds in rotating order; medians, and the ratio's min-max over the rounds.\n",
         opts.connections, opts.size, opts.seconds, opts.rounds
     )
     .unwrap();
     writeln!(
         s,
-        "| method | article 003: native performance | MiB/s | vs directly on the guest | round trips/s | p50 µs | p99 µs | first reply ms |\n|---|---|---|---|---|---|---|---|"
+        "| method | article 003: native performance | MiB/s | vs directly on the guest (min-max) | round trips/s | p50 µs | p99 µs | first reply ms |\n|---|---|---|---|---|---|---|---|"
     )
     .unwrap();
     for m in &METHODS {
         let claim = match (m.kind, m.article_native) {
-            (Kind::Direct, _) => "(baseline)",
+            (Kind::Direct, _) if m.name == BASELINE => "(baseline)",
+            (Kind::Direct, _) => "(the baseline again)",
             (_, None) => "(not listed)",
             (_, Some(true)) => "yes",
             (_, Some(false)) => "no",
@@ -565,12 +698,17 @@ pub fn table(results: &Results, opts: &Options, context: &str) -> String {
         if !by.has(m.name) {
             continue;
         }
-        let mib = by.median(m.name, |x| x.mib_per_s);
+        let ratio = ratios
+            .iter()
+            .find(|b| b.label == m.name)
+            .map_or("?".to_string(), |b| {
+                format!("{:.2}x ({:.2}-{:.2})", b.median, b.min, b.max)
+            });
         writeln!(
             s,
-            "| {} | {claim} | {mib:.1} | {:.2}x | {:.0} | {:.0} | {:.0} | {:.0} |",
+            "| {} | {claim} | {:.1} | {ratio} | {:.0} | {:.0} | {:.0} | {:.0} |",
             m.name,
-            mib / base,
+            by.median(m.name, |x| x.mib_per_s),
             by.median(m.name, |x| x.round_trips_per_s),
             by.median(m.name, |x| x.p50_us),
             by.median(m.name, |x| x.p99_us),
@@ -578,6 +716,7 @@ pub fn table(results: &Results, opts: &Options, context: &str) -> String {
         )
         .unwrap();
     }
+    s += &aa_paragraph(&aa_check(results), opts.rounds);
     if results.outbound.is_empty() && results.outbound_unavailable.is_empty() {
         return s;
     }
@@ -589,12 +728,17 @@ pub fn table(results: &Results, opts: &Options, context: &str) -> String {
 /// guest, against the same server, as ratios.
 fn outbound_table(results: &Results, opts: &Options) -> String {
     let by = ByMethod::new(&results.outbound);
-    let base = by.median(OUTBOUND_BASELINE, |m| m.mib_per_s);
+    let per_round: Vec<(String, usize, f64)> = results
+        .outbound
+        .iter()
+        .map(|s| (s.method.clone(), s.round, s.measurement.mib_per_s))
+        .collect();
+    let ratios = crate::report::html::ratio_bars(&per_round, OUTBOUND_BASELINE);
     let mut s = format!(
         "\n## Outbound: echo round trips from a client in a container to a server on the guest\n\n\
          The baseline server above (port 4100); {} connection(s), {} B per round trip, {} s per \
-         measurement, {} rounds in rotating order; medians.\n\n\
-         | client | MiB/s | vs the client directly on the guest | round trips/s | p50 µs | p99 µs |\n|---|---|---|---|---|---|\n",
+         measurement, {} rounds in rotating order; medians, and the ratio's min-max over the rounds.\n\n\
+         | client | MiB/s | vs the client directly on the guest (min-max) | round trips/s | p50 µs | p99 µs |\n|---|---|---|---|---|---|\n",
         opts.connections, opts.size, opts.seconds, opts.rounds
     );
     for o in &OUTBOUND {
@@ -605,12 +749,17 @@ fn outbound_table(results: &Results, opts: &Options) -> String {
         if !by.has(o.name) {
             continue;
         }
-        let mib = by.median(o.name, |x| x.mib_per_s);
+        let ratio = ratios
+            .iter()
+            .find(|b| b.label == o.name)
+            .map_or("?".to_string(), |b| {
+                format!("{:.2}x ({:.2}-{:.2})", b.median, b.min, b.max)
+            });
         writeln!(
             s,
-            "| {} | {mib:.1} | {:.2}x | {:.0} | {:.0} | {:.0} |",
+            "| {} | {:.1} | {ratio} | {:.0} | {:.0} | {:.0} |",
             o.name,
-            mib / base,
+            by.median(o.name, |x| x.mib_per_s),
             by.median(o.name, |x| x.round_trips_per_s),
             by.median(o.name, |x| x.p50_us),
             by.median(o.name, |x| x.p99_us),
@@ -651,9 +800,11 @@ mod tests {
             let c = start_command(m, "crun");
             assert!(c.contains(&m.port.to_string()), "{c}");
         }
-        assert!(start_command(&METHODS[3], "runc").contains("--network=pasta -p 4103:3000"));
         assert!(
-            start_command(&METHODS[5], "runc")
+            start_command(&method(Kind::Pasta), "runc").contains("--network=pasta -p 4103:3000")
+        );
+        assert!(
+            start_command(&method(Kind::SlirpSlirp), "runc")
                 .contains("--network=slirp4netns:port_handler=slirp4netns -p 4105:3000")
         );
         let (socket, service) = socket_activation_units("crun", 4101).unwrap();
@@ -662,6 +813,10 @@ mod tests {
             service.contains("--runtime crun --network=none"),
             "{service}"
         );
+    }
+
+    fn method(kind: Kind) -> Method {
+        *METHODS.iter().find(|m| m.kind == kind).unwrap()
     }
 
     fn sample(method: &str, round: usize, mib: f64) -> Sample {
@@ -705,7 +860,7 @@ mod tests {
         };
         let t = table(&results, &opts, "debian-13, crun 1.21, tcg");
         assert!(
-            t.contains("| directly on the guest | (baseline) | 20.0 | 1.00x | 1280 |"),
+            t.contains("| directly on the guest | (baseline) | 20.0 | 1.00x (1.00-1.00) | 1280 |"),
             "{t}"
         );
         assert!(
@@ -718,7 +873,8 @@ mod tests {
         };
         let t = table(&measured, &opts, "x");
         assert!(
-            t.contains("| pasta | no | 5.0 | 0.25x | 320 | 100 | 300 | 2 |"),
+            // Per round 0.50, 0.13 and 5.00 of the baseline: their median, and the range.
+            t.contains("| pasta | no | 5.0 | 0.50x (0.13-5.00) | 320 | 100 | 300 | 2 |"),
             "{t}"
         );
         assert!(
@@ -742,7 +898,7 @@ mod tests {
         assert!(units["bench-accept.socket"].contains("ListenStream=0.0.0.0:4107\nAccept=yes"));
         assert!(units["bench-accept@.service"].contains("--runtime runc "));
         // The backend listens where the proxy forwards.
-        let proxyd = start_command(&METHODS[6], "crun");
+        let proxyd = start_command(&method(Kind::SocketProxyd), "crun");
         assert!(
             proxyd.contains("--volume $XDG_RUNTIME_DIR/bench-proxyd:/run/backend")
                 && proxyd.contains("--listen unix:/run/backend/echo.sock"),
@@ -795,9 +951,9 @@ mod tests {
             ..Default::default()
         };
         let t = table(&results, &opts, "x");
-        assert!(t.contains("| host | 40.0 | 1.00x |"), "{t}");
+        assert!(t.contains("| host | 40.0 | 1.00x (1.00-1.00) |"), "{t}");
         assert!(
-            t.contains("| slirp4netns allow_host_loopback=true | 10.0 | 0.25x |"),
+            t.contains("| slirp4netns allow_host_loopback=true | 10.0 | 0.25x (0.25-0.25) |"),
             "{t}"
         );
         assert!(
@@ -810,5 +966,115 @@ mod tests {
     fn medians_of_even_counts_average_the_middle_two() {
         assert_eq!(median(vec![1.0, 4.0, 2.0, 3.0]), 2.5);
         assert!(median(vec![]).is_nan());
+    }
+
+    fn rounds_of(method: &str, mibs: &[f64]) -> Vec<Sample> {
+        mibs.iter()
+            .enumerate()
+            .map(|(i, m)| sample(method, i + 1, *m))
+            .collect()
+    }
+
+    #[test]
+    fn the_aa_check_passes_within_the_spread_and_fails_beyond_it() {
+        let host = method(Kind::Host).name;
+        let pasta = method(Kind::Pasta).name;
+        let run = |again: &[f64], host_mib: &[f64]| {
+            let samples = [
+                rounds_of(BASELINE, &[30.0, 32.0, 34.0]),
+                rounds_of(BASELINE_AGAIN, again),
+                rounds_of(host, host_mib),
+                // A method with a data path of its own may differ as it likes.
+                rounds_of(pasta, &[90.0, 90.0, 90.0]),
+            ]
+            .concat();
+            aa_check(&Results {
+                samples,
+                ..Default::default()
+            })
+        };
+        let ok = run(&[31.0, 33.0, 35.0], &[33.0, 34.0, 35.0]);
+        assert!(ok.judged && ok.problems.is_empty(), "{ok:?}");
+        assert_eq!((ok.baseline, ok.again, ok.spread), (32.0, 33.0, 4.0));
+        // The baseline's second measurement far from its first: the bench is noisy.
+        let aa = run(&[20.0, 21.0, 22.0], &[33.0, 34.0, 35.0]);
+        assert_eq!(aa.problems.len(), 1, "{aa:?}");
+        assert!(
+            aa.problems[0].contains("the baseline measured twice differs by 11.0 MiB/s"),
+            "{aa:?}"
+        );
+        // --network=host well above the baseline: the baseline is not the fastest path.
+        let fast = run(&[31.0, 33.0, 35.0], &[40.0, 41.0, 42.0]);
+        assert_eq!(fast.problems.len(), 1, "{fast:?}");
+        assert!(
+            fast.problems[0]
+                .starts_with("host (41.0 MiB/s) beats the baseline (32.0) by 9.0 MiB/s"),
+            "{fast:?}"
+        );
+        let t = table(
+            &Results {
+                samples: [
+                    rounds_of(BASELINE, &[30.0, 32.0, 34.0]),
+                    rounds_of(BASELINE_AGAIN, &[31.0, 33.0, 35.0]),
+                    rounds_of(host, &[40.0, 41.0, 42.0]),
+                ]
+                .concat(),
+                ..Default::default()
+            },
+            &Options {
+                seconds: 3.0,
+                size: 16384,
+                connections: 1,
+                rounds: 3,
+            },
+            "x",
+        );
+        assert!(
+            t.contains("**A/A check failed**") && t.contains("- host (41.0 MiB/s) beats"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn one_round_leaves_the_aa_check_unjudged() {
+        let samples = [
+            rounds_of(BASELINE, &[30.0]),
+            rounds_of(BASELINE_AGAIN, &[10.0]),
+        ]
+        .concat();
+        let check = aa_check(&Results {
+            samples: samples.clone(),
+            ..Default::default()
+        });
+        assert!(!check.judged && check.problems.is_empty(), "{check:?}");
+        let t = table(
+            &Results {
+                samples,
+                ..Default::default()
+            },
+            &Options {
+                seconds: 1.0,
+                size: 16384,
+                connections: 1,
+                rounds: 1,
+            },
+            "x",
+        );
+        assert!(
+            t.contains("A/A check: not judged (1 round(s); it needs 3"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn the_baseline_server_is_started_once_for_both_measurements() {
+        let direct: Vec<_> = METHODS.iter().filter(|m| m.kind == Kind::Direct).collect();
+        assert_eq!(direct.len(), 2);
+        assert_eq!(direct[0].port, direct[1].port);
+        // No two other methods share a port.
+        let mut ports: Vec<u16> = METHODS.iter().map(|m| m.port).collect();
+        ports.sort();
+        ports.dedup();
+        assert_eq!(ports.len(), METHODS.len() - 1);
     }
 }

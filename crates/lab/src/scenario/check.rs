@@ -133,7 +133,20 @@ impl Step {
             Step::Journal {
                 contains: None,
                 lacks: None,
+                ..
             } => return Err("give `contains`, `lacks` or both".into()),
+            Step::Journal {
+                contains,
+                lacks,
+                within: Some(w),
+            } => {
+                if contains.is_none() || lacks.is_some() {
+                    return Err("`within` waits for a text to appear: it goes with `contains` alone (a `lacks` holds only after the whole wait)".into());
+                }
+                if !(w.is_finite() && *w > 0.0 && *w <= 600.0) {
+                    return Err(format!("`within = {w}`: give seconds between 0 and 600"));
+                }
+            }
             _ => {}
         }
         Ok(())
@@ -281,6 +294,18 @@ impl Scenario {
                 bail!(
                     "{p}: known_bug {} needs exactly one of `runtime` and `tool`",
                     b.issue
+                );
+            }
+            if b.decisive
+                && !matches!(
+                    s.steps.get(b.step - 1),
+                    Some(Step::Probe { fail: None, .. })
+                )
+            {
+                bail!(
+                    "{p}: known_bug {}: `decisive` ends a probe's wait, and step {} is not a probe that is to answer",
+                    b.issue,
+                    b.step
                 );
             }
         }

@@ -282,6 +282,18 @@ mod tests {
         "[[known_bug]]\nruntime = \"youki\"\nversions = \"*\"\nissue = \"u\"\npattern = \"x\"\nstep = 1\n",
         "runtime = \"youki\": expected runc or crun"
     )]
+    #[case::decisive_bug_at_a_reboot(
+        "[[known_bug]]\nruntime = \"crun\"\nversions = \"*\"\nissue = \"u\"\npattern = \"x\"\nstep = 1\ndecisive = true\n",
+        "`decisive` ends a probe's wait, and step 1 is not a probe that is to answer"
+    )]
+    #[case::journal_within_with_lacks(
+        "[[steps]]\ndo = \"journal\"\nlacks = \"x\"\nwithin = 5\n",
+        "step 2 (journal): `within` waits for a text to appear"
+    )]
+    #[case::journal_within_negative(
+        "[[steps]]\ndo = \"journal\"\ncontains = \"x\"\nwithin = -1\n",
+        "`within = -1`: give seconds between 0 and 600"
+    )]
     fn bad_values_are_load_errors_naming_file_key_and_value(
         #[case] extra: &str,
         #[case] message: &str,

@@ -250,6 +250,11 @@ pub enum Step {
         contains: Option<String>,
         #[serde(default)]
         lacks: Option<String>,
+        /// With `contains`: wait up to this many seconds for the text, for what systemd
+        /// logs on its own later (a start timeout, a start limit), and go on the moment
+        /// it is there instead of sleeping a fixed time first.
+        #[serde(default)]
+        within: Option<f64>,
     },
     /// `echo-probe netinfo` inside a running container via `podman exec`.
     Netinfo {
@@ -332,8 +337,12 @@ impl Step {
                 None => address.clone(),
             },
             Step::Reboot {} => String::new(),
-            Step::Journal { contains, lacks } => format!(
-                "{}{}",
+            Step::Journal {
+                contains,
+                lacks,
+                within,
+            } => format!(
+                "{}{}{}",
                 contains
                     .as_deref()
                     .map(|c| format!("contains {c:?} "))
@@ -341,7 +350,8 @@ impl Step {
                 lacks
                     .as_deref()
                     .map(|l| format!("lacks {l:?}"))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                within.map(|w| format!("within {w} s")).unwrap_or_default()
             ),
             Step::Netinfo { container, .. } => container.clone(),
             Step::Run { command, .. } => command.clone(),
@@ -402,6 +412,11 @@ pub struct KnownBug {
     /// units' journal lines logged while it ran.
     pub pattern: String,
     pub step: usize,
+    /// The pattern settles its step the moment it is logged (the application was handed
+    /// another socket than the one probed, so no answer can come): a probe at that step
+    /// stops waiting once the text is in the journal, instead of waiting out its timeout.
+    #[serde(default)]
+    pub decisive: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

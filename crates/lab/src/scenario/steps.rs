@@ -87,12 +87,21 @@ pub fn run_steps(vm: &TrialVm, scenario: &Scenario, runtime: &str, units: &[Stri
             | Step::Stop { unit }
             | Step::Enable { unit }
             | Step::ResetFailed { unit } => unit_verb(vm, scenario, step, unit),
-            Step::Probe { .. } => probe(vm, scenario, runtime, units, step),
+            Step::Probe { .. } => probe(vm, scenario, runtime, units, step, i + 1),
             Step::Reboot {} => reboot(vm),
             Step::IsFailed { unit, failed } => is_failed(vm, scenario, unit, *failed),
-            Step::Journal { contains, lacks } => {
-                journal_holds(vm, scenario, units, contains.as_deref(), lacks.as_deref())
-            }
+            Step::Journal {
+                contains,
+                lacks,
+                within,
+            } => journal_holds(
+                vm,
+                scenario,
+                units,
+                contains.as_deref(),
+                lacks.as_deref(),
+                within.map(Duration::from_secs_f64),
+            ),
             Step::Netinfo { .. } => netinfo(vm, step),
             Step::Run { .. } => run_command(vm, runtime, step),
             Step::Sleep { seconds } => {
@@ -135,30 +144,52 @@ const STOPPED_WAITING: &str = "lab: stopped waiting:";
 /// `probe` (a shell command) run in the background while a watcher beside it reads the
 /// journal (`journal`: a `journalctl` command for the units since the step began): once
 /// one of `services` has logged `Failed with result` `SERVICE_FAILURES_TO_GIVE_UP`
-/// times, it says so on stderr and ends the probe. It looks from the fourth second on,
-/// every other second, so a probe answered at once costs no journal read; the shell
-/// waits on the probe itself, so its answer is returned the moment it comes (a polling
-/// loop cost half a second per probe on average). The watcher's children get neither
-/// the ssh session's stdout nor its stderr (only the message does, through fd 3), so a
-/// watcher killed mid-sleep leaves nothing that holds the session open.
-pub fn watched_probe(probe: &str, journal: &str, services: &[String]) -> String {
-    if services.is_empty() {
+/// times, or a `decisive` text (a known bug's that settles the step) is logged, it says
+/// so on stderr and ends the probe. It looks from the fourth second on, every other
+/// second, so a probe answered at once costs no journal read; the shell waits on the
+/// probe itself, so its answer is returned the moment it comes (a polling loop cost half
+/// a second per probe on average). The watcher's children get neither the ssh session's
+/// stdout nor its stderr (only the message does, through fd 3), so a watcher killed
+/// mid-sleep leaves nothing that holds the session open.
+pub fn watched_probe(
+    probe: &str,
+    journal: &str,
+    services: &[String],
+    decisive: &[String],
+) -> String {
+    if services.is_empty() && decisive.is_empty() {
         return probe.to_string();
     }
-    let names: Vec<String> = services.iter().map(|s| quote(s)).collect();
+    let mut checks = String::new();
+    if !services.is_empty() {
+        let names: Vec<String> = services.iter().map(|s| quote(s)).collect();
+        checks += &format!(
+            "\x20   for u in {names}; do\n\
+             \x20     c=$(printf '%s\\n' \"$j\" | grep -c -F \" $u: Failed with result '\")\n\
+             \x20     if [ \"$c\" -ge {SERVICE_FAILURES_TO_GIVE_UP} ]; then echo \"{STOPPED_WAITING} $u failed $c times during the step\" >&3; kill $p; exit 0; fi\n\
+             \x20   done\n",
+            names = names.join(" ")
+        );
+    }
+    if !decisive.is_empty() {
+        let texts: Vec<String> = decisive.iter().map(|t| quote(t)).collect();
+        checks += &format!(
+            "\x20   for t in {texts}; do\n\
+             \x20     if printf '%s\\n' \"$j\" | grep -q -F -e \"$t\"; then echo \"{STOPPED_WAITING} the journal shows \\\"$t\\\", which settles the step\" >&3; kill $p; exit 0; fi\n\
+             \x20   done\n",
+            texts = texts.join(" ")
+        );
+    }
     format!(
         "{probe} & p=$!\n\
          ( exec 3>&2 2>/dev/null >/dev/null </dev/null\n\
          \x20 sleep 4 3>&-\n\
          \x20 while kill -0 $p; do\n\
-         \x20   for u in {names}; do\n\
-         \x20     c=$( {{ {journal} | grep -c -F \" $u: Failed with result '\"; }} 3>&- )\n\
-         \x20     if [ \"$c\" -ge {SERVICE_FAILURES_TO_GIVE_UP} ]; then echo \"{STOPPED_WAITING} $u failed $c times during the step\" >&3; kill $p; exit 0; fi\n\
-         \x20   done\n\
+         \x20   j=$( {{ {journal}; }} 3>&- )\n\
+         {checks}\
          \x20   sleep 2 3>&-\n\
          \x20 done ) & w=$!\n\
-         wait $p; r=$?; kill $w 2>/dev/null; exit $r",
-        names = names.join(" ")
+         wait $p; r=$?; kill $w 2>/dev/null; exit $r"
     )
 }
 
@@ -180,6 +211,7 @@ fn probe(
     runtime: &str,
     units: &[String],
     step: &Step,
+    number: usize,
 ) -> StepResult {
     let Step::Probe {
         address,
@@ -212,9 +244,10 @@ fn probe(
         cmd = format!("ip netns exec {} {cmd}", quote(ns));
     }
     // A probe that must fail in a given way runs as it is: its own result is the
-    // evidence. Any other stops waiting once the service has failed for it twice.
+    // evidence. Any other stops waiting once the service has failed for it twice, or a
+    // known bug's decisive text is logged.
     if must_fail.is_none() {
-        cmd = watching_the_services(&cmd, scenario, units);
+        cmd = watching_the_services(&cmd, scenario, units, number);
     }
     let (out, gave_up) = run_probe(vm, scenario, units, &cmd, *timeout, *retry)?;
     let parsed: Option<serde_json::Value> = serde_json::from_str(out.stdout.trim()).ok();
@@ -258,8 +291,14 @@ fn probe(
     }
 }
 
-/// `probe` wrapped so that it stops once a service of the scenario has failed twice.
-fn watching_the_services(probe: &str, scenario: &Scenario, units: &[String]) -> String {
+/// `probe` wrapped so that it stops once a service of the scenario has failed twice, or
+/// the text of a decisive known bug of step `number` is logged.
+fn watching_the_services(
+    probe: &str,
+    scenario: &Scenario,
+    units: &[String],
+    number: usize,
+) -> String {
     let refs: Vec<&str> = units.iter().map(String::as_str).collect();
     let services: Vec<String> = units
         .iter()
@@ -268,7 +307,13 @@ fn watching_the_services(probe: &str, scenario: &Scenario, units: &[String]) -> 
         .collect();
     let journal =
         vm::guest::unit_journal_command(scenario.scope.manager(), &refs, None, Some(Since::Mark));
-    watched_probe(probe, &journal, &services)
+    let decisive: Vec<String> = scenario
+        .known_bug
+        .iter()
+        .filter(|b| b.decisive && b.step == number)
+        .map(|b| b.pattern.clone())
+        .collect();
+    watched_probe(probe, &journal, &services, &decisive)
 }
 
 /// Runs the probe command; with `retry`, again every half second until it succeeds, its
@@ -418,12 +463,28 @@ fn journal_holds(
     units: &[String],
     contains: Option<&str>,
     lacks: Option<&str>,
+    within: Option<Duration>,
 ) -> StepResult {
-    let text = journal(vm, scenario, units, None);
+    let deadline = within.map(|w| Instant::now() + w);
+    let mut text = journal(vm, scenario, units, None);
+    // A text that is to come within a time is looked for once a second until then.
+    while let (Some(c), Some(deadline)) = (contains, deadline)
+        && !text.contains(c)
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_secs(1));
+        text = journal(vm, scenario, units, None);
+    }
     if let Some(c) = contains
         && !text.contains(c)
     {
-        return failed(format!("journal contains {c:?}"), vm::proc::tail(&text, 15));
+        let wait = within
+            .map(|w| format!(" within {} s", w.as_secs_f64()))
+            .unwrap_or_default();
+        return failed(
+            format!("journal contains {c:?}{wait}"),
+            vm::proc::tail(&text, 15),
+        );
     }
     if let Some(l) = lacks
         && let Some(line) = text.lines().find(|x| x.contains(l))
@@ -710,7 +771,7 @@ mod tests {
                 .unwrap()
         };
         let started = Instant::now();
-        let out = run(&watched_probe("sleep 60", &journal, &services));
+        let out = run(&watched_probe("sleep 60", &journal, &services, &[]));
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "it waited out the probe"
@@ -731,21 +792,65 @@ mod tests {
             "sleep 5; echo answered",
             &journal,
             &services,
+            &[],
         ));
         assert!(out.status.success(), "{out:?}");
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "answered");
         // The probe's own exit status comes back (1: the probe failed; 2: a usage error).
-        let out = run(&watched_probe("exit 2", &journal, &services));
+        let out = run(&watched_probe("exit 2", &journal, &services, &[]));
         assert_eq!(out.status.code(), Some(2), "{out:?}");
         // A probe answered at once is returned at once: the shell waits on the probe, not
         // on the watcher's sleep (which must not hold the output open either).
         let started = Instant::now();
-        let out = run(&watched_probe("echo answered", &journal, &services));
+        let out = run(&watched_probe("echo answered", &journal, &services, &[]));
         assert!(out.status.success(), "{out:?}");
         assert!(
             started.elapsed() < Duration::from_secs(3),
             "the watcher's sleep 4 held the command open: {:?}",
             started.elapsed()
         );
+    }
+
+    #[test]
+    fn a_watched_probe_stops_once_a_decisive_text_is_logged() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines = dir.path().join("journal");
+        let journal = format!("cat {}", lines.display());
+        let text = vec!["unix seqpacket (unnamed)".to_string()];
+        let run = |script: &str| {
+            std::process::Command::new("sh")
+                .args(["-c", script])
+                .output()
+                .unwrap()
+        };
+        std::fs::write(
+            &lines,
+            "socket-activate-echo: serving fd 3 \"echo.socket\" unix seqpacket (unnamed)\n",
+        )
+        .unwrap();
+        let started = Instant::now();
+        let out = run(&watched_probe("sleep 60", &journal, &[], &text));
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "it waited out the probe"
+        );
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(
+                "lab: stopped waiting: the journal shows \"unix seqpacket (unnamed)\", which settles the step"
+            ),
+            "{stderr}"
+        );
+        // Without the text the probe ends on its own, with its own result.
+        std::fs::write(&lines, "socket-activate-echo: serving fd 3 \"echo.socket\" inet stream listening 127.0.0.1:3000\n").unwrap();
+        let out = run(&watched_probe(
+            "sleep 5; echo answered",
+            &journal,
+            &[],
+            &text,
+        ));
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "answered");
     }
 }
