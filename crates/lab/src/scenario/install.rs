@@ -355,16 +355,11 @@ fn dir_files(
     // Trials reach no registry: an image no rewrite maps must already be in the guest,
     // in the storage of the scope's podman (root's for a system scenario).
     for (file, line, image) in files::quadlet_images(&installed) {
-        let exists = match scenario.scope {
-            Scope::User => g.user(
-                &format!("podman image exists {}", quote(image)),
-                Duration::from_secs(60),
-            )?,
-            Scope::System => g.root(
-                &format!("podman image exists {}", quote(image)),
-                Duration::from_secs(60),
-            )?,
-        };
+        let exists = g.beside(
+            scenario.scope.manager(),
+            &format!("podman image exists {}", quote(image)),
+            Duration::from_secs(60),
+        )?;
         if !exists.success() {
             bail!(
                 "{file}:{line}: the image {image:?} is not in the guest and [rewrite] images does not map it to one that is (trials have no registry)"

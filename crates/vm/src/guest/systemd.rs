@@ -78,10 +78,15 @@ impl Guest {
 
     /// `systemctl ARGS` (`ARGS` already quoted) in `manager`.
     pub fn systemctl(&self, manager: Manager, args: &str, timeout: Duration) -> Result<Output> {
-        let script = format!("{} {args}", manager.systemctl());
+        self.beside(manager, &format!("{} {args}", manager.systemctl()), timeout)
+    }
+
+    /// Runs `script` beside `manager`: as the test user for the user manager, as root
+    /// for the system's (logged as such).
+    pub fn beside(&self, manager: Manager, script: &str, timeout: Duration) -> Result<Output> {
         match manager {
-            Manager::User => self.user(&script, timeout),
-            Manager::System => self.root(&script, timeout),
+            Manager::User => self.user(script, timeout),
+            Manager::System => self.root(script, timeout),
         }
     }
 
