@@ -753,6 +753,27 @@ mod tests {
         ));
     }
 
+    /// `script` run by sh, as the guest runs it.
+    fn run(script: &str) -> std::process::Output {
+        std::process::Command::new("sh")
+            .args(["-c", script])
+            .output()
+            .unwrap()
+    }
+
+    /// A watched probe that would wait 60 s ends well before, failing, with `message`.
+    fn ends_early_saying(script: &str, message: &str) {
+        let started = Instant::now();
+        let out = run(script);
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "it waited out the probe"
+        );
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(message), "{stderr}");
+    }
+
     #[test]
     fn a_watched_probe_stops_once_the_service_failed_twice() {
         // The shell script itself, in sh, with a probe that would wait 60 s and, for the
@@ -764,23 +785,9 @@ mod tests {
         std::fs::write(&lines, once.repeat(2)).unwrap();
         let journal = format!("cat {}", lines.display());
         let services = vec!["echo.service".to_string()];
-        let run = |script: &str| {
-            std::process::Command::new("sh")
-                .args(["-c", script])
-                .output()
-                .unwrap()
-        };
-        let started = Instant::now();
-        let out = run(&watched_probe("sleep 60", &journal, &services, &[]));
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "it waited out the probe"
-        );
-        assert!(!out.status.success());
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            stderr.contains("lab: stopped waiting: echo.service failed 2 times during the step"),
-            "{stderr}"
+        ends_early_saying(
+            &watched_probe("sleep 60", &journal, &services, &[]),
+            "lab: stopped waiting: echo.service failed 2 times during the step",
         );
         // One failure, or another unit's, lets the probe finish on its own.
         std::fs::write(
@@ -817,30 +824,14 @@ mod tests {
         let lines = dir.path().join("journal");
         let journal = format!("cat {}", lines.display());
         let text = vec!["unix seqpacket (unnamed)".to_string()];
-        let run = |script: &str| {
-            std::process::Command::new("sh")
-                .args(["-c", script])
-                .output()
-                .unwrap()
-        };
         std::fs::write(
             &lines,
             "socket-activate-echo: serving fd 3 \"echo.socket\" unix seqpacket (unnamed)\n",
         )
         .unwrap();
-        let started = Instant::now();
-        let out = run(&watched_probe("sleep 60", &journal, &[], &text));
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "it waited out the probe"
-        );
-        assert!(!out.status.success());
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            stderr.contains(
-                "lab: stopped waiting: the journal shows \"unix seqpacket (unnamed)\", which settles the step"
-            ),
-            "{stderr}"
+        ends_early_saying(
+            &watched_probe("sleep 60", &journal, &[], &text),
+            "lab: stopped waiting: the journal shows \"unix seqpacket (unnamed)\", which settles the step",
         );
         // Without the text the probe ends on its own, with its own result.
         std::fs::write(&lines, "socket-activate-echo: serving fd 3 \"echo.socket\" inet stream listening 127.0.0.1:3000\n").unwrap();
