@@ -22,6 +22,7 @@ use vm::ready::ECHO_IMAGE;
 use vm::trial_vm::TrialVm;
 
 use crate::events::Events;
+use crate::report::html::Bar;
 use crate::scenario::install::{CLIENT_NETNS_SERVER, add_client_netns};
 use crate::scenario::render::{notify_service_options, podman_run_exec};
 use crate::units::{Listen, ServiceUnit, SocketUnit};
@@ -525,13 +526,27 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Each method's throughput as a ratio to the baseline's in the same round.
-pub fn bars(results: &Results) -> Vec<crate::report::html::Bar> {
-    let samples: Vec<(String, usize, f64)> = results
-        .samples
+pub fn bars(results: &Results) -> Vec<Bar> {
+    ratios_per_round(&results.samples, BASELINE)
+}
+
+/// Throughput of each method in `samples` as ratios to `baseline`'s in the same round.
+fn ratios_per_round(samples: &[Sample], baseline: &str) -> Vec<Bar> {
+    let per_round: Vec<(String, usize, f64)> = samples
         .iter()
         .map(|s| (s.method.clone(), s.round, s.measurement.mib_per_s))
         .collect();
-    crate::report::html::ratio_bars(&samples, BASELINE)
+    crate::report::html::ratio_bars(&per_round, baseline)
+}
+
+/// `name`'s ratio for a table cell: the median over the rounds and their min-max.
+fn ratio_cell(ratios: &[Bar], name: &str) -> String {
+    ratios
+        .iter()
+        .find(|b| b.label == name)
+        .map_or("?".to_string(), |b| {
+            format!("{:.2}x ({:.2}-{:.2})", b.median, b.min, b.max)
+        })
 }
 
 /// Samples grouped by method, for medians over the rounds.
@@ -698,12 +713,7 @@ pub fn table(results: &Results, opts: &Options, context: &str) -> String {
         if !by.has(m.name) {
             continue;
         }
-        let ratio = ratios
-            .iter()
-            .find(|b| b.label == m.name)
-            .map_or("?".to_string(), |b| {
-                format!("{:.2}x ({:.2}-{:.2})", b.median, b.min, b.max)
-            });
+        let ratio = ratio_cell(&ratios, m.name);
         writeln!(
             s,
             "| {} | {claim} | {:.1} | {ratio} | {:.0} | {:.0} | {:.0} | {:.0} |",
@@ -728,12 +738,7 @@ pub fn table(results: &Results, opts: &Options, context: &str) -> String {
 /// guest, against the same server, as ratios.
 fn outbound_table(results: &Results, opts: &Options) -> String {
     let by = ByMethod::new(&results.outbound);
-    let per_round: Vec<(String, usize, f64)> = results
-        .outbound
-        .iter()
-        .map(|s| (s.method.clone(), s.round, s.measurement.mib_per_s))
-        .collect();
-    let ratios = crate::report::html::ratio_bars(&per_round, OUTBOUND_BASELINE);
+    let ratios = ratios_per_round(&results.outbound, OUTBOUND_BASELINE);
     let mut s = format!(
         "\n## Outbound: echo round trips from a client in a container to a server on the guest\n\n\
          The baseline server above (port 4100); {} connection(s), {} B per round trip, {} s per \
@@ -749,12 +754,7 @@ fn outbound_table(results: &Results, opts: &Options) -> String {
         if !by.has(o.name) {
             continue;
         }
-        let ratio = ratios
-            .iter()
-            .find(|b| b.label == o.name)
-            .map_or("?".to_string(), |b| {
-                format!("{:.2}x ({:.2}-{:.2})", b.median, b.min, b.max)
-            });
+        let ratio = ratio_cell(&ratios, o.name);
         writeln!(
             s,
             "| {} | {:.1} | {ratio} | {:.0} | {:.0} | {:.0} |",
