@@ -121,6 +121,14 @@ pub fn doctor(sh: &Shell, root_dir: &std::path::Path) -> Result<()> {
             String::new()
         }
     );
+    let plan = vm::prune::plan(&cache.join("images")).unwrap_or_default();
+    if !plan.superseded.is_empty() {
+        println!(
+            "               {} superseded by newer ones ({:.1} GiB): cargo xtask vm prune",
+            plan.superseded.len(),
+            plan.superseded_bytes() as f64 / (1u64 << 30) as f64
+        );
+    }
     let existing = cache
         .ancestors()
         .find(|p| p.exists())

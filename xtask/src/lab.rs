@@ -507,6 +507,62 @@ pub fn clean() -> Result<()> {
     Ok(())
 }
 
+pub fn prune(dry_run: bool) -> Result<()> {
+    let images = vm::cache::root().join("images");
+    let plan = vm::prune::plan(&images)?;
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let newest = plan
+        .kept
+        .iter()
+        .filter(|(_, why)| *why == vm::prune::Kept::Newest)
+        .count();
+    println!("keep    {newest} entries, each the one used last in its family");
+    for (path, why) in &plan.kept {
+        let why = match why {
+            vm::prune::Kept::Newest => continue,
+            vm::prune::Kept::BackingOf(by) => format!("{by}'s disk is an overlay on it"),
+            vm::prune::Kept::InUse => "a run is using it".to_string(),
+        };
+        println!("keep    {}  ({why})", name_of(path));
+    }
+    for s in &plan.superseded {
+        println!(
+            "{}  {}  {:.2} GiB  (superseded by {})",
+            if dry_run { "would remove" } else { "remove" },
+            name_of(&s.path),
+            gib(s.bytes),
+            s.by
+        );
+    }
+    for path in &plan.leftovers {
+        println!(
+            "{}  {}  (a lock without its entry, or a build that did not finish)",
+            if dry_run { "would remove" } else { "remove" },
+            name_of(path)
+        );
+    }
+    if dry_run {
+        println!(
+            "{} superseded entries, {:.1} GiB; nothing removed (--dry-run)",
+            plan.superseded.len(),
+            gib(plan.superseded_bytes())
+        );
+        return Ok(());
+    }
+    let (freed, skipped) = vm::prune::apply(&plan)?;
+    for path in &skipped {
+        println!("kept    {}  (a run took it meanwhile)", name_of(path));
+    }
+    println!("freed {:.1} GiB in {}", gib(freed), images.display());
+    Ok(())
+}
+
+fn name_of(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
 /// A shell in a fresh guest restored from the ready state; the guest is gone afterwards.
 pub fn ssh(sh: &Shell, root: &Path, target: &str, command: &[String]) -> Result<()> {
     host::ensure(sh, host::LAB)?;

@@ -186,6 +186,14 @@ enum VmWhat {
     Ls,
     /// Remove every cached image.
     Clean,
+    /// Remove superseded entries: keep each family's entry used last (per target and
+    /// accelerator: its base, its ready state), what their disks are overlays on, and
+    /// whatever a run holds.
+    Prune {
+        /// Only say what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Open a shell in a fresh guest of the target (for debugging), or run COMMAND in it.
     Ssh {
         target: String,
@@ -393,6 +401,7 @@ fn run(cli: Cli) -> Result<()> {
             VmWhat::Build { target } | VmWhat::Fetch { target } => lab::build(&sh, &root, &target),
             VmWhat::Ls => lab::ls(),
             VmWhat::Clean => lab::clean(),
+            VmWhat::Prune { dry_run } => lab::prune(dry_run),
             VmWhat::Ssh { target, command } => lab::ssh(&sh, &root, &target, &command),
         },
         Command::Ci { list: true, .. } => {

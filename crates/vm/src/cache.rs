@@ -123,18 +123,45 @@ impl Staging {
     }
 }
 
-/// Holds an exclusive lock on one cache entry until dropped.
+/// Holds a lock on one cache entry until dropped: exclusive while the entry is checked
+/// or built, shared while a run uses it (builders of the entry wait, `vm prune` leaves
+/// it alone).
 pub struct EntryLock {
-    _file: nix::fcntl::Flock<File>,
+    file: nix::fcntl::Flock<File>,
 }
 
-/// Locks `dir`'s entry (blocking while another process builds it).
-pub fn lock(dir: &Path) -> Result<EntryLock> {
+impl std::fmt::Debug for EntryLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EntryLock")
+    }
+}
+
+impl EntryLock {
+    /// The exclusive lock becomes a shared one, for using the entry beside other runs.
+    pub fn share(self) -> Result<EntryLock> {
+        self.file
+            .relock(nix::fcntl::FlockArg::LockShared)
+            .context("sharing a cache entry's lock")?;
+        Ok(self)
+    }
+}
+
+/// Opens `dir`'s lock file and marks it used now: the lock's time is when the entry was
+/// last used, and pruning keeps each family's newest.
+fn open_lock(dir: &Path) -> Result<(File, PathBuf)> {
     let parent = dir.parent().context("cache entry without parent")?;
     std::fs::create_dir_all(parent)?;
     let lock_path = dir.with_extension("lock");
     let file =
         File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
+    file.set_modified(std::time::SystemTime::now())
+        .with_context(|| format!("touching {}", lock_path.display()))?;
+    Ok((file, lock_path))
+}
+
+/// Locks `dir`'s entry exclusively (blocking while another process builds or uses it).
+pub fn lock(dir: &Path) -> Result<EntryLock> {
+    let (file, lock_path) = open_lock(dir)?;
     let file = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
         Ok(l) => l,
         Err((file, _)) => {
@@ -143,7 +170,15 @@ pub fn lock(dir: &Path) -> Result<EntryLock> {
                 .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", lock_path.display()))?
         }
     };
-    Ok(EntryLock { _file: file })
+    Ok(EntryLock { file })
+}
+
+/// Locks `dir`'s entry for use beside other runs (blocking while one builds it).
+pub fn lock_shared(dir: &Path) -> Result<EntryLock> {
+    let (file, lock_path) = open_lock(dir)?;
+    let file = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockShared)
+        .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", lock_path.display()))?;
+    Ok(EntryLock { file })
 }
 
 /// A stamp names the entry last resolved for a name whose entry key is only known after

@@ -16,6 +16,7 @@ pub mod fedora;
 pub mod guest;
 pub mod image;
 pub mod proc;
+pub mod prune;
 pub mod qemu;
 pub mod qmp;
 pub mod ready;
