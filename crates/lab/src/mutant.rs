@@ -414,7 +414,8 @@ impl Score {
 /// The mutation score of a `--mutants` run: a markdown table (mutant, scenario, one
 /// column per runtime), the claims with the mutant and the evidence that caught each,
 /// and the problems, each of which fails the run: a pair that survived, a FAIL off the
-/// claim or before the steps, a mutant no scenario caught, a claim no mutant names, and
+/// claim or before the steps, a mutant no scenario caught (but one no trial here could
+/// judge: each SKIPped or masked by a known bug), a claim no mutant names, and
 /// a claim in the run that none of its mutants was caught at.
 pub fn score_report(
     results: &[TrialResult],
@@ -441,6 +442,7 @@ pub fn score_report(
     text.push('\n');
     let mut problems = Vec::new();
     let mut caught_by: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut judged_by: BTreeMap<&str, usize> = BTreeMap::new();
     for ((m, scenario), scores) in &rows {
         let cells: Vec<String> = runtimes
             .iter()
@@ -452,6 +454,11 @@ pub fn score_report(
             .filter(|s| matches!(s, Score::Caught(_)))
             .count();
         *caught_by.entry(m).or_default() += caught;
+        let judged = scores
+            .values()
+            .filter(|s| !matches!(s, Score::Masked | Score::NotRun))
+            .count();
+        *judged_by.entry(m).or_default() += judged;
         for (rt, score) in scores {
             match score {
                 Score::Survived => {
@@ -467,10 +474,23 @@ pub fn score_report(
             }
         }
     }
+    let mut unjudged = Vec::new();
     for (m, caught) in &caught_by {
-        if *caught == 0 {
+        if *caught > 0 {
+            continue;
+        }
+        // Every trial of it SKIPped on this target or hit a known bug first: nothing
+        // here could catch it or let it survive. Said, not counted against the run.
+        if judged_by.get(m) == Some(&0) {
+            unjudged.push(*m);
+        } else {
             problems.push(format!("{m} was caught by no scenario"));
         }
+    }
+    if !unjudged.is_empty() {
+        text += "\nNot judged in this run (each of their trials was SKIPped or masked by a known bug): ";
+        text += &unjudged.join(", ");
+        text += "\n";
     }
     for s in unchallenged_claims(scenarios, mutants) {
         problems.push(format!("{s} claims a behaviour but no mutant names it"));
@@ -843,8 +863,31 @@ mod tests {
             result("restrict-dropped", "restrict", "runc", Outcome::Pass),
             off,
             broken,
+            // Its one scenario SKIPs on this target: not judged, not a problem.
+            result(
+                "openfile-lines-commented-out",
+                "openfile-unknown-key",
+                "crun",
+                Outcome::Skip,
+            ),
+            result(
+                "openfile-lines-commented-out",
+                "openfile-unknown-key",
+                "runc",
+                Outcome::Skip,
+            ),
         ];
         let (table, problems) = score_report(&results, &all, &mutants);
+        assert!(
+            table.contains("Not judged in this run (each of their trials was SKIPped or masked by a known bug): openfile-lines-commented-out\n"),
+            "{table}"
+        );
+        assert!(
+            !problems
+                .iter()
+                .any(|p| p.contains("openfile-lines-commented-out")),
+            "{problems:#?}"
+        );
         assert!(table.starts_with("| mutant | scenario | crun | runc |\n|---|---|---|---|\n"));
         assert!(
             table.contains("| echo-flip-byte | echo-tcp6 | caught at step 2 | caught at step 2 |"),
