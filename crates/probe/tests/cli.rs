@@ -290,3 +290,59 @@ fn keep_open_needs_an_expected_reply() {
     let o = run(&["tcp4:127.0.0.1:9", "--keep-open"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
+
+/// A server that answers `reply` to a connection and keeps it open until the client
+/// closes, as systemd-socket-proxyd in front of an echo server does.
+fn answers_and_stays_open(reply: &'static [u8]) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("tcp4:{}", l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = [0u8; 64];
+        let _ = s.read(&mut buf).unwrap();
+        s.write_all(reply).unwrap();
+        // Until the client goes: read to its EOF and past it.
+        while !matches!(s.read(&mut buf), Ok(0) | Err(_)) {}
+        std::thread::sleep(std::time::Duration::from_secs(60));
+    });
+    addr
+}
+
+#[test]
+fn a_wrong_reply_fails_at_once_even_when_the_server_keeps_the_connection() {
+    let addr = answers_and_stays_open(b"iello\n");
+    let o = run(&[
+        &addr,
+        "--send",
+        "hello",
+        "--expect",
+        "hello",
+        "--timeout",
+        "5",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // The mismatch, once the reply could no longer match: not the deadline's "no reply".
+    assert_eq!(v["failure"], "mismatch", "{v}");
+    assert_eq!(v["error"], "expected \"hello\\n\", got \"iello\\n\"", "{v}");
+}
+
+#[test]
+fn a_reply_that_is_still_the_beginning_of_the_expected_one_is_waited_for() {
+    let addr = answers_and_stays_open(b"hel");
+    let o = run(&[
+        &addr,
+        "--send",
+        "hello",
+        "--expect",
+        "hello",
+        "--timeout",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["failure"], "no-reply", "{v}");
+    assert_eq!(v["reply"], "hel");
+}

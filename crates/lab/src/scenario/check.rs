@@ -130,6 +130,21 @@ impl Step {
                     _ => {}
                 }
             }
+            Step::IsFailed {
+                failed,
+                within: Some(w),
+                ..
+            } => {
+                if !failed {
+                    return Err(
+                        "`within` waits for an active unit to fail: it goes with `failed = true`"
+                            .into(),
+                    );
+                }
+                if !(w.is_finite() && *w > 0.0 && *w <= 600.0) {
+                    return Err(format!("`within = {w}`: give seconds between 0 and 600"));
+                }
+            }
             Step::Journal {
                 contains: None,
                 lacks: None,

@@ -294,6 +294,14 @@ mod tests {
         "[[steps]]\ndo = \"journal\"\ncontains = \"x\"\nwithin = -1\n",
         "`within = -1`: give seconds between 0 and 600"
     )]
+    #[case::is_failed_within_not_failing(
+        "[[steps]]\ndo = \"is-failed\"\nunit = \"echo.service\"\nfailed = false\nwithin = 5\n",
+        "step 2 (is-failed): `within` waits for an active unit to fail"
+    )]
+    #[case::is_failed_within_too_long(
+        "[[steps]]\ndo = \"is-failed\"\nunit = \"echo.service\"\nwithin = 601\n",
+        "`within = 601`: give seconds between 0 and 600"
+    )]
     fn bad_values_are_load_errors_naming_file_key_and_value(
         #[case] extra: &str,
         #[case] message: &str,

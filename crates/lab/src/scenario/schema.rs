@@ -238,11 +238,16 @@ pub enum Step {
     },
     /// A real reboot of the guest.
     Reboot {},
-    /// `systemctl is-failed UNIT` must say failed (or, with `failed = false`, not).
+    /// `systemctl is-failed UNIT` must say failed (or, with `failed = false`, not), once
+    /// the unit is out of a passing state (activating, deactivating, ...). `within =
+    /// SECONDS`: an active unit may still fail until then (a notify service started
+    /// before its server looks for its socket); without it, active is the answer.
     IsFailed {
         unit: String,
         #[serde(default = "yes")]
         failed: bool,
+        #[serde(default)]
+        within: Option<f64>,
     },
     /// The units' journal must (not) contain a text.
     Journal {
@@ -331,7 +336,14 @@ impl Step {
             | Step::Stop { unit }
             | Step::Enable { unit }
             | Step::ResetFailed { unit }
-            | Step::IsFailed { unit, .. } => unit.clone(),
+            | Step::IsFailed {
+                unit, within: None, ..
+            } => unit.clone(),
+            Step::IsFailed {
+                unit,
+                within: Some(w),
+                ..
+            } => format!("{unit} within {w} s"),
             Step::Probe { address, netns, .. } => match netns {
                 Some(ns) => format!("{address} from {ns}"),
                 None => address.clone(),

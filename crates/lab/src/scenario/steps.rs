@@ -89,7 +89,17 @@ pub fn run_steps(vm: &TrialVm, scenario: &Scenario, runtime: &str, units: &[Stri
             | Step::ResetFailed { unit } => unit_verb(vm, scenario, step, unit),
             Step::Probe { .. } => probe(vm, scenario, runtime, units, step, i + 1),
             Step::Reboot {} => reboot(vm),
-            Step::IsFailed { unit, failed } => is_failed(vm, scenario, unit, *failed),
+            Step::IsFailed {
+                unit,
+                failed,
+                within,
+            } => is_failed(
+                vm,
+                scenario,
+                unit,
+                *failed,
+                within.map(Duration::from_secs_f64),
+            ),
             Step::Journal {
                 contains,
                 lacks,
@@ -426,22 +436,34 @@ fn reboot(vm: &TrialVm) -> StepResult {
     Ok(None)
 }
 
-/// `systemctl is-failed UNIT`, once the unit has settled.
-fn is_failed(vm: &TrialVm, scenario: &Scenario, unit: &str, want_failed: bool) -> StepResult {
+/// `systemctl is-failed UNIT`, once the unit has settled; an active unit that is to fail
+/// is given until `within` to do so.
+fn is_failed(
+    vm: &TrialVm,
+    scenario: &Scenario,
+    unit: &str,
+    want_failed: bool,
+    within: Option<Duration>,
+) -> StepResult {
     // A unit between states (a failed service that its socket triggers again is
     // "activating" for a moment) is judged once it has settled: one instant's state made
-    // restrict-pull-always flaky under load. A unit that must fail may also still be
-    // active: a notify service is started once conmon says so, and its server fails
-    // after that (quadlet-service-started-alone).
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // restrict-pull-always flaky under load. Active is settled unless the scenario says
+    // the unit may still fail (`within`): a notify service is started once conmon says
+    // so, and its server fails after that (quadlet-service-started-alone). Waiting on
+    // every active unit kept a mutant that keeps the unit active 60 s in this loop.
+    let start = Instant::now();
+    let settle = start + Duration::from_secs(60);
+    let may_fail = within.map(|w| start + w);
     let out = loop {
         let out = systemctl(vm, scenario.scope, &format!("is-failed {}", quote(unit)))?;
         let state = out.stdout.trim();
+        let now = Instant::now();
         let moving = matches!(
             state,
             "activating" | "deactivating" | "reloading" | "refreshing"
-        ) || (want_failed && state == "active");
-        if !moving || Instant::now() >= deadline {
+        ) && now < settle;
+        let may_still_fail = state == "active" && may_fail.is_some_and(|d| now < d);
+        if !moving && !may_still_fail {
             break out;
         }
         std::thread::sleep(Duration::from_millis(500));
