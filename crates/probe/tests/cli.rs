@@ -308,41 +308,32 @@ fn answers_and_stays_open(reply: &'static [u8]) -> String {
     addr
 }
 
-#[test]
-fn a_wrong_reply_fails_at_once_even_when_the_server_keeps_the_connection() {
-    let addr = answers_and_stays_open(b"iello\n");
-    let o = run(&[
+/// A wrong byte fails the probe at once, even when the server keeps the connection (the
+/// mismatch, not the deadline's no-reply); a reply that is still the beginning of the
+/// expected one is waited for.
+#[rstest::rstest]
+#[case::wrong_byte(b"iello\n", "5", "mismatch", "iello\n")]
+#[case::beginning(b"hel", "1", "no-reply", "hel")]
+fn a_reply_that_cannot_become_the_expected_one_ends_the_probe(
+    #[case] reply: &'static [u8],
+    #[case] timeout: &str,
+    #[case] failure: &str,
+    #[case] seen: &str,
+) {
+    let addr = answers_and_stays_open(reply);
+    let args = [
         &addr,
         "--send",
         "hello",
         "--expect",
         "hello",
         "--timeout",
-        "5",
+        timeout,
         "--json",
-    ]);
+    ];
+    let o = run(&args);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    // The mismatch, once the reply could no longer match: not the deadline's "no reply".
-    assert_eq!(v["failure"], "mismatch", "{v}");
-    assert_eq!(v["error"], "expected \"hello\\n\", got \"iello\\n\"", "{v}");
-}
-
-#[test]
-fn a_reply_that_is_still_the_beginning_of_the_expected_one_is_waited_for() {
-    let addr = answers_and_stays_open(b"hel");
-    let o = run(&[
-        &addr,
-        "--send",
-        "hello",
-        "--expect",
-        "hello",
-        "--timeout",
-        "1",
-        "--json",
-    ]);
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["failure"], "no-reply", "{v}");
-    assert_eq!(v["reply"], "hel");
+    assert_eq!(v["failure"], failure, "{v}");
+    assert_eq!(v["reply"], seen, "{v}");
 }
