@@ -521,7 +521,7 @@ pub fn prune(dry_run: bool) -> Result<()> {
         let why = match why {
             vm::prune::Kept::Newest => continue,
             vm::prune::Kept::BackingOf(by) => format!("{by}'s disk is an overlay on it"),
-            vm::prune::Kept::InUse => "a run is using it".to_string(),
+            vm::prune::Kept::InUse => "a run is checking or building it".to_string(),
         };
         println!("keep    {}  ({why})", name_of(path));
     }

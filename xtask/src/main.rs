@@ -188,7 +188,7 @@ enum VmWhat {
     Clean,
     /// Remove superseded entries: keep each family's entry used last (per target and
     /// accelerator: its base, its ready state), what their disks are overlays on, and
-    /// whatever a run holds.
+    /// what a run is building. Run it when no run is going.
     Prune {
         /// Only say what would be removed.
         #[arg(long)]

@@ -123,26 +123,16 @@ impl Staging {
     }
 }
 
-/// Holds a lock on one cache entry until dropped: exclusive while the entry is checked
-/// or built, shared while a run uses it (builders of the entry wait, `vm prune` leaves
-/// it alone).
+/// Holds a lock on one cache entry until dropped: while the entry is checked or built
+/// (`vm prune` leaves it alone). A run does not keep it while it uses the entry: a
+/// process that held it shared and then rebuilt the same entry would wait for itself.
 pub struct EntryLock {
-    file: nix::fcntl::Flock<File>,
+    _file: nix::fcntl::Flock<File>,
 }
 
 impl std::fmt::Debug for EntryLock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("EntryLock")
-    }
-}
-
-impl EntryLock {
-    /// The exclusive lock becomes a shared one, for using the entry beside other runs.
-    pub fn share(self) -> Result<EntryLock> {
-        self.file
-            .relock(nix::fcntl::FlockArg::LockShared)
-            .context("sharing a cache entry's lock")?;
-        Ok(self)
     }
 }
 
@@ -170,15 +160,7 @@ pub fn lock(dir: &Path) -> Result<EntryLock> {
                 .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", lock_path.display()))?
         }
     };
-    Ok(EntryLock { file })
-}
-
-/// Locks `dir`'s entry for use beside other runs (blocking while one builds it).
-pub fn lock_shared(dir: &Path) -> Result<EntryLock> {
-    let (file, lock_path) = open_lock(dir)?;
-    let file = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockShared)
-        .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", lock_path.display()))?;
-    Ok(EntryLock { file })
+    Ok(EntryLock { _file: file })
 }
 
 /// A stamp names the entry last resolved for a name whose entry key is only known after

@@ -22,7 +22,7 @@ pub enum Kept {
     Newest,
     /// A kept entry's disk is an overlay on a file in this one.
     BackingOf(String),
-    /// Its lock is held: a run is using or building it.
+    /// Its lock is held: a run is checking or building it.
     InUse,
 }
 
@@ -368,8 +368,8 @@ mod tests {
         let new = entry(images, "t-ready-tcg-2222222222222222", 5);
         let building = images.join(".t-base-3333333333333333.building-q");
         std::fs::create_dir_all(&building).unwrap();
-        // A run uses the old one (as a `Ready` does) while a build makes a base.
-        let _using = crate::cache::lock_shared(&old).unwrap();
+        // A run checks the old one while a build makes a base.
+        let _using = crate::cache::lock(&old).unwrap();
         let _building = crate::cache::lock(&images.join("t-base-3333333333333333")).unwrap();
 
         // Taking the lock made it the one used last: make it older again.

@@ -63,8 +63,6 @@ pub struct Ready {
     pub machine: MachineSpec,
     /// Versions read from the guest when the state was saved.
     pub versions: BTreeMap<String, String>,
-    /// The entry's shared lock while this (or a clone) lives.
-    _in_use: Option<std::sync::Arc<cache::EntryLock>>,
 }
 
 /// The fact under which a ready state records the QEMU that saved it: a migration
@@ -179,17 +177,7 @@ pub fn ensure_ready(target: &Target, bins: &Binaries, events: &Events) -> Result
         target.name,
         machine.accel.name()
     ));
-    // The usual case: the state is there, and is used under a shared lock, beside other
-    // runs of it, until the last `Ready` clone is dropped.
-    let shared = cache::lock_shared(&dir)?;
-    let current = cache::Manifest::verify(&dir)
-        .ok()
-        .filter(|m| m.key == key && m.facts.get(QEMU_FACT) == Some(&qemu_version));
-    if let Some(m) = current {
-        return Ok(ready(target, base, dir, machine, m, shared));
-    }
-    drop(shared);
-    let lock = cache::lock(&dir)?;
+    let _lock = cache::lock(&dir)?;
     let usable = cache::lookup_keyed(&dir, &key).filter(|m| {
         let saved_by = m.facts.get(QEMU_FACT);
         let same = saved_by == Some(&qemu_version);
@@ -218,27 +206,15 @@ pub fn ensure_ready(target: &Target, bins: &Binaries, events: &Events) -> Result
             events,
         )?,
     };
-    Ok(ready(target, base, dir, machine, manifest, lock.share()?))
-}
-
-fn ready(
-    target: &Target,
-    base: BaseImage,
-    dir: PathBuf,
-    machine: MachineSpec,
-    manifest: cache::Manifest,
-    in_use: cache::EntryLock,
-) -> Ready {
     let mut versions = manifest.facts;
     versions.remove(QEMU_FACT);
-    Ready {
+    Ok(Ready {
         target: target.clone(),
         base,
         dir,
         machine,
         versions,
-        _in_use: Some(std::sync::Arc::new(in_use)),
-    }
+    })
 }
 
 fn make_ready(
