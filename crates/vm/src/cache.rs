@@ -123,35 +123,22 @@ impl Staging {
     }
 }
 
-/// Holds a lock on one cache entry until dropped: while the entry is checked or built
-/// (`vm prune` leaves it alone). A run does not keep it while it uses the entry: a
-/// process that held it shared and then rebuilt the same entry would wait for itself.
+/// Holds an exclusive lock on one cache entry until dropped: while the entry is checked
+/// or built (`vm prune` leaves it alone), not while trials use it.
 pub struct EntryLock {
     _file: nix::fcntl::Flock<File>,
 }
 
-impl std::fmt::Debug for EntryLock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("EntryLock")
-    }
-}
-
-/// Opens `dir`'s lock file and marks it used now: the lock's time is when the entry was
-/// last used, and pruning keeps each family's newest.
-fn open_lock(dir: &Path) -> Result<(File, PathBuf)> {
+/// Locks `dir`'s entry (blocking while another process builds it).
+pub fn lock(dir: &Path) -> Result<EntryLock> {
     let parent = dir.parent().context("cache entry without parent")?;
     std::fs::create_dir_all(parent)?;
     let lock_path = dir.with_extension("lock");
     let file =
         File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
+    // The lock's time is when the entry was last used: pruning keeps each family's newest.
     file.set_modified(std::time::SystemTime::now())
         .with_context(|| format!("touching {}", lock_path.display()))?;
-    Ok((file, lock_path))
-}
-
-/// Locks `dir`'s entry exclusively (blocking while another process builds or uses it).
-pub fn lock(dir: &Path) -> Result<EntryLock> {
-    let (file, lock_path) = open_lock(dir)?;
     let file = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
         Ok(l) => l,
         Err((file, _)) => {

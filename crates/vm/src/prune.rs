@@ -84,15 +84,22 @@ pub fn qcow2_backing(path: &Path) -> Result<Option<PathBuf>> {
     }))
 }
 
-/// Whether someone holds `lock`'s flock now (a run using or building its entry).
+/// `lock`'s flock, taken without waiting; `None` while someone holds it (a run checking
+/// or building its entry).
+fn try_lock(lock: &Path) -> Result<Option<nix::fcntl::Flock<File>>> {
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(lock)
+        .with_context(|| format!("opening {}", lock.display()))?;
+    Ok(nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).ok())
+}
+
+/// Whether someone holds `lock`'s flock now.
 fn held(lock: &Path) -> bool {
-    let Ok(file) = File::open(lock) else {
-        return false;
-    };
-    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-        Ok(_unlocked_on_drop) => false,
-        Err(_) => true,
-    }
+    lock.exists() && matches!(try_lock(lock), Ok(None))
 }
 
 fn lock_of(entry: &Path) -> PathBuf {
@@ -213,15 +220,7 @@ pub fn apply(plan: &Plan) -> Result<(u64, Vec<PathBuf>)> {
     let mut skipped = Vec::new();
     for s in &plan.superseded {
         let lock = lock_of(&s.path);
-        let guard = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock)
-            .with_context(|| format!("opening {}", lock.display()))?;
-        let Ok(guard) = nix::fcntl::Flock::lock(guard, nix::fcntl::FlockArg::LockExclusiveNonblock)
-        else {
+        let Some(guard) = try_lock(&lock)? else {
             skipped.push(s.path.clone());
             continue;
         };
