@@ -2,7 +2,8 @@
 //! server's vsock test needs AF_VSOCK loopback, `vsock_loopback`, which a guest has and a
 //! container or a CI runner often does not; the test binary and the server it starts are
 //! static musl builds, copied into the guest at the paths the test binary was compiled
-//! with), and the guest's package set against what apt installs for a user.
+//! with), the guest's package set against what apt installs for a user, and what the
+//! ready state has done once so that trials do not.
 //!
 //! `SAL_ECHO_TEST_BIN` (the echo crate's `tests/echo.rs`, built for musl) and
 //! `SAL_ECHO_TEST_SERVER` (the musl `socket-activate-echo` it starts), plus the lab's
@@ -59,6 +60,41 @@ fn the_guest_has_what_apt_installs_for_a_user_but_what_the_target_leaves_out() {
     // What a user-defined network needs on trixie is there: netavark runs nft.
     let nft = vm.guest.root("command -v nft", t).unwrap();
     assert!(nft.success(), "no nft in the guest: {}", nft.combined());
+}
+
+/// debian-13's podman (5.4) builds a pod's infra image with a user's first pod; the ready
+/// state has had that pod, so a trial's pod builds nothing.
+#[test]
+#[ignore = "boots a guest; run by cargo xtask ci"]
+fn a_pod_in_a_restored_guest_builds_no_infra_image() {
+    let vm = debian_13_guest("first-pod");
+    let t = Duration::from_secs(120);
+    let images = || {
+        vm.guest
+            .user_ok("podman images --quiet --no-trunc | sort", t)
+            .unwrap()
+            .stdout
+    };
+    let before = images();
+    let pause = vm
+        .guest
+        .user_ok(
+            "podman images --quiet --filter reference=localhost/podman-pause",
+            t,
+        )
+        .unwrap()
+        .stdout;
+    assert!(
+        !pause.trim().is_empty(),
+        "no localhost/podman-pause in the ready state; its images:\n{before}"
+    );
+    vm.guest
+        .user_ok(
+            "podman pod create --name lab-pod >/dev/null && podman pod start lab-pod >/dev/null",
+            t,
+        )
+        .unwrap();
+    assert_eq!(images(), before, "creating a pod changed the images");
 }
 
 #[test]

@@ -29,9 +29,17 @@ use crate::target::Target;
 use crate::{cache, container_image};
 
 /// Bump when provisioning changes in a way the inputs do not show.
-const READY_RECIPE: &str = "ready-7";
+const READY_RECIPE: &str = "ready-8";
 /// The echo image every ready state holds: `FROM scratch` with the two static binaries.
 pub const ECHO_IMAGE: &str = "localhost/socket-activate-echo:latest";
+
+/// A pod created and removed by the test user. podman 4.0 to 5.4 build a pod's infra
+/// image (localhost/podman-pause, from catatonit) with a user's first pod, so every pod
+/// and kube trial built it again (its journal: `image build`); here it is built once, as
+/// on a machine that has had a pod before. From 5.5 the infra container runs catatonit
+/// from an overlay and there is nothing to build (podman PR 25789).
+const FIRST_POD: &str = "podman pod create --name sal-ready-first-pod >/dev/null && \
+                         podman pod rm sal-ready-first-pod >/dev/null";
 
 /// The static binaries put into every guest and into the echo image.
 #[derive(Debug, Clone)]
@@ -377,6 +385,7 @@ fn provision(
             t,
         )?;
     }
+    guest.user_ok(FIRST_POD, t)?;
     let mut versions = BTreeMap::new();
     let mut scripts: Vec<(&str, String)> = Vec::new();
     // podman's network stack: what a user-defined network or pasta runs on.
